@@ -1,0 +1,703 @@
+"""Normalize ``squeue --json`` and ``sacct --json`` of any Slurm version into ``Job`` records.
+
+    >>> result = parse_squeue(open("tests/fixtures/slurm/24.11/squeue-running.json").read())
+    >>> result.producer.plugin, len(result.skipped)  # doctest: +SKIP
+    ('v0.0.42', 0)
+
+Pure functions over data: no commands, no clock. Version differences are handled by the shape of
+each value (see ``shapes.py``), never by the version number, except the few Slurm bugs whose output
+looks valid and is wrong; those are listed in ``Quirks`` and decided in ``quirks_of`` alone.
+
+A record that cannot be read becomes a ``Skipped`` entry with its reason and the rest of the
+document still parses. A document that is not JSON, or that carries Slurm ``errors``, raises.
+
+Layouts of ``job_resources`` (per node: which cores, on which socket):
+- v0.0.37 (21.08): ``allocated_nodes`` maps node index -> flat ``sockets`` and ``cores`` maps;
+  core keys are ``i % cores_per_socket`` and collide across sockets (Slurm bug 12982): on a node
+  with more than one socket the allocation is marked ambiguous, never guessed.
+- v0.0.38 to v0.0.40: ``allocated_nodes`` is a list of ``{nodename, sockets: {s: {cores: {c:
+  state}}}}``; core keys are per socket, so node-wide ids need the node's cores per socket.
+- v0.0.41+: ``nodes.allocation[]`` of ``{name, sockets: [{index, cores: [{index, status: []}]}]}``
+  listing every core of the node, allocated or not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Union
+
+from sync.errors import SlurmError, SlurmFormatError
+from sync.slurm.gres import expand_hosts, gpu_indices
+from sync.slurm.model import (
+    ExitCode,
+    Job,
+    JobState,
+    NodeAllocation,
+    NodeTopology,
+    Producer,
+    Skipped,
+)
+from sync.slurm.shapes import (
+    parse_tres_list,
+    parse_tres_string,
+    slurm_int,
+    slurm_str,
+    slurm_time,
+    slurm_words,
+)
+
+__all__ = [
+    "ParseResult",
+    "Quirks",
+    "job_state",
+    "load_document",
+    "parse_sacct",
+    "parse_squeue",
+    "quirks_of",
+    "read_producer",
+    "resolve_cpu_ids",
+]
+
+Document = Union[str, bytes, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """What one document said: its jobs, the records skipped with reasons, and who made it."""
+
+    jobs: tuple[Job, ...]
+    skipped: tuple[Skipped, ...]
+    producer: Producer
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """Slurm bugs whose output is well-formed but wrong, by producer.
+
+    ``sacct_start_is_eligible``: dbv0.0.37, and dbv0.0.38 before 22.05.8, fill sacct
+    ``time.start`` from the eligible time (Slurm bug 15644); the start is then rebuilt as
+    ``end - elapsed - suspended`` for ended jobs and left unknown for others.
+    """
+
+    sacct_start_is_eligible: bool = False
+
+
+def quirks_of(producer: Producer) -> Quirks:
+    """`quirks_of(p)` lists the known-wrong values of producer ``p``."""
+    plugin = producer.plugin.removeprefix("db")
+    old_start = plugin == "v0.0.37" or (plugin == "v0.0.38" and producer.version < (22, 5, 8))
+    return Quirks(sacct_start_is_eligible=old_start)
+
+
+# --- document level ---------------------------------------------------------------------------
+
+
+def load_document(raw: Document, what: str) -> Mapping[str, Any]:
+    """Decode a ``--json`` document; raise one clear error for non-JSON or Slurm ``errors``."""
+    if isinstance(raw, Mapping):
+        doc: Any = raw
+    else:
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        start = text.find("{")
+        if start < 0:
+            raise SlurmFormatError(what, text[:60], "output is not JSON")
+        try:
+            # Multi-cluster squeue prints a text header before the JSON; skip to the object.
+            doc = json.loads(text[start:])
+        except json.JSONDecodeError as exc:
+            raise SlurmFormatError(what, text[:60], f"output is not JSON ({exc})") from exc
+    if not isinstance(doc, Mapping):
+        raise SlurmFormatError(what, doc, "expected a JSON object")
+    errors = doc.get("errors") or []
+    if errors:
+        raise SlurmError(f"{what} reported errors: {'; '.join(_describe(e) for e in errors)}")
+    return doc
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, Mapping):
+        parts = [
+            str(error.get(k))
+            for k in ("error", "description", "source")
+            if error.get(k) not in (None, "")
+        ]
+        code = error.get("error_number", error.get("error_code"))
+        if code not in (None, 0):
+            parts.append(f"(error {code})")
+        return " ".join(parts) or json.dumps(error)
+    return str(error)
+
+
+def read_producer(doc: Mapping[str, Any]) -> Producer:
+    """Which plugin and release made ``doc``.
+
+    Layouts: ``meta.plugin.type = "openapi/v0.0.38"`` with ``meta.Slurm`` (21.08, 22.05);
+    ``meta.plugins.data_parser`` with ``meta.Slurm`` (23.02); ``meta.plugin.data_parser =
+    "data_parser/v0.0.42"`` with lowercase ``meta.slurm`` whose version parts are strings (23.11+).
+    """
+    meta = doc.get("meta") or {}
+    if not isinstance(meta, Mapping):
+        return Producer()
+    plugin_text = ""
+    for holder_key in ("plugin", "plugins"):
+        holder = meta.get(holder_key)
+        if isinstance(holder, Mapping):
+            plugin_text = str(holder.get("data_parser") or holder.get("type") or "")
+            if plugin_text:
+                break
+    plugin = plugin_text.rsplit("/", 1)[-1]
+    slurm = meta.get("slurm") or meta.get("Slurm") or {}
+    release = ""
+    version = (0, 0, 0)
+    cluster = None
+    if isinstance(slurm, Mapping):
+        release = str(slurm.get("release") or "")
+        parts = slurm.get("version")
+        if isinstance(parts, Mapping):
+            try:
+                version = tuple(  # type: ignore[assignment]
+                    int(parts.get(k) or 0) for k in ("major", "minor", "micro")
+                )
+            except (TypeError, ValueError):
+                version = (0, 0, 0)
+        if version == (0, 0, 0) and release:
+            version = _version_from_release(release)
+        cluster = slurm_str(slurm.get("cluster")) or None
+    return Producer(plugin=plugin, release=release, version=version, cluster=cluster)
+
+
+def _version_from_release(release: str) -> tuple[int, int, int]:
+    numbers = []
+    for part in release.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    while len(numbers) < 3:
+        numbers.append(0)
+    return (numbers[0], numbers[1], numbers[2])
+
+
+def _records(doc: Mapping[str, Any], what: str) -> list[Any]:
+    jobs = doc.get("jobs")
+    if jobs is None:
+        raise SlurmFormatError(f"{what}.jobs", None, "the document has no jobs list")
+    if not isinstance(jobs, list):
+        raise SlurmFormatError(f"{what}.jobs", jobs, "expected a list of jobs")
+    return jobs
+
+
+def _warnings(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(_describe(w) for w in doc.get("warnings") or ())
+
+
+def _parse_all(
+    raw: Document,
+    what: str,
+    one: Callable[[Mapping[str, Any], str, Producer], Job],
+) -> ParseResult:
+    doc = load_document(raw, what)
+    producer = read_producer(doc)
+    jobs: list[Job] = []
+    skipped: list[Skipped] = []
+    for index, record in enumerate(_records(doc, what)):
+        where = f"{what}.jobs[{index}]"
+        try:
+            if not isinstance(record, Mapping):
+                raise SlurmFormatError(where, record, "a job record must be an object")
+            jobs.append(one(record, where, producer))
+        except (SlurmFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            job_id = record.get("job_id") if isinstance(record, Mapping) else None
+            skipped.append(Skipped(index=index, job_id=job_id, reason=str(exc)))
+    return ParseResult(
+        jobs=tuple(jobs), skipped=tuple(skipped), producer=producer, warnings=_warnings(doc)
+    )
+
+
+def parse_squeue(raw: Document, *, cluster: str | None = None) -> ParseResult:
+    """`parse_squeue(text)` reads ``squeue --json`` (or ``scontrol --json show job``)."""
+    return _parse_all(
+        raw, "squeue", lambda r, w, p: job_from_squeue(r, w, p, default_cluster=cluster)
+    )
+
+
+def parse_sacct(raw: Document, *, cluster: str | None = None) -> ParseResult:
+    """`parse_sacct(text)` reads ``sacct --json`` (one record per job with ``-X``)."""
+    return _parse_all(
+        raw, "sacct", lambda r, w, p: job_from_sacct(r, w, p, default_cluster=cluster)
+    )
+
+
+# --- state and exit code ------------------------------------------------------------------------
+
+_BASE_STATES: dict[str, JobState] = {
+    s.value: s for s in JobState if s not in (JobState.UNKNOWN, JobState.COMPLETING)
+}
+_BASE_STATES["COMPLETE"] = JobState.COMPLETED
+_BASE_STATES["OOM"] = JobState.OUT_OF_MEMORY
+# What a flag alone means when a producer printed only the flag (22.05's job_state string).
+_FLAG_IMPLIES = {
+    "COMPLETING": JobState.COMPLETING,
+    "STAGE_OUT": JobState.COMPLETING,
+    "CONFIGURING": JobState.RUNNING,
+    "POWER_UP_NODE": JobState.RUNNING,
+    "RESIZING": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "STOPPED": JobState.RUNNING,
+    "REQUEUED": JobState.PENDING,
+    "REQUEUE_HOLD": JobState.PENDING,
+    "REQUEUE_FED": JobState.PENDING,
+    "RESV_DEL_HOLD": JobState.PENDING,
+    "SPECIAL_EXIT": JobState.PENDING,
+    "REVOKED": JobState.CANCELLED,
+}
+
+
+def job_state(value: object, field: str = "job_state") -> tuple[JobState, tuple[str, ...]]:
+    """`job_state(v)` is (base state, flags) from ``"RUNNING"``, ``["PENDING", "REQUEUED"]``
+    or sacct's ``"CANCELLED by 1000"``.
+
+    A job flagged COMPLETING is COMPLETING whatever its base: it still holds its nodes.
+    """
+    words = tuple(w.split()[0].upper() for w in slurm_words(value, field) if w.split())
+    if not words:
+        raise SlurmFormatError(field, value, "no job state")
+    base: JobState | None = next((_BASE_STATES[w] for w in words if w in _BASE_STATES), None)
+    flags = tuple(w for w in words if w not in _BASE_STATES)
+    if "COMPLETING" in flags:
+        return JobState.COMPLETING, flags
+    if base is None:
+        base = next((_FLAG_IMPLIES[f] for f in flags if f in _FLAG_IMPLIES), JobState.UNKNOWN)
+    return base, flags
+
+
+def _wait_status(status: int) -> ExitCode:
+    signal = status & 0x7F
+    if signal:
+        return ExitCode(return_code=None, signal=signal)
+    return ExitCode(return_code=(status >> 8) & 0xFF, signal=None)
+
+
+def exit_code(value: object, state: JobState, field: str = "exit_code") -> ExitCode:
+    """How the job ended, or ``ExitCode()`` while it has not.
+
+    Layouts: a raw wait status int (squeue v0.0.37/38), ``{set, infinite, number}`` of the wait
+    status (squeue v0.0.39), ``{status: "SUCCESS"|"ERROR"|"SIGNALED"|..., return_code, signal}``
+    with a string status (sacct up to v0.0.39), and ``{status: [...], return_code: {set, ...},
+    signal: {id: {set, ...}, name}}`` (v0.0.40+). The string-status form says SUCCESS with
+    return code 0 for every normal exit, non-zero ones included; then only a COMPLETED state
+    makes the 0 believable and otherwise the return code is unknown.
+    """
+    if not state.finished and state is not JobState.COMPLETING:
+        return ExitCode()
+    if value is None:
+        return ExitCode()
+    if not isinstance(value, Mapping) or "status" not in value:
+        raw = slurm_int(value, field)
+        return ExitCode() if raw is None else _wait_status(raw)
+    status = value.get("status")
+    return_code = slurm_int(value.get("return_code"), f"{field}.return_code")
+    signal_obj = value.get("signal")
+    signal = None
+    if isinstance(signal_obj, Mapping):
+        signal = slurm_int(
+            signal_obj.get("id", signal_obj.get("signal_id")), f"{field}.signal.id"
+        )
+    if isinstance(status, str):
+        words = {status.upper()}
+        if "SUCCESS" in words and state is not JobState.COMPLETED:
+            return ExitCode(return_code=None, signal=signal or None)
+    else:
+        words = {w.upper() for w in slurm_words(status, f"{field}.status")}
+    if "PENDING" in words and len(words) == 1:
+        return ExitCode()
+    if words & {"SIGNALED", "CORE_DUMPED"}:
+        return ExitCode(return_code=None, signal=signal or None)
+    return ExitCode(return_code=return_code, signal=signal or None)
+
+
+# --- allocations --------------------------------------------------------------------------------
+
+
+def _index(key: object, field: str) -> int:
+    number = slurm_int(key, field)
+    if number is None or number < 0:
+        raise SlurmFormatError(field, key, "expected an index")
+    return number
+
+
+def _iter_cores(cores: object, field: str) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Yield (core index, status words) from a map ``{c: "allocated"}`` or a list of
+    ``{index, status: [...]}``."""
+    if isinstance(cores, Mapping):
+        for key, status in cores.items():
+            if isinstance(status, Mapping):
+                status = status.get("status")
+            yield _index(key, f"{field}.{key}"), slurm_words(status, f"{field}.{key}")
+    elif isinstance(cores, list):
+        for i, core in enumerate(cores):
+            if not isinstance(core, Mapping):
+                raise SlurmFormatError(f"{field}[{i}]", core, "expected a core object")
+            yield (
+                _index(core.get("index"), f"{field}[{i}].index"),
+                slurm_words(core.get("status"), f"{field}[{i}].status"),
+            )
+    elif cores is not None:
+        raise SlurmFormatError(field, cores, "expected a map or a list of cores")
+
+
+def _iter_sockets(
+    sockets: object, field: str
+) -> Iterator[tuple[int, list[tuple[int, tuple[str, ...]]]]]:
+    """Yield (socket index, cores) from ``{s: {cores: ...}}`` or ``[{index, cores}]``."""
+    if isinstance(sockets, Mapping):
+        items: Iterable[tuple[object, object]] = sockets.items()
+    elif isinstance(sockets, list):
+        items = (
+            (s.get("index") if isinstance(s, Mapping) else None, s) for s in sockets
+        )
+    elif sockets is None:
+        return
+    else:
+        raise SlurmFormatError(field, sockets, "expected a map or a list of sockets")
+    for key, socket in items:
+        where = f"{field}.{key}"
+        if not isinstance(socket, Mapping):
+            raise SlurmFormatError(where, socket, "expected a socket object")
+        yield _index(key, where), list(_iter_cores(socket.get("cores"), f"{where}.cores"))
+
+
+_ALLOCATED = {"ALLOCATED", "IN_USE", "ALLOCATED_AND_IN_USE", "ASSIGNED"}
+
+
+def _node_allocation(
+    hostname: str, sockets: object, memory: int | None, field: str
+) -> NodeAllocation:
+    """One node of the nested layouts (v0.0.38+)."""
+    cores: list[tuple[int, int]] = []
+    listed_per_socket: dict[int, int] = {}
+    lists_unallocated = False
+    for socket_index, socket_cores in _iter_sockets(sockets, field):
+        listed_per_socket[socket_index] = len(socket_cores)
+        for core_index, status in socket_cores:
+            words = {w.upper() for w in status}
+            if words & _ALLOCATED:
+                cores.append((socket_index, core_index))
+            else:
+                lists_unallocated = True
+    cores.sort()
+    cpu_ids = None
+    if lists_unallocated and listed_per_socket:
+        # Every core of the node is listed (v0.0.41+): cores per socket is what is listed.
+        per_socket = max(listed_per_socket.values())
+        cpu_ids = tuple(s * per_socket + c for s, c in cores)
+    elif cores and set(listed_per_socket) == {0}:
+        # Only socket 0 holds cores: per-socket index is the node-wide index.
+        cpu_ids = tuple(c for _, c in cores)
+    return NodeAllocation(hostname=hostname, cores=tuple(cores), cpu_ids=cpu_ids, memory_mb=memory)
+
+
+def _flat_allocation(hostname: str, node: Mapping[str, Any], field: str) -> NodeAllocation:
+    """One node of v0.0.37's flat ``sockets``/``cores`` maps (Slurm bug 12982).
+
+    Only allocated cores are listed ("assigned" says a step uses the core, "unassigned" that none
+    does). Core keys are ``i % cores_per_socket``: with one socket listed they are exact, with
+    more they collide, and the allocation is ambiguous.
+    """
+    sockets = node.get("sockets") or {}
+    cores = node.get("cores") or {}
+    if not isinstance(sockets, Mapping) or not isinstance(cores, Mapping):
+        raise SlurmFormatError(field, node, "expected flat sockets/cores maps")
+    memory = slurm_int(node.get("memory"), f"{field}.memory")
+    if len(sockets) > 1:
+        return NodeAllocation(hostname=hostname, memory_mb=memory, ambiguous=True)
+    socket = _index(next(iter(sockets)), f"{field}.sockets") if sockets else 0
+    core_keys = sorted(_index(k, f"{field}.cores.{k}") for k in cores)
+    return NodeAllocation(
+        hostname=hostname,
+        cores=tuple((socket, c) for c in core_keys),
+        cpu_ids=tuple(core_keys) if socket == 0 else None,
+        memory_mb=memory,
+    )
+
+
+def _allocations(
+    resources: object, hosts: tuple[str, ...], field: str
+) -> list[NodeAllocation]:
+    if not isinstance(resources, Mapping) or not resources:
+        return []
+    nodes = resources.get("nodes")
+    if isinstance(nodes, Mapping) and "allocation" in nodes:
+        out = []
+        for i, node in enumerate(nodes.get("allocation") or []):
+            where = f"{field}.nodes.allocation[{i}]"
+            if not isinstance(node, Mapping):
+                raise SlurmFormatError(where, node, "expected a node object")
+            memory = node.get("memory")
+            allocated = memory.get("allocated") if isinstance(memory, Mapping) else None
+            name = slurm_str(node.get("name"), f"{where}.name")
+            out.append(
+                _node_allocation(
+                    name, node.get("sockets"), slurm_int(allocated, f"{where}.memory"), where
+                )
+            )
+        return out
+    allocated_nodes = resources.get("allocated_nodes")
+    if isinstance(allocated_nodes, list):
+        out = []
+        for i, node in enumerate(allocated_nodes):
+            where = f"{field}.allocated_nodes[{i}]"
+            if not isinstance(node, Mapping):
+                raise SlurmFormatError(where, node, "expected a node object")
+            name = slurm_str(node.get("nodename"), f"{where}.nodename") or _host_at(hosts, i)
+            memory = slurm_int(node.get("memory_allocated", node.get("memory")), where)
+            out.append(_node_allocation(name, node.get("sockets"), memory, where))
+        return out
+    if isinstance(allocated_nodes, Mapping):
+        out = []
+        for key, node in sorted(allocated_nodes.items(), key=lambda kv: int(kv[0])):
+            where = f"{field}.allocated_nodes.{key}"
+            if not isinstance(node, Mapping):
+                raise SlurmFormatError(where, node, "expected a node object")
+            out.append(_flat_allocation(_host_at(hosts, int(key)), node, where))
+        return out
+    return []
+
+
+def _gres_detail(value: object, field: str) -> tuple[str, ...]:
+    """One string per node, kept in node order (an empty string is a node without GRES)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise SlurmFormatError(field, value, "expected a list of GRES strings")
+
+
+def _host_at(hosts: tuple[str, ...], index: int) -> str:
+    if 0 <= index < len(hosts):
+        return hosts[index]
+    raise SlurmFormatError("job_resources", index, f"node index outside the job's {len(hosts)}")
+
+
+def _with_gpus(
+    allocations: list[NodeAllocation], hosts: tuple[str, ...], gres: tuple[str, ...], field: str
+) -> tuple[NodeAllocation, ...]:
+    """Attach GPU indices: ``gres_detail[i]`` belongs to the job's i-th node."""
+    gpus_by_host = {
+        host: gpu_indices(detail, f"{field}.gres_detail[{i}]")
+        for i, (host, detail) in enumerate(zip(hosts, gres))
+    }
+    if not allocations:
+        allocations = [NodeAllocation(hostname=h) for h in hosts]
+    return tuple(replace(a, gpu_ids=gpus_by_host.get(a.hostname, ())) for a in allocations)
+
+
+def resolve_cpu_ids(
+    jobs: Iterable[Job], topology: Mapping[str, NodeTopology]
+) -> tuple[Job, ...]:
+    """Fill node-wide ``cpu_ids`` where the document gave only (socket, core) pairs.
+
+    v0.0.38 to v0.0.40 key cores by their index inside the socket; the node's cores per socket
+    (from one ``sinfo`` call, see ``reader.py``) turns them into node-wide ids.
+    """
+    out = []
+    for job in jobs:
+        changed = False
+        allocations = []
+        for alloc in job.allocations:
+            node = topology.get(alloc.hostname)
+            if alloc.cpu_ids is None and not alloc.ambiguous and node is not None:
+                ids = tuple(s * node.cores_per_socket + c for s, c in alloc.cores)
+                alloc = replace(alloc, cpu_ids=ids)
+                changed = True
+            allocations.append(alloc)
+        out.append(replace(job, allocations=tuple(allocations)) if changed else job)
+    return tuple(out)
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+def _job_id(record: Mapping[str, Any], field: str) -> int:
+    job_id = slurm_int(record.get("job_id"), f"{field}.job_id")
+    if job_id is None or job_id <= 0:
+        raise SlurmFormatError(f"{field}.job_id", record.get("job_id"), "no job id")
+    return job_id
+
+
+def _optional_id(value: object, field: str) -> int | None:
+    """Array and het ids: 0 and unset both mean "not part of one"."""
+    number = slurm_int(value, field)
+    return number if number else None
+
+
+def _text(record: Mapping[str, Any], key: str, field: str) -> str | None:
+    return slurm_str(record.get(key), f"{field}.{key}") or None
+
+
+def _reason(value: object, field: str) -> str:
+    text = slurm_str(value, field)
+    return "" if text == "None" else text
+
+
+def job_from_squeue(
+    record: Mapping[str, Any],
+    field: str,
+    producer: Producer,
+    *,
+    default_cluster: str | None = None,
+) -> Job:
+    """One squeue job record (JOB_INFO) of any version."""
+    job_id = _job_id(record, field)
+    state, flags = job_state(record.get("job_state"), f"{field}.job_state")
+    array_job_id = _optional_id(record.get("array_job_id"), f"{field}.array_job_id")
+    array_task_id = (
+        slurm_int(record.get("array_task_id"), f"{field}.array_task_id")
+        if array_job_id is not None
+        else None
+    )
+    het_job_id = _optional_id(record.get("het_job_id"), f"{field}.het_job_id")
+    nodelist = "" if state is JobState.PENDING else slurm_str(record.get("nodes"), field)
+    hosts = expand_hosts(nodelist, f"{field}.nodes")
+    gres = _gres_detail(record.get("gres_detail"), f"{field}.gres_detail")
+    allocations = _allocations(record.get("job_resources"), hosts, f"{field}.job_resources")
+    started = state not in (JobState.PENDING,)
+    return Job(
+        job_id=job_id,
+        name=slurm_str(record.get("name"), f"{field}.name"),
+        state=state,
+        flags=flags,
+        reason=_reason(record.get("state_reason"), f"{field}.state_reason"),
+        cluster=_text(record, "cluster", field) or producer.cluster or default_cluster,
+        user=_text(record, "user_name", field),
+        uid=slurm_int(record.get("user_id"), f"{field}.user_id"),
+        account=_text(record, "account", field),
+        partition=_text(record, "partition", field),
+        qos=_text(record, "qos", field),
+        array_job_id=array_job_id,
+        array_task_id=array_task_id,
+        array_tasks_pending=_text(record, "array_task_string", field),
+        het_job_id=het_job_id,
+        het_job_offset=(
+            slurm_int(record.get("het_job_offset"), f"{field}.het_job_offset")
+            if het_job_id is not None
+            else None
+        ),
+        submit_time=slurm_time(record.get("submit_time"), f"{field}.submit_time"),
+        eligible_time=slurm_time(record.get("eligible_time"), f"{field}.eligible_time"),
+        # A pending job's start and a running job's end are Slurm's estimates, not facts.
+        start_time=slurm_time(record.get("start_time"), f"{field}.start_time") if started else None,
+        end_time=(
+            slurm_time(record.get("end_time"), f"{field}.end_time")
+            if state.finished or state is JobState.COMPLETING
+            else None
+        ),
+        time_limit=slurm_int(record.get("time_limit"), f"{field}.time_limit"),
+        node_count=slurm_int(record.get("node_count"), f"{field}.node_count"),
+        cpus=slurm_int(record.get("cpus"), f"{field}.cpus"),
+        nodelist=nodelist,
+        hosts=hosts,
+        allocations=_with_gpus(allocations, hosts, gres, field),
+        gres_detail=gres,
+        tres_requested=parse_tres_string(record.get("tres_req_str"), f"{field}.tres_req_str"),
+        tres_allocated=parse_tres_string(record.get("tres_alloc_str"), f"{field}.tres_alloc_str"),
+        comment=slurm_str(record.get("comment"), f"{field}.comment"),
+        admin_comment=slurm_str(record.get("admin_comment"), f"{field}.admin_comment"),
+        system_comment=slurm_str(record.get("system_comment"), f"{field}.system_comment"),
+        exit_code=exit_code(record.get("exit_code"), state, f"{field}.exit_code"),
+        work_dir=_text(record, "current_working_directory", field),
+        restart_count=slurm_int(record.get("restart_cnt"), f"{field}.restart_cnt", bits=16) or 0,
+        source="squeue",
+    )
+
+
+def _mapping(record: Mapping[str, Any], key: str, field: str) -> Mapping[str, Any]:
+    value = record.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SlurmFormatError(f"{field}.{key}", value, "expected an object")
+    return value
+
+
+def job_from_sacct(
+    record: Mapping[str, Any],
+    field: str,
+    producer: Producer,
+    *,
+    default_cluster: str | None = None,
+) -> Job:
+    """One sacct job record (slurmdb JOB) of any version."""
+    job_id = _job_id(record, field)
+    state_obj = _mapping(record, "state", field)
+    state, flags = job_state(state_obj.get("current"), f"{field}.state.current")
+    times = _mapping(record, "time", field)
+    array = _mapping(record, "array", field)
+    het = _mapping(record, "het", field)
+    comment = _mapping(record, "comment", field)
+    tres = _mapping(record, "tres", field)
+    required = _mapping(record, "required", field)
+
+    def when(key: str) -> int | None:
+        return slurm_time(times.get(key), f"{field}.time.{key}")
+
+    start, end = when("start"), when("end")
+    if quirks_of(producer).sacct_start_is_eligible:
+        elapsed = slurm_int(times.get("elapsed"), f"{field}.time.elapsed")
+        suspended = slurm_int(times.get("suspended"), f"{field}.time.suspended") or 0
+        start = end - elapsed - suspended if end and elapsed is not None else None
+    if state is JobState.PENDING:
+        start = None
+    array_job_id = _optional_id(array.get("job_id"), f"{field}.array.job_id")
+    het_job_id = _optional_id(het.get("job_id"), f"{field}.het.job_id")
+    allocated = parse_tres_list(tres.get("allocated"), f"{field}.tres.allocated")
+    requested = parse_tres_list(tres.get("requested"), f"{field}.tres.requested")
+    nodelist = slurm_str(record.get("nodes"), f"{field}.nodes")
+    hosts = expand_hosts(nodelist, f"{field}.nodes")
+    cpus = allocated.get("cpu")
+    if cpus is None:
+        cpus = slurm_int(required.get("CPUs", required.get("cpus")), f"{field}.required.CPUs")
+    return Job(
+        job_id=job_id,
+        name=slurm_str(record.get("name"), f"{field}.name"),
+        state=state,
+        flags=flags,
+        reason=_reason(state_obj.get("reason"), f"{field}.state.reason"),
+        cluster=_text(record, "cluster", field) or producer.cluster or default_cluster,
+        user=_text(record, "user", field),
+        account=_text(record, "account", field),
+        partition=_text(record, "partition", field),
+        qos=_text(record, "qos", field),
+        array_job_id=array_job_id,
+        array_task_id=(
+            slurm_int(array.get("task_id"), f"{field}.array.task_id") if array_job_id else None
+        ),
+        array_tasks_pending=(slurm_str(array.get("task"), f"{field}.array.task") or None),
+        het_job_id=het_job_id,
+        het_job_offset=(
+            slurm_int(het.get("job_offset"), f"{field}.het.job_offset") if het_job_id else None
+        ),
+        submit_time=when("submission"),
+        eligible_time=when("eligible"),
+        start_time=start,
+        end_time=end if state.finished else None,
+        time_limit=slurm_int(times.get("limit"), f"{field}.time.limit"),
+        node_count=slurm_int(record.get("allocation_nodes"), f"{field}.allocation_nodes")
+        or (len(hosts) or None),
+        cpus=cpus,
+        nodelist="" if not hosts else nodelist,
+        hosts=hosts,
+        allocations=tuple(NodeAllocation(hostname=h) for h in hosts),
+        tres_requested=requested,
+        tres_allocated=allocated,
+        comment=slurm_str(comment.get("job"), f"{field}.comment.job"),
+        admin_comment=slurm_str(comment.get("administrator"), f"{field}.comment.administrator"),
+        system_comment=slurm_str(comment.get("system"), f"{field}.comment.system"),
+        exit_code=exit_code(record.get("exit_code"), state, f"{field}.exit_code"),
+        work_dir=_text(record, "working_directory", field),
+        restart_count=slurm_int(record.get("restart_cnt"), f"{field}.restart_cnt", bits=16) or 0,
+        source="sacct",
+    )

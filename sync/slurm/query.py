@@ -1,0 +1,205 @@
+"""What to ask Slurm for, and which filters each version's ``--json`` output honours.
+
+    >>> f = JobFilter(states=("R",), names=("buildkite",))
+    >>> squeue_args(f, (24, 11, 5))
+    ['--json', '--states=RUNNING', '--name=buildkite']
+    >>> squeue_args(f, (22, 5, 8))         # 22.05 ignores filters with --json: filter afterwards
+    ['--json']
+
+Slurm's JSON serializer is the most expensive part of a cycle on a big cluster (a full
+``squeue --json`` of 10,000 jobs took 4.2 s and 1.5 GB in squeue on 24.11, ``-t R`` 0.06 s), so
+the reader passes every filter the version honours. Versions that ignore some filters dump more;
+``JobFilter.matches`` then filters after parsing, with the same meaning, so callers see the same
+jobs on every version:
+- 24.05.1 and later honour all filters with ``--json`` (Slurm commit ff14834caa);
+- 23.02 to 24.05.0 honour ``-j`` and ``-u`` only;
+- 22.05 and earlier honour none (and the dump is cheap there).
+Without ``states`` squeue shows only jobs that are not finished; the after-filter does the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sync.errors import SlurmFormatError
+from sync.slurm.model import Job, JobState
+
+__all__ = [
+    "JobFilter",
+    "SacctWindow",
+    "parse_version",
+    "sacct_args",
+    "squeue_args",
+    "squeue_json_filters",
+    "state_names",
+]
+
+# squeue/sacct state names and their short forms, to our base states.
+_STATE_ALIASES: dict[str, JobState] = {
+    "PD": JobState.PENDING,
+    "R": JobState.RUNNING,
+    "S": JobState.SUSPENDED,
+    "CG": JobState.COMPLETING,
+    "CD": JobState.COMPLETED,
+    "CA": JobState.CANCELLED,
+    "F": JobState.FAILED,
+    "TO": JobState.TIMEOUT,
+    "NF": JobState.NODE_FAIL,
+    "PR": JobState.PREEMPTED,
+    "BF": JobState.BOOT_FAIL,
+    "DL": JobState.DEADLINE,
+    "OOM": JobState.OUT_OF_MEMORY,
+    "COMPLETE": JobState.COMPLETED,
+}
+
+
+def state_names(states: Iterable[str]) -> tuple[JobState, ...]:
+    """`state_names(["R", "pending"])` is ``(RUNNING, PENDING)``; "all" is every state."""
+    out: list[JobState] = []
+    for raw in states:
+        word = raw.strip().upper()
+        if word == "ALL":
+            return tuple(JobState)
+        if word in _STATE_ALIASES:
+            out.append(_STATE_ALIASES[word])
+        elif word in JobState.__members__ and word != "UNKNOWN":
+            out.append(JobState[word])
+        else:
+            raise SlurmFormatError("states", raw, "not a Slurm job state")
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a query wants. Empty fields do not filter; ``states=()`` means "not finished"."""
+
+    states: tuple[str, ...] = ()
+    job_ids: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    partitions: tuple[str, ...] = ()
+
+    def wanted_states(self) -> tuple[JobState, ...]:
+        """The base states this filter keeps."""
+        if not self.states:
+            return tuple(s for s in JobState if s.active)
+        return state_names(self.states)
+
+    def matches(self, job: Job) -> bool:
+        """`f.matches(job)` applies the filter after parsing, as Slurm would have."""
+        if job.state not in self.wanted_states():
+            return False
+        if self.job_ids and not (
+            job.job_id in self.job_ids
+            or (job.array_job_id is not None and job.array_job_id in self.job_ids)
+            or (job.het_job_id is not None and job.het_job_id in self.job_ids)
+        ):
+            return False
+        if self.names and job.name not in self.names:
+            return False
+        if self.users and job.user not in self.users:
+            return False
+        if self.partitions:
+            # A pending job may name several partitions ("main,gpu").
+            wanted = set(self.partitions)
+            if not wanted & set((job.partition or "").split(",")):
+                return False
+        return True
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """`parse_version("slurm 24.11.5")` is ``(24, 11, 5)``; "slurm-wlm 22.05.8" works too."""
+    for word in text.split():
+        parts = word.split(".")
+        if len(parts) >= 2 and parts[0].isdigit():
+            numbers = []
+            for part in parts[:3]:
+                digits = ""
+                for char in part:
+                    if not char.isdigit():
+                        break
+                    digits += char
+                numbers.append(int(digits or 0))
+            while len(numbers) < 3:
+                numbers.append(0)
+            return (numbers[0], numbers[1], numbers[2])
+    raise SlurmFormatError("version", text, "no Slurm version number found")
+
+
+def squeue_json_filters(version: tuple[int, int, int]) -> frozenset[str]:
+    """Which ``JobFilter`` fields ``squeue --json`` honours on Slurm ``version``."""
+    if version >= (24, 5, 1):
+        return frozenset({"states", "job_ids", "names", "users", "partitions"})
+    if version >= (23, 2, 0):
+        return frozenset({"job_ids", "users"})
+    return frozenset()
+
+
+def _squeue_state_arg(job_filter: JobFilter) -> str:
+    if any(s.strip().upper() == "ALL" for s in job_filter.states):
+        return "all"
+    return ",".join(s.value for s in job_filter.wanted_states())
+
+
+def squeue_args(job_filter: JobFilter, version: tuple[int, int, int]) -> list[str]:
+    """The arguments of the one ``squeue --json`` call for ``job_filter`` on ``version``."""
+    honoured = squeue_json_filters(version)
+    args = ["--json"]
+    if "states" in honoured and job_filter.states:
+        args.append(f"--states={_squeue_state_arg(job_filter)}")
+    if "job_ids" in honoured and job_filter.job_ids:
+        args.append("--jobs=" + ",".join(str(i) for i in job_filter.job_ids))
+    if "names" in honoured and job_filter.names:
+        args.append("--name=" + ",".join(job_filter.names))
+    if "users" in honoured and job_filter.users:
+        args.append("--user=" + ",".join(job_filter.users))
+    if "partitions" in honoured and job_filter.partitions:
+        args.append("--partition=" + ",".join(job_filter.partitions))
+    return args
+
+
+@dataclass(frozen=True)
+class SacctWindow:
+    """A time window ``[start, end)`` in epoch seconds for ``sacct -S/-E``.
+
+    Without ``-s``, sacct returns every job whose life overlaps the window (eligible before the
+    end, and ended after the start or still running), so touching windows miss no short job.
+    """
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise ValueError(f"sacct window ends ({self.end}) before it starts ({self.start})")
+
+
+def _sacct_time(epoch: int) -> str:
+    # sacct reads local time without a zone; pass it the way it reads it.
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def sacct_args(
+    window: SacctWindow, job_filter: JobFilter = JobFilter(states=("all",))
+) -> list[str]:
+    """The arguments of one ``sacct --json`` call: allocations only (``-X``), all users unless
+    some are named, an explicit window, and the filter."""
+    args = ["--json", "-X", "-S", _sacct_time(window.start), "-E", _sacct_time(window.end)]
+    args.append("--user=" + ",".join(job_filter.users) if job_filter.users else "-a")
+    explicit_states = job_filter.states and not any(
+        s.strip().upper() == "ALL" for s in job_filter.states
+    )
+    if explicit_states:
+        # sacct has no COMPLETING; with -s a job matches only if it was in that state in the window.
+        names = [s.value for s in job_filter.wanted_states() if s is not JobState.COMPLETING]
+        args.append("--state=" + ",".join(names))
+    if job_filter.job_ids:
+        args.append("--jobs=" + ",".join(str(i) for i in job_filter.job_ids))
+    if job_filter.names:
+        args.append("--name=" + ",".join(job_filter.names))
+    if job_filter.partitions:
+        args.append("--partition=" + ",".join(job_filter.partitions))
+    return args
+
