@@ -134,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     out = Console()
+    if not out.is_terminal:
+        # Piped into grep or a log: do not fold names at 80 columns.
+        out = Console(width=200)
     err = Console(stderr=True)
     try:
         config = load_config(args.config)

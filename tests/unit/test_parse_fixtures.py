@@ -103,7 +103,9 @@ def test_document_normalizes_to_expected(
                 continue
             got = _actual(job, key)
             if got != value:
-                mismatches.append(f"{job.display_id} ({job.name}).{key}: got {got!r}, want {value!r}")
+                mismatches.append(
+                    f"{job.display_id} ({job.name}).{key}: got {got!r}, want {value!r}"
+                )
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -1,0 +1,82 @@
+"""``slurm-sync jobs``: the table, --json, and the documented exit codes.
+
+Slurm here is a stand-in script serving a fixture document; tests/lab runs the same command
+against real Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync.cli import main
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.05"
+
+
+def _fake_slurm(tmp_path: Path, squeue_body: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text(f"#!{sys.executable}\nimport sys\n{squeue_body}\n")
+    squeue.chmod(squeue.stat().st_mode | stat.S_IXUSR)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"slurm": {"bin_dir": str(bin_dir)}}))
+    return config
+
+
+def _serving(document: Path) -> str:
+    return (
+        "if '--version' in sys.argv: print('slurm 24.05.8'); sys.exit(0)\n"
+        "open(sys.argv[0] + '.argv', 'w').write(' '.join(sys.argv[1:]))\n"
+        f"sys.stdout.write(open({str(document)!r}, encoding='utf-8').read())"
+    )
+
+
+def test_jobs_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _fake_slurm(tmp_path, _serving(FIXTURE / "squeue-running.json"))
+    assert main(["-c", str(config), "jobs"]) == 0
+    out, err = capsys.readouterr()
+    assert "cores03" in out and "Ωmega-déjà-✓" in out and "105_[2-3%2]" in out
+    assert "lab2405n1:0,1" in out  # gpu2's GPU indices
+    assert "skipped squeue record 2 (job abc)" in err
+
+
+def test_jobs_json_filters_and_passes_filters_to_slurm(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _fake_slurm(tmp_path, _serving(FIXTURE / "squeue-running.json"))
+    assert main(["-c", str(config), "jobs", "--json", "-t", "R", "-u", "bob"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert {j["name"] for j in document["jobs"]} == {"gpu2", "array"}
+    assert all(j["state"] == "RUNNING" for j in document["jobs"])
+    assert document["producer"]["plugin"] == "v0.0.41"
+    assert (tmp_path / "bin" / "squeue.argv").read_text() == "--json --states=RUNNING --user=bob"
+
+
+def test_slurm_failure_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _fake_slurm(
+        tmp_path,
+        "sys.stderr.write('squeue: error: Unable to contact slurm controller\\n'); sys.exit(1)",
+    )
+    assert main(["-c", str(config), "jobs"]) == 3
+    assert "Unable to contact slurm controller" in capsys.readouterr().err
+
+
+def test_config_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"slurm": {"timeout": "soon"}}')
+    assert main(["-c", str(config), "jobs"]) == 2
+    assert "$.slurm.timeout" in capsys.readouterr().err
+
+
+def test_bad_state_exits_2_before_slurm_is_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _fake_slurm(tmp_path, _serving(FIXTURE / "squeue-running.json"))
+    assert main(["-c", str(config), "jobs", "-t", "RUNNNING"]) == 2
+    assert not (tmp_path / "bin" / "squeue.argv").exists()

@@ -1,0 +1,59 @@
+"""The runner runs real processes: argv lists, timeouts, and errors that name the command."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync.errors import SlurmCommandError
+from sync.slurm.run import Runner, SlurmCommands
+
+
+def _script(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_argv_is_passed_verbatim_never_through_a_shell(tmp_path: Path) -> None:
+    _script(tmp_path, "squeue", "print('|'.join(sys.argv[1:]))")
+    runner = Runner(SlurmCommands(bin_dir=str(tmp_path)))
+    result = runner.run("squeue", ["--name=a b; rm -rf /", "$(id)"])
+    assert result.stdout.decode().strip() == "--name=a b; rm -rf /|$(id)"
+    assert len(runner.calls) == 1
+
+
+def test_non_zero_exit_names_command_code_and_first_stderr_line(tmp_path: Path) -> None:
+    _script(tmp_path, "sacct",
+            "sys.stderr.write('\\nsacct: error: Problem talking to the database\\nmore\\n');"
+            " sys.exit(1)")
+    runner = Runner(SlurmCommands(bin_dir=str(tmp_path)))
+    with pytest.raises(SlurmCommandError) as err:
+        runner.run("sacct", ["--json"])
+    assert err.value.returncode == 1
+    assert err.value.stderr == "sacct: error: Problem talking to the database"
+    assert "sacct --json" in str(err.value) and "exit code 1" in str(err.value)
+
+
+def test_timeout(tmp_path: Path) -> None:
+    _script(tmp_path, "squeue", "time.sleep(30)")
+    runner = Runner(SlurmCommands(bin_dir=str(tmp_path), timeout=0.5))
+    with pytest.raises(SlurmCommandError, match=r"timed out after 0\.5 s"):
+        runner.run("squeue", [])
+
+
+def test_missing_binary() -> None:
+    runner = Runner(SlurmCommands(paths={"squeue": "/nonexistent/squeue"}))
+    with pytest.raises(SlurmCommandError, match="not found"):
+        runner.run("squeue", ["--json"])
+
+
+def test_paths_and_prefix() -> None:
+    commands = SlurmCommands(bin_dir="/opt/slurm/bin", paths={"sacct": "/usr/local/bin/sacct"},
+                             prefix=("chroot", "/srv/s"))
+    assert commands.argv("squeue", ["-h"]) == ["chroot", "/srv/s", "/opt/slurm/bin/squeue", "-h"]
+    assert commands.argv("sacct", []) == ["chroot", "/srv/s", "/usr/local/bin/sacct"]
