@@ -14,7 +14,6 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -74,13 +73,6 @@ def _gpus(job: Job) -> str:
     )
 
 
-def _job_json(job: Job) -> dict[str, Any]:
-    data = dataclasses.asdict(job)
-    data["state"] = job.state.value
-    data["display_id"] = job.display_id
-    return data
-
-
 def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: Console) -> int:
     states = tuple(args.state)
     try:
@@ -104,7 +96,7 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
     if args.json:
         document = {
             "producer": dataclasses.asdict(result.producer),
-            "jobs": [_job_json(j) for j in result.jobs],
+            "jobs": [j.to_dict() for j in result.jobs],
             "skipped": [dataclasses.asdict(s) for s in result.skipped],
         }
         out.print_json(json.dumps(document, default=list))

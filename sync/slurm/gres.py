@@ -80,6 +80,8 @@ def gpu_indices(detail: str, field: str = "gres_detail", name: str = "gpu") -> t
 def expand_hosts(nodelist: str, field: str = "nodes") -> tuple[str, ...]:
     """`expand_hosts("n[1-3]")` is ``("n1", "n2", "n3")``; "None assigned" and "" give ``()``."""
     text = nodelist.strip()
+    if "[" not in text and "," not in text and " " not in text:
+        return (text,) if text and text.lower() not in _NO_HOSTS else ()
     if text.lower() in _NO_HOSTS:
         return ()
     try:

@@ -13,8 +13,9 @@ None when Slurm has not set them; ``time_limit`` is minutes or None when unlimit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 __all__ = [
     "ExitCode",
@@ -162,6 +163,23 @@ class Job:
         if self.het_job_id is not None and self.het_job_offset is not None:
             return f"{self.het_job_id}+{self.het_job_offset}"
         return str(self.job_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`job.to_dict()` is plain JSON-ready data (state as its name, TRES as dicts)."""
+        data: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Mapping):
+                value = dict(value)
+            elif item.name in ("allocations", "exit_code"):
+                value = (
+                    [asdict(a) for a in value] if item.name == "allocations" else asdict(value)
+                )
+            elif isinstance(value, Enum):
+                value = value.value
+            data[item.name] = value
+        data["display_id"] = self.display_id
+        return data
 
     @property
     def gpu_count(self) -> int:

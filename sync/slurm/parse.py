@@ -23,8 +23,13 @@ Layouts of ``job_resources`` (per node: which cores, on which socket):
 
 from __future__ import annotations
 
+import codecs
+import functools
+import gc
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
@@ -93,32 +98,120 @@ def quirks_of(producer: Producer) -> Quirks:
 
 
 # --- document level ---------------------------------------------------------------------------
+#
+# A document is read one job record at a time: the top-level object is walked with the C
+# decoder's raw_decode, each record is normalized and dropped, so memory holds the text and the
+# Job records, never the whole decoded tree (a 24.11 dump of 10,000 jobs is 77 MB of text).
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+_ESCAPE_ERRORS = "slurm-sync-json-escape"
+
+
+def _escape_non_ascii(error: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: a run of non-ASCII bytes becomes JSON ``\\uXXXX`` escapes.
+
+    Non-ASCII bytes can only stand inside JSON strings, where escapes mean the same characters;
+    the text then stays one byte per character however exotic the job names are.
+    """
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    data, end = error.object, error.start
+    while end < len(data) and data[end] >= 0x80:
+        end += 1
+    chars = bytes(data[error.start : end]).decode("utf-8", errors="replace")
+    escaped = json.dumps(chars, ensure_ascii=True)[1:-1]
+    return escaped, end
+
+
+codecs.register_error(_ESCAPE_ERRORS, _escape_non_ascii)
+
+
+def _json_text(raw: str | bytes) -> str:
+    if isinstance(raw, str):
+        return raw
+    if raw.isascii():
+        return raw.decode("ascii")
+    return raw.decode("ascii", errors=_ESCAPE_ERRORS)
+
+
+def _walk(text: str, what: str) -> Iterator[tuple[str, Any]]:
+    """Yield ``(key, value)`` for each top-level member and ``("jobs[]", record)`` for each job.
+
+    Text before the first ``{`` (multi-cluster squeue prints a header) is skipped.
+    """
+    decode, ws = _DECODER.raw_decode, _WS.match
+    i = text.find("{")
+    if i < 0:
+        raise SlurmFormatError(what, text[:60], "output is not JSON")
+    try:
+        i = ws(text, i + 1).end()  # type: ignore[union-attr]
+        if text[i : i + 1] == "}":
+            return
+        while True:
+            key, i = decode(text, i)
+            i = ws(text, i).end()  # type: ignore[union-attr]
+            if text[i : i + 1] != ":":
+                raise json.JSONDecodeError("expected ':'", text, i)
+            i = ws(text, i + 1).end()  # type: ignore[union-attr]
+            if key == "jobs" and text[i : i + 1] == "[":
+                i = ws(text, i + 1).end()  # type: ignore[union-attr]
+                yield "jobs", []
+                if text[i : i + 1] == "]":
+                    i += 1
+                else:
+                    while True:
+                        record, i = decode(text, i)
+                        yield "jobs[]", record
+                        i = ws(text, i).end()  # type: ignore[union-attr]
+                        char = text[i : i + 1]
+                        i = ws(text, i + 1).end()  # type: ignore[union-attr]
+                        if char == "]":
+                            break
+                        if char != ",":
+                            raise json.JSONDecodeError("expected ',' or ']'", text, i - 1)
+            else:
+                value, i = decode(text, i)
+                yield key, value
+            i = ws(text, i).end()  # type: ignore[union-attr]
+            char = text[i : i + 1]
+            if char == "}":
+                return
+            if char != ",":
+                raise json.JSONDecodeError("expected ',' or '}'", text, i)
+            i = ws(text, i + 1).end()  # type: ignore[union-attr]
+    except (json.JSONDecodeError, IndexError) as exc:
+        raise SlurmFormatError(what, text[:60], f"output is not JSON ({exc})") from exc
 
 
 def load_document(raw: Document, what: str) -> Mapping[str, Any]:
-    """Decode a ``--json`` document; raise one clear error for non-JSON or Slurm ``errors``."""
+    """Decode a whole ``--json`` document; raise one clear error for non-JSON or Slurm ``errors``.
+
+    ``parse_squeue``/``parse_sacct`` stream instead; this is for small documents and tests.
+    """
     if isinstance(raw, Mapping):
         doc: Any = raw
     else:
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        start = text.find("{")
-        if start < 0:
-            raise SlurmFormatError(what, text[:60], "output is not JSON")
-        try:
-            # Multi-cluster squeue prints a text header before the JSON; skip to the object.
-            doc = json.loads(text[start:])
-        except json.JSONDecodeError as exc:
-            raise SlurmFormatError(what, text[:60], f"output is not JSON ({exc})") from exc
+        doc = {}
+        for key, value in _walk(_json_text(raw), what):
+            if key == "jobs[]":
+                doc["jobs"].append(value)
+            else:
+                doc[key] = value
     if not isinstance(doc, Mapping):
         raise SlurmFormatError(what, doc, "expected a JSON object")
-    errors = doc.get("errors") or []
-    if errors:
-        raise SlurmError(f"{what} reported errors: {'; '.join(_describe(e) for e in errors)}")
+    _raise_errors(doc.get("errors"), what)
     return doc
 
 
+def _raise_errors(errors: object, what: str) -> None:
+    if errors:
+        listed = errors if isinstance(errors, list) else [errors]
+        raise SlurmError(f"{what} reported errors: {'; '.join(_describe(e) for e in listed)}")
+
+
 def _describe(error: object) -> str:
-    if isinstance(error, Mapping):
+    if isinstance(error, dict):
         parts = [
             str(error.get(k))
             for k in ("error", "description", "source")
@@ -139,12 +232,12 @@ def read_producer(doc: Mapping[str, Any]) -> Producer:
     "data_parser/v0.0.42"`` with lowercase ``meta.slurm`` whose version parts are strings (23.11+).
     """
     meta = doc.get("meta") or {}
-    if not isinstance(meta, Mapping):
+    if not isinstance(meta, dict):
         return Producer()
     plugin_text = ""
     for holder_key in ("plugin", "plugins"):
         holder = meta.get(holder_key)
-        if isinstance(holder, Mapping):
+        if isinstance(holder, dict):
             plugin_text = str(holder.get("data_parser") or holder.get("type") or "")
             if plugin_text:
                 break
@@ -153,10 +246,10 @@ def read_producer(doc: Mapping[str, Any]) -> Producer:
     release = ""
     version = (0, 0, 0)
     cluster = None
-    if isinstance(slurm, Mapping):
+    if isinstance(slurm, dict):
         release = str(slurm.get("release") or "")
         parts = slurm.get("version")
-        if isinstance(parts, Mapping):
+        if isinstance(parts, dict):
             try:
                 version = tuple(  # type: ignore[assignment]
                     int(parts.get(k) or 0) for k in ("major", "minor", "micro")
@@ -179,54 +272,110 @@ def _version_from_release(release: str) -> tuple[int, int, int]:
     return (numbers[0], numbers[1], numbers[2])
 
 
-def _records(doc: Mapping[str, Any], what: str) -> list[Any]:
+def _describe_all(values: object) -> tuple[str, ...]:
+    return tuple(_describe(w) for w in values) if isinstance(values, list) else ()
+
+
+RecordParser = Callable[[Mapping[str, Any], str, Producer], Job]
+
+
+def _parse_one(
+    record: object, index: int, what: str, producer: Producer, one: RecordParser
+) -> Job | Skipped:
+    where = f"{what}.jobs[{index}]"
+    try:
+        if not isinstance(record, dict):
+            raise SlurmFormatError(where, record, "a job record must be an object")
+        return one(record, where, producer)
+    except (SlurmFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        job_id = record.get("job_id") if isinstance(record, dict) else None
+        return Skipped(index=index, job_id=job_id, reason=str(exc))
+
+
+def _members_of(doc: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The members of an already-decoded document as ``_walk`` yields them, meta first."""
+    if "meta" in doc:
+        yield "meta", doc["meta"]
+    for key, value in doc.items():
+        if key not in ("meta", "jobs"):
+            yield key, value
     jobs = doc.get("jobs")
-    if jobs is None:
-        raise SlurmFormatError(f"{what}.jobs", None, "the document has no jobs list")
-    if not isinstance(jobs, list):
-        raise SlurmFormatError(f"{what}.jobs", jobs, "expected a list of jobs")
-    return jobs
+    if isinstance(jobs, list):
+        yield "jobs", []
+        for record in jobs:
+            yield "jobs[]", record
+    elif "jobs" in doc:
+        yield "jobs", jobs
 
 
-def _warnings(doc: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(_describe(w) for w in doc.get("warnings") or ())
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector: parsing makes many objects and no cycles, and each collection
+    would walk every record made so far (a third of the time on 10,000 jobs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _parse_all(
-    raw: Document,
-    what: str,
-    one: Callable[[Mapping[str, Any], str, Producer], Job],
+    raw: Document, what: str, one: RecordParser, default_cluster: str | None
 ) -> ParseResult:
-    doc = load_document(raw, what)
-    producer = read_producer(doc)
-    jobs: list[Job] = []
-    skipped: list[Skipped] = []
-    for index, record in enumerate(_records(doc, what)):
-        where = f"{what}.jobs[{index}]"
-        try:
-            if not isinstance(record, Mapping):
-                raise SlurmFormatError(where, record, "a job record must be an object")
-            jobs.append(one(record, where, producer))
-        except (SlurmFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            job_id = record.get("job_id") if isinstance(record, Mapping) else None
-            skipped.append(Skipped(index=index, job_id=job_id, reason=str(exc)))
+    with _no_cyclic_gc():
+        return _parse_members(raw, what, one, default_cluster)
+
+
+def _parse_members(
+    raw: Document, what: str, one: RecordParser, default_cluster: str | None
+) -> ParseResult:
+    members = _members_of(raw) if isinstance(raw, Mapping) else _walk(_json_text(raw), what)
+    top: dict[str, Any] = {}
+    producer = Producer()  # what is known of the producer when the jobs are read
+    parsed: list[Job | Skipped] = []
+    for key, value in members:
+        if key == "jobs[]":
+            parsed.append(_parse_one(value, len(parsed), what, producer, one))
+            continue
+        top[key] = value
+        if key == "meta" and "jobs" not in top:
+            producer = read_producer(top)
+    _raise_errors(top.get("errors"), what)
+    if "jobs" not in top:
+        raise SlurmFormatError(f"{what}.jobs", None, "the document has no jobs list")
+    if not isinstance(top["jobs"], list):
+        raise SlurmFormatError(f"{what}.jobs", top["jobs"], "expected a list of jobs")
+    final = read_producer(top)
+    if parsed and quirks_of(final) != quirks_of(producer):
+        # meta came after jobs whose reading depends on it: read again with meta first.
+        return _parse_all(load_document(raw, what), what, one, default_cluster)
+    cluster = final.cluster or default_cluster
+    if cluster:
+        parsed = [
+            replace(p, cluster=cluster) if isinstance(p, Job) and p.cluster is None else p
+            for p in parsed
+        ]
     return ParseResult(
-        jobs=tuple(jobs), skipped=tuple(skipped), producer=producer, warnings=_warnings(doc)
+        jobs=tuple(p for p in parsed if isinstance(p, Job)),
+        skipped=tuple(p for p in parsed if isinstance(p, Skipped)),
+        producer=final,
+        warnings=_describe_all(top.get("warnings")),
     )
 
 
 def parse_squeue(raw: Document, *, cluster: str | None = None) -> ParseResult:
-    """`parse_squeue(text)` reads ``squeue --json`` (or ``scontrol --json show job``)."""
-    return _parse_all(
-        raw, "squeue", lambda r, w, p: job_from_squeue(r, w, p, default_cluster=cluster)
-    )
+    """`parse_squeue(text)` reads ``squeue --json`` (or ``scontrol --json show job``).
+
+    ``cluster`` names jobs whose record and document do not.
+    """
+    return _parse_all(raw, "squeue", job_from_squeue, cluster)
 
 
 def parse_sacct(raw: Document, *, cluster: str | None = None) -> ParseResult:
     """`parse_sacct(text)` reads ``sacct --json`` (one record per job with ``-X``)."""
-    return _parse_all(
-        raw, "sacct", lambda r, w, p: job_from_sacct(r, w, p, default_cluster=cluster)
-    )
+    return _parse_all(raw, "sacct", job_from_sacct, cluster)
 
 
 # --- state and exit code ------------------------------------------------------------------------
@@ -260,9 +409,18 @@ def job_state(value: object, field: str = "job_state") -> tuple[JobState, tuple[
 
     A job flagged COMPLETING is COMPLETING whatever its base: it still holds its nodes.
     """
-    words = tuple(w.split()[0].upper() for w in slurm_words(value, field) if w.split())
+    words = slurm_words(value, field)
+    try:
+        return _job_state_cached(words)
+    except SlurmFormatError as exc:
+        raise SlurmFormatError(field, value, exc.reason) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _job_state_cached(raw_words: tuple[str, ...]) -> tuple[JobState, tuple[str, ...]]:
+    words = tuple(w.split()[0].upper() for w in raw_words if w.split())
     if not words:
-        raise SlurmFormatError(field, value, "no job state")
+        raise SlurmFormatError("", raw_words, "no job state")
     base: JobState | None = next((_BASE_STATES[w] for w in words if w in _BASE_STATES), None)
     flags = tuple(w for w in words if w not in _BASE_STATES)
     if "COMPLETING" in flags:
@@ -293,14 +451,14 @@ def exit_code(value: object, state: JobState, field: str = "exit_code") -> ExitC
         return ExitCode()
     if value is None:
         return ExitCode()
-    if not isinstance(value, Mapping) or "status" not in value:
+    if not isinstance(value, dict) or "status" not in value:
         raw = slurm_int(value, field)
         return ExitCode() if raw is None else _wait_status(raw)
     status = value.get("status")
     return_code = slurm_int(value.get("return_code"), f"{field}.return_code")
     signal_obj = value.get("signal")
     signal = None
-    if isinstance(signal_obj, Mapping):
+    if isinstance(signal_obj, dict):
         signal = slurm_int(
             signal_obj.get("id", signal_obj.get("signal_id")), f"{field}.signal.id"
         )
@@ -321,6 +479,8 @@ def exit_code(value: object, state: JobState, field: str = "exit_code") -> ExitC
 
 
 def _index(key: object, field: str) -> int:
+    if type(key) is str and key.isdigit():
+        return int(key)
     number = slurm_int(key, field)
     if number is None or number < 0:
         raise SlurmFormatError(field, key, "expected an index")
@@ -330,19 +490,21 @@ def _index(key: object, field: str) -> int:
 def _iter_cores(cores: object, field: str) -> Iterator[tuple[int, tuple[str, ...]]]:
     """Yield (core index, status words) from a map ``{c: "allocated"}`` or a list of
     ``{index, status: [...]}``."""
-    if isinstance(cores, Mapping):
+    if isinstance(cores, dict):
         for key, status in cores.items():
-            if isinstance(status, Mapping):
+            if isinstance(status, dict):
                 status = status.get("status")
             yield _index(key, f"{field}.{key}"), slurm_words(status, f"{field}.{key}")
     elif isinstance(cores, list):
         for i, core in enumerate(cores):
-            if not isinstance(core, Mapping):
+            if not isinstance(core, dict):
                 raise SlurmFormatError(f"{field}[{i}]", core, "expected a core object")
-            yield (
-                _index(core.get("index"), f"{field}[{i}].index"),
-                slurm_words(core.get("status"), f"{field}[{i}].status"),
-            )
+            index, status = core.get("index"), core.get("status")
+            if type(index) is not int or index < 0:
+                index = _index(index, f"{field}[{i}].index")
+            if type(status) is not list:
+                status = slurm_words(status, f"{field}[{i}].status")
+            yield index, status
     elif cores is not None:
         raise SlurmFormatError(field, cores, "expected a map or a list of cores")
 
@@ -351,11 +513,11 @@ def _iter_sockets(
     sockets: object, field: str
 ) -> Iterator[tuple[int, list[tuple[int, tuple[str, ...]]]]]:
     """Yield (socket index, cores) from ``{s: {cores: ...}}`` or ``[{index, cores}]``."""
-    if isinstance(sockets, Mapping):
+    if isinstance(sockets, dict):
         items: Iterable[tuple[object, object]] = sockets.items()
     elif isinstance(sockets, list):
         items = (
-            (s.get("index") if isinstance(s, Mapping) else None, s) for s in sockets
+            (s.get("index") if isinstance(s, dict) else None, s) for s in sockets
         )
     elif sockets is None:
         return
@@ -363,7 +525,7 @@ def _iter_sockets(
         raise SlurmFormatError(field, sockets, "expected a map or a list of sockets")
     for key, socket in items:
         where = f"{field}.{key}"
-        if not isinstance(socket, Mapping):
+        if not isinstance(socket, dict):
             raise SlurmFormatError(where, socket, "expected a socket object")
         yield _index(key, where), list(_iter_cores(socket.get("cores"), f"{where}.cores"))
 
@@ -381,8 +543,7 @@ def _node_allocation(
     for socket_index, socket_cores in _iter_sockets(sockets, field):
         listed_per_socket[socket_index] = len(socket_cores)
         for core_index, status in socket_cores:
-            words = {w.upper() for w in status}
-            if words & _ALLOCATED:
+            if any(w.upper() in _ALLOCATED for w in status):
                 cores.append((socket_index, core_index))
             else:
                 lists_unallocated = True
@@ -407,7 +568,7 @@ def _flat_allocation(hostname: str, node: Mapping[str, Any], field: str) -> Node
     """
     sockets = node.get("sockets") or {}
     cores = node.get("cores") or {}
-    if not isinstance(sockets, Mapping) or not isinstance(cores, Mapping):
+    if not isinstance(sockets, dict) or not isinstance(cores, dict):
         raise SlurmFormatError(field, node, "expected flat sockets/cores maps")
     memory = slurm_int(node.get("memory"), f"{field}.memory")
     if len(sockets) > 1:
@@ -425,17 +586,17 @@ def _flat_allocation(hostname: str, node: Mapping[str, Any], field: str) -> Node
 def _allocations(
     resources: object, hosts: tuple[str, ...], field: str
 ) -> list[NodeAllocation]:
-    if not isinstance(resources, Mapping) or not resources:
+    if not isinstance(resources, dict) or not resources:
         return []
     nodes = resources.get("nodes")
-    if isinstance(nodes, Mapping) and "allocation" in nodes:
+    if isinstance(nodes, dict) and "allocation" in nodes:
         out = []
         for i, node in enumerate(nodes.get("allocation") or []):
             where = f"{field}.nodes.allocation[{i}]"
-            if not isinstance(node, Mapping):
+            if not isinstance(node, dict):
                 raise SlurmFormatError(where, node, "expected a node object")
             memory = node.get("memory")
-            allocated = memory.get("allocated") if isinstance(memory, Mapping) else None
+            allocated = memory.get("allocated") if isinstance(memory, dict) else None
             name = slurm_str(node.get("name"), f"{where}.name")
             out.append(
                 _node_allocation(
@@ -448,17 +609,17 @@ def _allocations(
         out = []
         for i, node in enumerate(allocated_nodes):
             where = f"{field}.allocated_nodes[{i}]"
-            if not isinstance(node, Mapping):
+            if not isinstance(node, dict):
                 raise SlurmFormatError(where, node, "expected a node object")
             name = slurm_str(node.get("nodename"), f"{where}.nodename") or _host_at(hosts, i)
             memory = slurm_int(node.get("memory_allocated", node.get("memory")), where)
             out.append(_node_allocation(name, node.get("sockets"), memory, where))
         return out
-    if isinstance(allocated_nodes, Mapping):
+    if isinstance(allocated_nodes, dict):
         out = []
         for key, node in sorted(allocated_nodes.items(), key=lambda kv: int(kv[0])):
             where = f"{field}.allocated_nodes.{key}"
-            if not isinstance(node, Mapping):
+            if not isinstance(node, dict):
                 raise SlurmFormatError(where, node, "expected a node object")
             out.append(_flat_allocation(_host_at(hosts, int(key)), node, where))
         return out
@@ -486,6 +647,8 @@ def _with_gpus(
     allocations: list[NodeAllocation], hosts: tuple[str, ...], gres: tuple[str, ...], field: str
 ) -> tuple[NodeAllocation, ...]:
     """Attach GPU indices: ``gres_detail[i]`` belongs to the job's i-th node."""
+    if not any(gres):
+        return tuple(allocations) if allocations else tuple(NodeAllocation(h) for h in hosts)
     gpus_by_host = {
         host: gpu_indices(detail, f"{field}.gres_detail[{i}]")
         for i, (host, detail) in enumerate(zip(hosts, gres))
@@ -535,7 +698,10 @@ def _optional_id(value: object, field: str) -> int | None:
 
 
 def _text(record: Mapping[str, Any], key: str, field: str) -> str | None:
-    return slurm_str(record.get(key), f"{field}.{key}") or None
+    value = record.get(key)
+    if type(value) is str:
+        return value or None
+    return slurm_str(value, f"{field}.{key}") or None
 
 
 def _reason(value: object, field: str) -> str:
@@ -547,8 +713,6 @@ def job_from_squeue(
     record: Mapping[str, Any],
     field: str,
     producer: Producer,
-    *,
-    default_cluster: str | None = None,
 ) -> Job:
     """One squeue job record (JOB_INFO) of any version."""
     job_id = _job_id(record, field)
@@ -571,7 +735,7 @@ def job_from_squeue(
         state=state,
         flags=flags,
         reason=_reason(record.get("state_reason"), f"{field}.state_reason"),
-        cluster=_text(record, "cluster", field) or producer.cluster or default_cluster,
+        cluster=_text(record, "cluster", field),
         user=_text(record, "user_name", field),
         uid=slurm_int(record.get("user_id"), f"{field}.user_id"),
         account=_text(record, "account", field),
@@ -618,7 +782,7 @@ def _mapping(record: Mapping[str, Any], key: str, field: str) -> Mapping[str, An
     value = record.get(key)
     if value is None:
         return {}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         raise SlurmFormatError(f"{field}.{key}", value, "expected an object")
     return value
 
@@ -627,8 +791,6 @@ def job_from_sacct(
     record: Mapping[str, Any],
     field: str,
     producer: Producer,
-    *,
-    default_cluster: str | None = None,
 ) -> Job:
     """One sacct job record (slurmdb JOB) of any version."""
     job_id = _job_id(record, field)
@@ -666,7 +828,7 @@ def job_from_sacct(
         state=state,
         flags=flags,
         reason=_reason(state_obj.get("reason"), f"{field}.state.reason"),
-        cluster=_text(record, "cluster", field) or producer.cluster or default_cluster,
+        cluster=_text(record, "cluster", field),
         user=_text(record, "user", field),
         account=_text(record, "account", field),
         partition=_text(record, "partition", field),

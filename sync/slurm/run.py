@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sync.errors import SlurmCommandError
 
-__all__ = ["CommandResult", "Runner", "SlurmCommands"]
+__all__ = ["CallRecord", "CommandResult", "Runner", "SlurmCommands"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,16 @@ class CommandResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """One call as ``Runner.calls`` remembers it: what ran, how long, how much it printed."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    seconds: float
+    stdout_bytes: int
+
+
 def _first_line(text: str) -> str:
     for line in text.splitlines():
         if line.strip():
@@ -66,14 +76,17 @@ def _first_line(text: str) -> str:
 
 
 class Runner:
-    """Executes Slurm commands and records each call (argv, seconds, exit code) in ``calls``."""
+    """Executes Slurm commands and records each call (argv, seconds, exit code) in ``calls``.
+
+    Only the call's facts are kept, never its output: a 77 MB dump is freed once parsed.
+    """
 
     def __init__(
         self, commands: SlurmCommands | None = None, env: Mapping[str, str] | None = None
     ) -> None:
         self.commands = commands or SlurmCommands()
         self.env = dict(env) if env is not None else None
-        self.calls: list[CommandResult] = []
+        self.calls: list[CallRecord] = []
 
     def run(
         self,
@@ -117,7 +130,9 @@ class Runner:
             stderr=stderr,
             seconds=time.monotonic() - started,
         )
-        self.calls.append(result)
+        self.calls.append(
+            CallRecord(result.argv, result.returncode, result.seconds, len(result.stdout))
+        )
         if check and proc.returncode != 0:
             raise SlurmCommandError(argv, proc.returncode, _first_line(stderr))
         return result

@@ -15,9 +15,11 @@ the only places that know these shapes.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from sync.errors import SlurmFormatError
 
@@ -59,8 +61,10 @@ def _plain_int(value: object, field: str) -> int:
         if math.isnan(value) or math.isinf(value):
             raise SlurmFormatError(field, value, "expected a finite number")
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-        return int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit() or (text[:1] == "-" and text[1:].isdigit()):
+            return int(text)
     raise SlurmFormatError(field, value, "expected a number")
 
 
@@ -72,6 +76,16 @@ def slurm_int(value: object, field: str = "", *, bits: int = 32) -> int | None:
     "+complex" dumps (v0.0.41+): ``null`` or ``"Infinity"``. ``bits=16`` also treats 65534/65535
     as unset, for Slurm's 16-bit fields.
     """
+    kind = type(value)
+    if kind is int:  # the common case, checked first: this runs for every field of every job
+        return None if value in _SENTINELS or (bits == 16 and value in _SENTINELS16) else value  # type: ignore[return-value]
+    if kind is dict:
+        if not value.get("set", True) or value.get("infinite", False):  # type: ignore[attr-defined]
+            return None
+        number = value.get("number")  # type: ignore[attr-defined]
+        if type(number) is int:
+            return number
+        return None if number is None else _plain_int(number, field)
     if value is None:
         return None
     if isinstance(value, Mapping):
@@ -102,9 +116,13 @@ def slurm_words(value: object, field: str = "") -> tuple[str, ...]:
     Layouts: a string (``"RUNNING"``, v0.0.37 to v0.0.39), a comma-separated string, a list of
     strings (``["PENDING", "REQUEUED"]``, v0.0.40+), ``null`` (no words).
     """
+    if type(value) is list and len(value) == 1 and type(value[0]) is str:
+        return (value[0],)
     if value is None:
         return ()
     if isinstance(value, str):
+        if "," not in value:
+            return (value,) if value else ()
         return tuple(w.strip() for w in value.split(",") if w.strip())
     if isinstance(value, list) and all(isinstance(w, str) for w in value):
         return tuple(w for w in value if w)
@@ -117,6 +135,8 @@ def slurm_str(value: object, field: str = "") -> str:
     Layouts: a string, ``null``, a one-element list of strings (some v0.0.40+ fields), a number
     (ids printed as strings in some versions).
     """
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, str):
@@ -147,10 +167,15 @@ def slurm_bool(value: object, field: str = "") -> bool | None:
     raise SlurmFormatError(field, value, "expected true or false")
 
 
+_MEM_MB = {"M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 _MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 
 
 def _tres_value(key: str, raw: str, field: str) -> int:
+    if raw.isdigit():
+        return int(raw)
+    if raw[-1:] in _MEM_MB and raw[:-1].isdigit():
+        return int(raw[:-1]) * _MEM_MB[raw[-1]]
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)", raw.strip())
     if not match:
         raise SlurmFormatError(field, raw, f"TRES {key!r} is not a count")
@@ -160,21 +185,30 @@ def _tres_value(key: str, raw: str, field: str) -> int:
     return round(number)
 
 
-def parse_tres_string(value: object, field: str = "") -> dict[str, int]:
-    """``"cpu=2,mem=500M,node=1,gres/gpu=2"`` -> ``{"cpu": 2, "mem": 500, ...}``.
+def parse_tres_string(value: object, field: str = "") -> Mapping[str, int]:
+    """``"cpu=2,mem=500M,node=1,gres/gpu=2"`` -> ``{"cpu": 2, "mem": 500, ...}`` (read-only).
 
-    Memory is in MB. squeue's ``tres_req_str``/``tres_alloc_str`` in every version.
+    Memory is in MB. squeue's ``tres_req_str``/``tres_alloc_str`` in every version. Jobs of one
+    shape share their TRES strings, so parsed strings are cached and shared.
     """
     text = slurm_str(value, field)
+    try:
+        return _tres_cached(text)
+    except SlurmFormatError as exc:
+        raise SlurmFormatError(field, text, exc.reason) from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _tres_cached(text: str) -> Mapping[str, int]:
     out: dict[str, int] = {}
     for part in text.split(","):
         if not part.strip():
             continue
         key, sep, raw = part.partition("=")
         if not sep:
-            raise SlurmFormatError(field, text, f"TRES entry {part!r} has no '='")
-        out[key.strip()] = _tres_value(key, raw, field)
-    return out
+            raise SlurmFormatError("", text, f"TRES entry {part!r} has no '='")
+        out[key.strip()] = _tres_value(key, raw, "")
+    return MappingProxyType(out)
 
 
 def parse_tres_list(value: object, field: str = "") -> dict[str, int]:

@@ -96,3 +96,55 @@ def test_exit_code_layouts() -> None:
     assert exit_code(old_success, done).return_code == 0
     assert exit_code(old_success, failed).return_code is None
     assert exit_code(0, JobState.RUNNING).return_code is None  # not ended yet
+
+
+def _job(job_id: int, name: str = "x") -> dict[str, object]:
+    return {"job_id": job_id, "job_state": ["RUNNING"], "name": name, "nodes": "n1"}
+
+
+def test_streamed_bytes_keep_any_unicode_exactly() -> None:
+    names = ["Ωmega-déjà-✓", "🚀 launch", "naïve", "日本語"]
+    doc = {"jobs": [_job(i + 1, n) for i, n in enumerate(names)], "meta": META_2411,
+           "errors": []}
+    raw = json.dumps(doc, ensure_ascii=False, indent=2).encode("utf-8")
+    assert [j.name for j in parse_squeue(raw).jobs] == names
+
+
+def test_invalid_utf8_is_replaced_not_fatal() -> None:
+    raw = b'{"jobs": [{"job_id": 1, "job_state": "RUNNING", "name": "caf\xe9"}], "errors": []}'
+    assert parse_squeue(raw).jobs[0].name == "caf\ufffd"
+
+
+def test_meta_after_jobs_still_names_the_cluster() -> None:
+    doc = {"jobs": [_job(1)], "last_update": {"set": True, "number": 1}, "meta": META_2411,
+           "errors": [], "warnings": [{"description": "slow"}]}
+    result = parse_squeue(json.dumps(doc))
+    assert result.jobs[0].cluster == "lab2411" and result.warnings == ("slow",)
+    assert parse_squeue(json.dumps(doc), cluster="configured").jobs[0].cluster == "lab2411"
+    assert parse_squeue(json.dumps({**doc, "meta": {}}), cluster="c").jobs[0].cluster == "c"
+
+
+def test_errors_after_jobs_still_raise() -> None:
+    doc = {"jobs": [_job(1)], "meta": META_2411, "errors": [{"description": "boom"}]}
+    with pytest.raises(SlurmError, match="boom"):
+        parse_squeue(json.dumps(doc))
+
+
+def test_truncated_output_is_not_json() -> None:
+    raw = json.dumps({"meta": META_2411, "jobs": [_job(1), _job(2)]})
+    with pytest.raises(SlurmFormatError, match="not JSON"):
+        parse_squeue(raw[: len(raw) // 2])
+
+
+def test_streamed_and_decoded_documents_agree() -> None:
+    sacct_meta = {"plugin": {"type": "openapi/dbv0.0.38"},
+                  "Slurm": {"version": {"major": 22, "minor": 5, "micro": 7},
+                            "release": "22.05.7"}}
+    record = {"job_id": 3, "name": "s", "state": {"current": "COMPLETED", "reason": "None"},
+              "time": {"start": 100, "end": 500, "elapsed": 300, "suspended": 0,
+                       "eligible": 100, "submission": 90}, "nodes": "n1"}
+    # 22.05.7 puts the eligible time in time.start: start is rebuilt as end - elapsed.
+    for doc in ({"meta": sacct_meta, "errors": [], "jobs": [record]},
+                {"jobs": [record], "meta": sacct_meta, "errors": []}):
+        assert parse_sacct(json.dumps(doc)).jobs[0].start_time == 200
+        assert parse_sacct(doc).jobs[0].start_time == 200
