@@ -204,10 +204,25 @@ def load_document(raw: Document, what: str) -> Mapping[str, Any]:
     return doc
 
 
+# ESLURM_REST_EMPTY_RESULT: 22.05's sacct --json reports an empty window as this "error".
+_EMPTY_RESULT = 9003
+
+
+def _is_empty_result(error: object) -> bool:
+    return isinstance(error, dict) and error.get("error_number", error.get("error_code")) in (
+        _EMPTY_RESULT,
+        str(_EMPTY_RESULT),
+    )
+
+
 def _raise_errors(errors: object, what: str) -> None:
+    """Raise for Slurm's ``errors``; "nothing found" (error 9003) is an empty result."""
     if errors:
-        listed = errors if isinstance(errors, list) else [errors]
-        raise SlurmError(f"{what} reported errors: {'; '.join(_describe(e) for e in listed)}")
+        listed = [e for e in (errors if isinstance(errors, list) else [errors])
+                  if not _is_empty_result(e)]
+        if listed:
+            described = "; ".join(_describe(e) for e in listed)
+            raise SlurmError(f"{what} reported errors: {described}")
 
 
 def _describe(error: object) -> str:

@@ -148,3 +148,17 @@ def test_streamed_and_decoded_documents_agree() -> None:
                 {"jobs": [record], "meta": sacct_meta, "errors": []}):
         assert parse_sacct(json.dumps(doc)).jobs[0].start_time == 200
         assert parse_sacct(doc).jobs[0].start_time == 200
+
+
+def test_nothing_found_is_an_empty_window_not_an_error() -> None:
+    """22.05's sacct --json says an empty window with error 9003 and exit code 0."""
+    doc = {"meta": {"plugin": {"type": "openapi/dbv0.0.38"},
+                    "Slurm": {"version": {"major": 22, "minor": 5, "micro": 8},
+                              "release": "22.05.8"}},
+           "errors": [{"error": "Nothing found", "error_number": 9003,
+                       "source": "Nothing found with query", "description": "Nothing found"}],
+           "jobs": []}
+    assert parse_sacct(json.dumps(doc)).jobs == ()
+    doc["errors"].append({"description": "Unable to contact slurm controller"})
+    with pytest.raises(SlurmError, match="Unable to contact"):
+        parse_sacct(json.dumps(doc))
