@@ -46,3 +46,9 @@ def test_broken_json_names_line(tmp_path: Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config("/nonexistent/config.json")
+
+
+def test_the_shipped_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "config.json.example"
+    config = load_config(str(example))
+    assert config.cluster and config.slurm.state_save_location
