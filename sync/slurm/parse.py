@@ -291,20 +291,25 @@ def _describe_all(values: object) -> tuple[str, ...]:
     return tuple(_describe(w) for w in values) if isinstance(values, list) else ()
 
 
-RecordParser = Callable[[Mapping[str, Any], str, Producer], Job]
+RecordParser = Callable[[Mapping[str, Any], Producer], Job]
 
 
 def _parse_one(
     record: object, index: int, what: str, producer: Producer, one: RecordParser
 ) -> Job | Skipped:
     where = f"{what}.jobs[{index}]"
+    job_id = record.get("job_id") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        reason = str(SlurmFormatError(where, record, "a job record must be an object"))
+        return Skipped(index=index, job_id=job_id, reason=reason)
     try:
-        if not isinstance(record, dict):
-            raise SlurmFormatError(where, record, "a job record must be an object")
-        return one(record, where, producer)
-    except (SlurmFormatError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        job_id = record.get("job_id") if isinstance(record, dict) else None
-        return Skipped(index=index, job_id=job_id, reason=str(exc))
+        return one(record, producer)
+    except SlurmFormatError as exc:
+        field = f"{where}.{exc.field}" if exc.field else where
+        reason = str(SlurmFormatError(field, exc.value, exc.reason, producer.plugin))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        reason = f"{where}: {type(exc).__name__}: {exc}"
+    return Skipped(index=index, job_id=job_id, reason=reason)
 
 
 def _members_of(doc: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -502,76 +507,83 @@ def _index(key: object, field: str) -> int:
     return number
 
 
-def _iter_cores(cores: object, field: str) -> Iterator[tuple[int, tuple[str, ...]]]:
-    """Yield (core index, status words) from a map ``{c: "allocated"}`` or a list of
-    ``{index, status: [...]}``."""
-    if isinstance(cores, dict):
-        for key, status in cores.items():
-            if isinstance(status, dict):
-                status = status.get("status")
-            yield _index(key, f"{field}.{key}"), slurm_words(status, f"{field}.{key}")
-    elif isinstance(cores, list):
-        for i, core in enumerate(cores):
-            if not isinstance(core, dict):
-                raise SlurmFormatError(f"{field}[{i}]", core, "expected a core object")
-            index, status = core.get("index"), core.get("status")
-            if type(index) is not int or index < 0:
-                index = _index(index, f"{field}[{i}].index")
-            if type(status) is not list:
-                status = slurm_words(status, f"{field}[{i}].status")
-            yield index, status
-    elif cores is not None:
-        raise SlurmFormatError(field, cores, "expected a map or a list of cores")
+_ALLOCATED = frozenset({"ALLOCATED", "IN_USE", "ALLOCATED_AND_IN_USE", "ASSIGNED"})
+_ALLOCATED_ANY_CASE = _ALLOCATED | {w.lower() for w in _ALLOCATED}
 
 
-def _iter_sockets(
-    sockets: object, field: str
-) -> Iterator[tuple[int, list[tuple[int, tuple[str, ...]]]]]:
-    """Yield (socket index, cores) from ``{s: {cores: ...}}`` or ``[{index, cores}]``."""
-    if isinstance(sockets, dict):
-        items: Iterable[tuple[object, object]] = sockets.items()
-    elif isinstance(sockets, list):
-        items = (
-            (s.get("index") if isinstance(s, dict) else None, s) for s in sockets
-        )
-    elif sockets is None:
-        return
-    else:
-        raise SlurmFormatError(field, sockets, "expected a map or a list of sockets")
-    for key, socket in items:
-        where = f"{field}.{key}"
-        if not isinstance(socket, dict):
-            raise SlurmFormatError(where, socket, "expected a socket object")
-        yield _index(key, where), list(_iter_cores(socket.get("cores"), f"{where}.cores"))
-
-
-_ALLOCATED = {"ALLOCATED", "IN_USE", "ALLOCATED_AND_IN_USE", "ASSIGNED"}
+def _allocated(status: object, field: str) -> bool:
+    """A core's status: ``"allocated"`` (v0.0.38-40) or ``["ALLOCATED", "IN_USE"]`` (v0.0.41+)."""
+    if type(status) is str:
+        return status in _ALLOCATED_ANY_CASE or status.upper() in _ALLOCATED
+    if type(status) is list:
+        for word in status:
+            if word in _ALLOCATED_ANY_CASE:
+                return True
+    if isinstance(status, dict):
+        status = status.get("status")
+    return any(w.upper() in _ALLOCATED for w in slurm_words(status, field))
 
 
 def _node_allocation(
     hostname: str, sockets: object, memory: int | None, field: str
 ) -> NodeAllocation:
-    """One node of the nested layouts (v0.0.38+)."""
+    """One node of the nested layouts, in one loop (it runs for every node of every running job).
+
+    v0.0.38-40: ``{"0": {"cores": {"1": "allocated"}}}``, only allocated cores listed, core keys
+    inside the socket; v0.0.41+: ``[{"index": 0, "cores": [{"index": 1, "status":
+    ["ALLOCATED"]}]}]`` listing every core of the node.
+    """
+    if isinstance(sockets, dict):
+        socket_items: Iterable[tuple[object, object]] = sockets.items()
+    elif isinstance(sockets, list):
+        socket_items = ((s.get("index") if isinstance(s, dict) else None, s) for s in sockets)
+    elif sockets is None:
+        socket_items = ()
+    else:
+        raise SlurmFormatError(field, sockets, "expected a map or a list of sockets")
     cores: list[tuple[int, int]] = []
-    listed_per_socket: dict[int, int] = {}
+    sockets_seen: set[int] = set()
+    per_socket = 0
     lists_unallocated = False
-    for socket_index, socket_cores in _iter_sockets(sockets, field):
-        listed_per_socket[socket_index] = len(socket_cores)
-        for core_index, status in socket_cores:
-            if any(w.upper() in _ALLOCATED for w in status):
-                cores.append((socket_index, core_index))
+    for key, socket in socket_items:
+        s = int(key) if type(key) is str and key.isdigit() else key
+        if type(s) is not int or not isinstance(socket, dict):
+            s = _index(key, f"{field}.sockets.{key}")
+            if not isinstance(socket, dict):
+                raise SlurmFormatError(f"{field}.sockets.{key}", socket, "expected a socket")
+        sockets_seen.add(s)
+        listed = socket.get("cores")
+        if isinstance(listed, dict):
+            pairs: Iterable[tuple[object, object]] = listed.items()
+        elif isinstance(listed, list):
+            pairs = (
+                (c.get("index"), c.get("status")) if isinstance(c, dict) else (None, c)
+                for c in listed
+            )
+        elif listed is None:
+            pairs = ()
+        else:
+            raise SlurmFormatError(f"{field}.sockets.{key}.cores", listed, "expected cores")
+        count = 0
+        for core_key, status in pairs:
+            c = int(core_key) if type(core_key) is str and core_key.isdigit() else core_key
+            if type(c) is not int or c < 0:
+                c = _index(core_key, f"{field}.sockets.{key}.cores")
+            count += 1
+            if _allocated(status, f"{field}.sockets.{key}.cores.{core_key}"):
+                cores.append((s, c))
             else:
                 lists_unallocated = True
+        per_socket = max(per_socket, count)
     cores.sort()
     cpu_ids = None
-    if lists_unallocated and listed_per_socket:
+    if lists_unallocated:
         # Every core of the node is listed (v0.0.41+): cores per socket is what is listed.
-        per_socket = max(listed_per_socket.values())
         cpu_ids = tuple(s * per_socket + c for s, c in cores)
-    elif cores and set(listed_per_socket) == {0}:
+    elif cores and sockets_seen == {0}:
         # Only socket 0 holds cores: per-socket index is the node-wide index.
         cpu_ids = tuple(c for _, c in cores)
-    return NodeAllocation(hostname=hostname, cores=tuple(cores), cpu_ids=cpu_ids, memory_mb=memory)
+    return NodeAllocation(hostname, tuple(cores), cpu_ids, (), memory)
 
 
 def _flat_allocation(hostname: str, node: Mapping[str, Any], field: str) -> NodeAllocation:
@@ -699,10 +711,10 @@ def resolve_cpu_ids(
 # --- records ------------------------------------------------------------------------------------
 
 
-def _job_id(record: Mapping[str, Any], field: str) -> int:
-    job_id = slurm_int(record.get("job_id"), f"{field}.job_id")
+def _job_id(record: Mapping[str, Any]) -> int:
+    job_id = slurm_int(record.get("job_id"), "job_id")
     if job_id is None or job_id <= 0:
-        raise SlurmFormatError(f"{field}.job_id", record.get("job_id"), "no job id")
+        raise SlurmFormatError("job_id", record.get("job_id"), "no job id")
     return job_id
 
 
@@ -712,11 +724,11 @@ def _optional_id(value: object, field: str) -> int | None:
     return number if number else None
 
 
-def _text(record: Mapping[str, Any], key: str, field: str) -> str | None:
+def _text(record: Mapping[str, Any], key: str) -> str | None:
     value = record.get(key)
     if type(value) is str:
         return value or None
-    return slurm_str(value, f"{field}.{key}") or None
+    return slurm_str(value, key) or None
 
 
 def _reason(value: object, field: str) -> str:
@@ -724,157 +736,144 @@ def _reason(value: object, field: str) -> str:
     return "" if text == "None" else text
 
 
-def job_from_squeue(
-    record: Mapping[str, Any],
-    field: str,
-    producer: Producer,
-) -> Job:
+# Field names in errors are relative to the record; _parse_one adds where the record was.
+
+
+def job_from_squeue(record: Mapping[str, Any], producer: Producer) -> Job:
     """One squeue job record (JOB_INFO) of any version."""
-    job_id = _job_id(record, field)
-    state, flags = job_state(record.get("job_state"), f"{field}.job_state")
-    array_job_id = _optional_id(record.get("array_job_id"), f"{field}.array_job_id")
-    array_task_id = (
-        slurm_int(record.get("array_task_id"), f"{field}.array_task_id")
-        if array_job_id is not None
-        else None
-    )
-    het_job_id = _optional_id(record.get("het_job_id"), f"{field}.het_job_id")
-    nodelist = "" if state is JobState.PENDING else slurm_str(record.get("nodes"), field)
-    hosts = expand_hosts(nodelist, f"{field}.nodes")
-    gres = _gres_detail(record.get("gres_detail"), f"{field}.gres_detail")
-    allocations = _allocations(record.get("job_resources"), hosts, f"{field}.job_resources")
-    started = state not in (JobState.PENDING,)
-    return Job(
-        job_id=job_id,
-        name=slurm_str(record.get("name"), f"{field}.name"),
-        state=state,
-        flags=flags,
-        reason=_reason(record.get("state_reason"), f"{field}.state_reason"),
-        cluster=_text(record, "cluster", field),
-        user=_text(record, "user_name", field),
-        uid=slurm_int(record.get("user_id"), f"{field}.user_id"),
-        account=_text(record, "account", field),
-        partition=_text(record, "partition", field),
-        qos=_text(record, "qos", field),
-        array_job_id=array_job_id,
-        array_task_id=array_task_id,
-        array_tasks_pending=_text(record, "array_task_string", field),
-        het_job_id=het_job_id,
-        het_job_offset=(
-            slurm_int(record.get("het_job_offset"), f"{field}.het_job_offset")
-            if het_job_id is not None
-            else None
+    get = record.get
+    state, flags = job_state(get("job_state"), "job_state")
+    array_job_id = _optional_id(get("array_job_id"), "array_job_id")
+    het_job_id = _optional_id(get("het_job_id"), "het_job_id")
+    nodelist = "" if state is JobState.PENDING else slurm_str(get("nodes"), "nodes")
+    hosts = expand_hosts(nodelist, "nodes")
+    gres = _gres_detail(get("gres_detail"), "gres_detail")
+    ended = state.finished or state is JobState.COMPLETING
+    return Job.from_fields({
+        "job_id": _job_id(record),
+        "name": slurm_str(get("name"), "name"),
+        "state": state,
+        "flags": flags,
+        "reason": _reason(get("state_reason"), "state_reason"),
+        "cluster": _text(record, "cluster"),
+        "user": _text(record, "user_name"),
+        "uid": slurm_int(get("user_id"), "user_id"),
+        "account": _text(record, "account"),
+        "partition": _text(record, "partition"),
+        "qos": _text(record, "qos"),
+        "array_job_id": array_job_id,
+        "array_task_id": (
+            slurm_int(get("array_task_id"), "array_task_id") if array_job_id else None
         ),
-        submit_time=slurm_time(record.get("submit_time"), f"{field}.submit_time"),
-        eligible_time=slurm_time(record.get("eligible_time"), f"{field}.eligible_time"),
+        "array_tasks_pending": _text(record, "array_task_string"),
+        "het_job_id": het_job_id,
+        "het_job_offset": (
+            slurm_int(get("het_job_offset"), "het_job_offset") if het_job_id else None
+        ),
+        "submit_time": slurm_time(get("submit_time"), "submit_time"),
+        "eligible_time": slurm_time(get("eligible_time"), "eligible_time"),
         # A pending job's start and a running job's end are Slurm's estimates, not facts.
-        start_time=slurm_time(record.get("start_time"), f"{field}.start_time") if started else None,
-        end_time=(
-            slurm_time(record.get("end_time"), f"{field}.end_time")
-            if state.finished or state is JobState.COMPLETING
-            else None
+        "start_time": (
+            slurm_time(get("start_time"), "start_time") if state is not JobState.PENDING else None
         ),
-        time_limit=slurm_int(record.get("time_limit"), f"{field}.time_limit"),
-        node_count=slurm_int(record.get("node_count"), f"{field}.node_count"),
-        cpus=slurm_int(record.get("cpus"), f"{field}.cpus"),
-        nodelist=nodelist,
-        hosts=hosts,
-        allocations=_with_gpus(allocations, hosts, gres, field),
-        gres_detail=gres,
-        tres_requested=parse_tres_string(record.get("tres_req_str"), f"{field}.tres_req_str"),
-        tres_allocated=parse_tres_string(record.get("tres_alloc_str"), f"{field}.tres_alloc_str"),
-        comment=slurm_str(record.get("comment"), f"{field}.comment"),
-        admin_comment=slurm_str(record.get("admin_comment"), f"{field}.admin_comment"),
-        system_comment=slurm_str(record.get("system_comment"), f"{field}.system_comment"),
-        exit_code=exit_code(record.get("exit_code"), state, f"{field}.exit_code"),
-        work_dir=_text(record, "current_working_directory", field),
-        restart_count=slurm_int(record.get("restart_cnt"), f"{field}.restart_cnt", bits=16) or 0,
-        source="squeue",
-    )
+        "end_time": slurm_time(get("end_time"), "end_time") if ended else None,
+        "time_limit": slurm_int(get("time_limit"), "time_limit"),
+        "node_count": slurm_int(get("node_count"), "node_count"),
+        "cpus": slurm_int(get("cpus"), "cpus"),
+        "nodelist": nodelist,
+        "hosts": hosts,
+        "allocations": _with_gpus(
+            _allocations(get("job_resources"), hosts, "job_resources"), hosts, gres, ""
+        ),
+        "gres_detail": gres,
+        "tres_requested": parse_tres_string(get("tres_req_str"), "tres_req_str"),
+        "tres_allocated": parse_tres_string(get("tres_alloc_str"), "tres_alloc_str"),
+        "comment": slurm_str(get("comment"), "comment"),
+        "admin_comment": slurm_str(get("admin_comment"), "admin_comment"),
+        "system_comment": slurm_str(get("system_comment"), "system_comment"),
+        "exit_code": exit_code(get("exit_code"), state, "exit_code"),
+        "work_dir": _text(record, "current_working_directory"),
+        "restart_count": slurm_int(get("restart_cnt"), "restart_cnt", bits=16) or 0,
+        "source": "squeue",
+    })
 
 
-def _mapping(record: Mapping[str, Any], key: str, field: str) -> Mapping[str, Any]:
+def _mapping(record: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = record.get(key)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise SlurmFormatError(f"{field}.{key}", value, "expected an object")
+        raise SlurmFormatError(key, value, "expected an object")
     return value
 
 
-def job_from_sacct(
-    record: Mapping[str, Any],
-    field: str,
-    producer: Producer,
-) -> Job:
+def job_from_sacct(record: Mapping[str, Any], producer: Producer) -> Job:
     """One sacct job record (slurmdb JOB) of any version."""
-    job_id = _job_id(record, field)
-    state_obj = _mapping(record, "state", field)
-    state, flags = job_state(state_obj.get("current"), f"{field}.state.current")
-    times = _mapping(record, "time", field)
-    array = _mapping(record, "array", field)
-    het = _mapping(record, "het", field)
-    comment = _mapping(record, "comment", field)
-    tres = _mapping(record, "tres", field)
-    required = _mapping(record, "required", field)
+    state_obj = _mapping(record, "state")
+    state, flags = job_state(state_obj.get("current"), "state.current")
+    times = _mapping(record, "time")
+    array = _mapping(record, "array")
+    het = _mapping(record, "het")
+    comment = _mapping(record, "comment")
+    tres = _mapping(record, "tres")
+    required = _mapping(record, "required")
 
     def when(key: str) -> int | None:
-        return slurm_time(times.get(key), f"{field}.time.{key}")
+        return slurm_time(times.get(key), f"time.{key}")
 
     start, end = when("start"), when("end")
     if quirks_of(producer).sacct_start_is_eligible:
-        elapsed = slurm_int(times.get("elapsed"), f"{field}.time.elapsed")
-        suspended = slurm_int(times.get("suspended"), f"{field}.time.suspended") or 0
+        elapsed = slurm_int(times.get("elapsed"), "time.elapsed")
+        suspended = slurm_int(times.get("suspended"), "time.suspended") or 0
         start = end - elapsed - suspended if end and elapsed is not None else None
     if state is JobState.PENDING:
         start = None
-    array_job_id = _optional_id(array.get("job_id"), f"{field}.array.job_id")
-    het_job_id = _optional_id(het.get("job_id"), f"{field}.het.job_id")
-    allocated = parse_tres_list(tres.get("allocated"), f"{field}.tres.allocated")
-    requested = parse_tres_list(tres.get("requested"), f"{field}.tres.requested")
-    nodelist = slurm_str(record.get("nodes"), f"{field}.nodes")
-    hosts = expand_hosts(nodelist, f"{field}.nodes")
+    array_job_id = _optional_id(array.get("job_id"), "array.job_id")
+    het_job_id = _optional_id(het.get("job_id"), "het.job_id")
+    allocated = parse_tres_list(tres.get("allocated"), "tres.allocated")
+    nodelist = slurm_str(record.get("nodes"), "nodes")
+    hosts = expand_hosts(nodelist, "nodes")
     cpus = allocated.get("cpu")
     if cpus is None:
-        cpus = slurm_int(required.get("CPUs", required.get("cpus")), f"{field}.required.CPUs")
-    return Job(
-        job_id=job_id,
-        name=slurm_str(record.get("name"), f"{field}.name"),
-        state=state,
-        flags=flags,
-        reason=_reason(state_obj.get("reason"), f"{field}.state.reason"),
-        cluster=_text(record, "cluster", field),
-        user=_text(record, "user", field),
-        account=_text(record, "account", field),
-        partition=_text(record, "partition", field),
-        qos=_text(record, "qos", field),
-        array_job_id=array_job_id,
-        array_task_id=(
-            slurm_int(array.get("task_id"), f"{field}.array.task_id") if array_job_id else None
+        cpus = slurm_int(required.get("CPUs", required.get("cpus")), "required.CPUs")
+    return Job.from_fields({
+        "job_id": _job_id(record),
+        "name": slurm_str(record.get("name"), "name"),
+        "state": state,
+        "flags": flags,
+        "reason": _reason(state_obj.get("reason"), "state.reason"),
+        "cluster": _text(record, "cluster"),
+        "user": _text(record, "user"),
+        "account": _text(record, "account"),
+        "partition": _text(record, "partition"),
+        "qos": _text(record, "qos"),
+        "array_job_id": array_job_id,
+        "array_task_id": (
+            slurm_int(array.get("task_id"), "array.task_id") if array_job_id else None
         ),
-        array_tasks_pending=(slurm_str(array.get("task"), f"{field}.array.task") or None),
-        het_job_id=het_job_id,
-        het_job_offset=(
-            slurm_int(het.get("job_offset"), f"{field}.het.job_offset") if het_job_id else None
+        "array_tasks_pending": slurm_str(array.get("task"), "array.task") or None,
+        "het_job_id": het_job_id,
+        "het_job_offset": (
+            slurm_int(het.get("job_offset"), "het.job_offset") if het_job_id else None
         ),
-        submit_time=when("submission"),
-        eligible_time=when("eligible"),
-        start_time=start,
-        end_time=end if state.finished else None,
-        time_limit=slurm_int(times.get("limit"), f"{field}.time.limit"),
-        node_count=slurm_int(record.get("allocation_nodes"), f"{field}.allocation_nodes")
+        "submit_time": when("submission"),
+        "eligible_time": when("eligible"),
+        "start_time": start,
+        "end_time": end if state.finished else None,
+        "time_limit": slurm_int(times.get("limit"), "time.limit"),
+        "node_count": slurm_int(record.get("allocation_nodes"), "allocation_nodes")
         or (len(hosts) or None),
-        cpus=cpus,
-        nodelist="" if not hosts else nodelist,
-        hosts=hosts,
-        allocations=tuple(NodeAllocation(hostname=h) for h in hosts),
-        tres_requested=requested,
-        tres_allocated=allocated,
-        comment=slurm_str(comment.get("job"), f"{field}.comment.job"),
-        admin_comment=slurm_str(comment.get("administrator"), f"{field}.comment.administrator"),
-        system_comment=slurm_str(comment.get("system"), f"{field}.comment.system"),
-        exit_code=exit_code(record.get("exit_code"), state, f"{field}.exit_code"),
-        work_dir=_text(record, "working_directory", field),
-        restart_count=slurm_int(record.get("restart_cnt"), f"{field}.restart_cnt", bits=16) or 0,
-        source="sacct",
-    )
+        "cpus": cpus,
+        "nodelist": nodelist if hosts else "",
+        "hosts": hosts,
+        "allocations": tuple(NodeAllocation(hostname=h) for h in hosts),
+        "tres_requested": parse_tres_list(tres.get("requested"), "tres.requested"),
+        "tres_allocated": allocated,
+        "comment": slurm_str(comment.get("job"), "comment.job"),
+        "admin_comment": slurm_str(comment.get("administrator"), "comment.administrator"),
+        "system_comment": slurm_str(comment.get("system"), "comment.system"),
+        "exit_code": exit_code(record.get("exit_code"), state, "exit_code"),
+        "work_dir": _text(record, "working_directory"),
+        "restart_count": slurm_int(record.get("restart_cnt"), "restart_cnt", bits=16) or 0,
+        "source": "sacct",
+    })
