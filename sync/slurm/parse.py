@@ -739,9 +739,53 @@ def _reason(value: object, field: str) -> str:
 # Field names in errors are relative to the record; _parse_one adds where the record was.
 
 
+# squeue fields read as they are, by kind: (Job field, squeue key). The loops below take the
+# common plain value directly and hand any other shape to the coercer (shapes.py).
+_SQUEUE_TEXT = (
+    ("cluster", "cluster"),
+    ("user", "user_name"),
+    ("account", "account"),
+    ("partition", "partition"),
+    ("qos", "qos"),
+    ("array_tasks_pending", "array_task_string"),
+    ("work_dir", "current_working_directory"),
+)
+_SQUEUE_STR = (
+    ("name", "name"),
+    ("comment", "comment"),
+    ("admin_comment", "admin_comment"),
+    ("system_comment", "system_comment"),
+)
+_SQUEUE_INT = (
+    ("uid", "user_id"),
+    ("time_limit", "time_limit"),
+    ("node_count", "node_count"),
+    ("cpus", "cpus"),
+)
+_SQUEUE_TIME = (("submit_time", "submit_time"), ("eligible_time", "eligible_time"))
+_NO_VAL = 0xFFFFFFFE
+
+
 def job_from_squeue(record: Mapping[str, Any], producer: Producer) -> Job:
     """One squeue job record (JOB_INFO) of any version."""
     get = record.get
+    values: dict[str, Any] = {"job_id": _job_id(record), "source": "squeue"}
+    for out, key in _SQUEUE_TEXT:
+        value = get(key)
+        values[out] = (value or None) if type(value) is str else (slurm_str(value, key) or None)
+    for out, key in _SQUEUE_STR:
+        value = get(key)
+        values[out] = value if type(value) is str else slurm_str(value, key)
+    for out, key in _SQUEUE_INT:
+        value = get(key)
+        values[out] = value if type(value) is int and 0 <= value < _NO_VAL else slurm_int(
+            value, key
+        )
+    for out, key in _SQUEUE_TIME:
+        value = get(key)
+        values[out] = (value or None) if type(value) is int and 0 <= value < _NO_VAL else (
+            slurm_time(value, key)
+        )
     state, flags = job_state(get("job_state"), "job_state")
     array_job_id = _optional_id(get("array_job_id"), "array_job_id")
     het_job_id = _optional_id(get("het_job_id"), "het_job_id")
@@ -749,37 +793,23 @@ def job_from_squeue(record: Mapping[str, Any], producer: Producer) -> Job:
     hosts = expand_hosts(nodelist, "nodes")
     gres = _gres_detail(get("gres_detail"), "gres_detail")
     ended = state.finished or state is JobState.COMPLETING
-    return Job.from_fields({
-        "job_id": _job_id(record),
-        "name": slurm_str(get("name"), "name"),
+    values.update({
         "state": state,
         "flags": flags,
         "reason": _reason(get("state_reason"), "state_reason"),
-        "cluster": _text(record, "cluster"),
-        "user": _text(record, "user_name"),
-        "uid": slurm_int(get("user_id"), "user_id"),
-        "account": _text(record, "account"),
-        "partition": _text(record, "partition"),
-        "qos": _text(record, "qos"),
         "array_job_id": array_job_id,
         "array_task_id": (
             slurm_int(get("array_task_id"), "array_task_id") if array_job_id else None
         ),
-        "array_tasks_pending": _text(record, "array_task_string"),
         "het_job_id": het_job_id,
         "het_job_offset": (
             slurm_int(get("het_job_offset"), "het_job_offset") if het_job_id else None
         ),
-        "submit_time": slurm_time(get("submit_time"), "submit_time"),
-        "eligible_time": slurm_time(get("eligible_time"), "eligible_time"),
         # A pending job's start and a running job's end are Slurm's estimates, not facts.
         "start_time": (
             slurm_time(get("start_time"), "start_time") if state is not JobState.PENDING else None
         ),
         "end_time": slurm_time(get("end_time"), "end_time") if ended else None,
-        "time_limit": slurm_int(get("time_limit"), "time_limit"),
-        "node_count": slurm_int(get("node_count"), "node_count"),
-        "cpus": slurm_int(get("cpus"), "cpus"),
         "nodelist": nodelist,
         "hosts": hosts,
         "allocations": _with_gpus(
@@ -788,14 +818,10 @@ def job_from_squeue(record: Mapping[str, Any], producer: Producer) -> Job:
         "gres_detail": gres,
         "tres_requested": parse_tres_string(get("tres_req_str"), "tres_req_str"),
         "tres_allocated": parse_tres_string(get("tres_alloc_str"), "tres_alloc_str"),
-        "comment": slurm_str(get("comment"), "comment"),
-        "admin_comment": slurm_str(get("admin_comment"), "admin_comment"),
-        "system_comment": slurm_str(get("system_comment"), "system_comment"),
         "exit_code": exit_code(get("exit_code"), state, "exit_code"),
-        "work_dir": _text(record, "current_working_directory"),
         "restart_count": slurm_int(get("restart_cnt"), "restart_cnt", bits=16) or 0,
-        "source": "squeue",
     })
+    return Job.from_fields(values)
 
 
 def _mapping(record: Mapping[str, Any], key: str) -> Mapping[str, Any]:
