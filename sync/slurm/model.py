@@ -31,7 +31,9 @@ __all__ = [
 class JobState(str, Enum):
     """A job's base state, one per job. Slurm's flags (REQUEUED, ...) are kept in ``Job.flags``.
 
-    COMPLETING is its own member: the job has ended but still holds its nodes.
+    COMPLETING is its own member: the job has ended but still holds its nodes. REQUEUED is a
+    run that ended because the job was requeued (sacct lists it beside the job's new run); a job
+    waiting again after a requeue is PENDING with the REQUEUED flag.
     """
 
     PENDING = "PENDING"
@@ -47,6 +49,7 @@ class JobState(str, Enum):
     BOOT_FAIL = "BOOT_FAIL"
     DEADLINE = "DEADLINE"
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    REQUEUED = "REQUEUED"
     UNKNOWN = "UNKNOWN"
 
     @property
@@ -108,7 +111,8 @@ class Job:
     """One Slurm job, or one task of an array, as any Slurm version reports it.
 
     Identity for delivery is ``(cluster, job_id, start_time)``: a requeued job that starts
-    again is a new identity.
+    again is a new identity. ``cpus`` is what the job was given once it started and what it asks
+    for before (as squeue reports it; sacct's pending records say the same).
     """
 
     job_id: int

@@ -401,7 +401,9 @@ def parse_sacct(raw: Document, *, cluster: str | None = None) -> ParseResult:
 # --- state and exit code ------------------------------------------------------------------------
 
 _BASE_STATES: dict[str, JobState] = {
-    s.value: s for s in JobState if s not in (JobState.UNKNOWN, JobState.COMPLETING)
+    s.value: s
+    for s in JobState
+    if s not in (JobState.UNKNOWN, JobState.COMPLETING, JobState.REQUEUED)
 }
 _BASE_STATES["COMPLETE"] = JobState.COMPLETED
 _BASE_STATES["OOM"] = JobState.OUT_OF_MEMORY
@@ -837,6 +839,9 @@ def job_from_sacct(record: Mapping[str, Any], producer: Producer) -> Job:
     """One sacct job record (slurmdb JOB) of any version."""
     state_obj = _mapping(record, "state")
     state, flags = job_state(state_obj.get("current"), "state.current")
+    if flags == ("REQUEUED",):
+        # sacct's record of a run that ended by requeue; the job's next run is its own record.
+        state = JobState.REQUEUED
     times = _mapping(record, "time")
     array = _mapping(record, "array")
     het = _mapping(record, "het")

@@ -58,6 +58,14 @@ class CommandResult:
     seconds: float
 
 
+# Variables that change what Slurm's commands print; 22.05's sacct --json fails outright with
+# SLURM_TIME_FORMAT set. They are never passed on.
+_OUTPUT_ENV = frozenset(
+    {"SLURM_TIME_FORMAT", "SQUEUE_FORMAT", "SQUEUE_FORMAT2", "SQUEUE_SORT", "SACCT_FORMAT",
+     "SINFO_FORMAT", "SLURM_CLUSTERS"}
+)
+
+
 @dataclass(frozen=True)
 class CallRecord:
     """One call as ``Runner.calls`` remembers it: what ran, how long, how much it printed."""
@@ -100,9 +108,9 @@ class Runner:
         """Run ``command`` with ``args``; raise ``SlurmCommandError`` unless it exits 0."""
         argv = self.commands.argv(command, args)
         limit = timeout if timeout is not None else self.commands.timeout
-        env = None
+        env = {k: v for k, v in os.environ.items() if k not in _OUTPUT_ENV}
         if self.env is not None:
-            env = {**os.environ, **self.env}
+            env.update(self.env)
         started = time.monotonic()
         try:
             proc = subprocess.run(

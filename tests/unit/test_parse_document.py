@@ -162,3 +162,18 @@ def test_nothing_found_is_an_empty_window_not_an_error() -> None:
     doc["errors"].append({"description": "Unable to contact slurm controller"})
     with pytest.raises(SlurmError, match="Unable to contact"):
         parse_sacct(json.dumps(doc))
+
+
+def test_sacct_requeued_run_is_its_own_finished_record() -> None:
+    """22.05's sacct lists a requeued job's ended run (state REQUEUED) beside its new run."""
+    meta = {"plugin": {"type": "openapi/dbv0.0.38"},
+            "Slurm": {"version": {"major": 22, "minor": 5, "micro": 8}, "release": "22.05.8"}}
+    first = {"job_id": 20, "name": "r", "state": {"current": "REQUEUED", "reason": "None"},
+             "time": {"start": 100, "end": 130, "submission": 90, "eligible": 95}, "nodes": "n1"}
+    again = {**first, "state": {"current": "RUNNING", "reason": "None"},
+             "time": {"start": 260, "end": 0, "submission": 130, "eligible": 250}}
+    jobs = parse_sacct(json.dumps({"meta": meta, "errors": [], "jobs": [first, again]})).jobs
+    assert [(j.state, j.start_time, j.end_time) for j in jobs] == [
+        (JobState.REQUEUED, 100, 130), (JobState.RUNNING, 260, None)]
+    assert jobs[0].identity != jobs[1].identity
+    assert jobs[0].state.finished and not jobs[0].state.active

@@ -53,6 +53,9 @@ def _find(jobs: tuple[Job, ...], want: dict[str, Any]) -> Job:
         if j.job_id == want["job_id"]
         and ("array_task_id" not in want or j.array_task_id == want["array_task_id"])
     ]
+    if len(found) > 1 and "start_time" in want:
+        # sacct lists a requeued job's earlier run as its own record: tell them by start.
+        found = [j for j in found if j.start_time == want["start_time"]]
     assert len(found) == 1, f"job {want['job_id']} appears {len(found)} times"
     return found[0]
 
@@ -124,8 +127,4 @@ def test_all_producers_are_covered() -> None:
         json.loads((f / "expected.json").read_text())["producer"] for f in FOLDERS
     }
     wanted = {f"v0.0.{n}" for n in range(37, 46)}
-    missing = wanted - producers
-    if missing - {"v0.0.38", "v0.0.42", "v0.0.45"}:
-        pytest.fail(f"no fixtures for {sorted(missing)}")
-    if missing:
-        pytest.skip(f"captures from the lab not checked in yet: {sorted(missing)}")
+    assert producers == wanted, f"no fixtures for {sorted(wanted - producers)}"

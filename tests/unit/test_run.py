@@ -57,3 +57,16 @@ def test_paths_and_prefix() -> None:
                              prefix=("chroot", "/srv/s"))
     assert commands.argv("squeue", ["-h"]) == ["chroot", "/srv/s", "/opt/slurm/bin/squeue", "-h"]
     assert commands.argv("sacct", []) == ["chroot", "/srv/s", "/usr/local/bin/sacct"]
+
+
+def test_output_changing_environment_is_not_passed_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """22.05's sacct --json fails with SLURM_TIME_FORMAT set; such variables never reach Slurm."""
+    monkeypatch.setenv("SLURM_TIME_FORMAT", "relative")
+    monkeypatch.setenv("SQUEUE_FORMAT", "%i")
+    monkeypatch.setenv("KEEP_ME", "yes")
+    _script(tmp_path, "sacct", "import os; print(sorted(k for k in os.environ"
+            " if k in ('SLURM_TIME_FORMAT', 'SQUEUE_FORMAT', 'KEEP_ME', 'SLURM_CONF')))")
+    runner = Runner(SlurmCommands(bin_dir=str(tmp_path)), env={"SLURM_CONF": "/etc/x.conf"})
+    assert runner.run("sacct", []).stdout.decode().strip() == "['KEEP_ME', 'SLURM_CONF']"
