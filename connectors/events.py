@@ -1,0 +1,131 @@
+"""The embedded sink: job lifecycle events as JSON lines, so a first run needs no outside service.
+
+    "connectors": {"events": {"output": "/var/log/slurm-sync/events.jsonl"}}   # or "-": stdout
+
+Each job run gives a ``started`` event once it has started (from squeue while it runs, or from
+the sacct window when it started and ended between two cycles) and a ``finished`` event with its
+state, exit code, times and nodes once sacct reports it ended. The store remembers what was
+written, so each event is written once; a crash between the write and the store's record can
+repeat one line, which the event's ``key``/``event`` pair lets a reader drop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from sync.actions import Action, Outcome
+from sync.connector import Connector, Direction, Scope, SlurmNeeds, Snapshot, View, delivery_key
+from sync.slurm.model import Job
+from sync.slurm.query import JobFilter
+
+__all__ = ["EventsConnector"]
+
+START, STOP = "start", "stop"
+
+
+def _common(job: Job) -> dict[str, Any]:
+    return {
+        "cluster": job.cluster,
+        "job_id": job.job_id,
+        "display_id": job.display_id,
+        "name": job.name,
+        "user": job.user,
+        "account": job.account,
+        "partition": job.partition,
+        "start_time": job.start_time,
+        "nodes": list(job.hosts),
+        "cpus": job.cpus,
+    }
+
+
+def started_event(job: Job) -> dict[str, Any]:
+    """The ``started`` event of one job run."""
+    gpus = {a.hostname: list(a.gpu_ids) for a in job.allocations if a.gpu_ids}
+    cores = {a.hostname: list(a.cpu_ids) for a in job.allocations if a.cpu_ids is not None}
+    return {"event": "started", **_common(job), "gpus": gpus, "cpu_ids": cores}
+
+
+def finished_event(job: Job) -> dict[str, Any]:
+    """The ``finished`` event of one job run, from sacct."""
+    elapsed = job.end_time - job.start_time if job.end_time and job.start_time else None
+    return {
+        "event": "finished",
+        **_common(job),
+        "state": job.state.value,
+        "end_time": job.end_time,
+        "elapsed": elapsed,
+        "return_code": job.exit_code.return_code,
+        "signal": job.exit_code.signal,
+    }
+
+
+class EventsConnector(Connector):
+    """Writes ``started`` and ``finished`` events to a JSON-lines file or standard output."""
+
+    name: ClassVar[str] = "events"
+    schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "output": {
+                "type": "string",
+                "minLength": 1,
+                "description": "a file to append JSON lines to, or '-' for standard output",
+            },
+        },
+    }
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        super().__init__(settings)
+        self.output = str(settings.get("output", "-"))
+
+    def needs(self) -> SlurmNeeds:
+        # Running jobs for 'started' while their allocation is still known; the sacct window for
+        # short jobs and for every 'finished'.
+        return SlurmNeeds(squeue=JobFilter(states=("R", "CG", "S")), sacct=True)
+
+    def plan(
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+    ) -> list[Action]:
+        starts: dict[str, Job] = {}
+        stops: dict[str, Job] = {}
+        # squeue first: while a job runs it knows the cores and GPUs; sacct fills in the rest.
+        for job in (*view.active, *view.ended):
+            if job.start_time is None or not scope.covers(job):
+                continue
+            key = delivery_key(job)
+            if direction.includes(Direction.START) and not snapshot.done(START, key):
+                starts.setdefault(key, job)
+            ended = job.state.finished and job.source == "sacct"
+            if ended and direction.includes(Direction.STOP) and not snapshot.done(STOP, key):
+                stops.setdefault(key, job)
+        actions = [
+            Action(self.name, START, key, started_event(job), "started, not yet written")
+            for key, job in sorted(starts.items(), key=lambda kv: kv[1].start_time or 0)
+        ]
+        actions += [
+            Action(self.name, STOP, key, finished_event(job), f"ended {job.state.value.lower()}")
+            for key, job in sorted(stops.items(), key=lambda kv: kv[1].end_time or 0)
+        ]
+        return actions
+
+    def apply(self, action: Action) -> Outcome:
+        line = json.dumps({"key": action.key, **action.payload}, ensure_ascii=False) + "\n"
+        try:
+            if self.output == "-":
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                with open(self.output, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            return Outcome.transient(action, f"cannot write {self.output}: {exc.strerror}")
+        return Outcome.done(action)
+

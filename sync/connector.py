@@ -1,0 +1,173 @@
+"""The contract every connector implements, and how connectors are found.
+
+    >>> registry = discover()                        # entry points "slurm_sync.connectors"
+    >>> events = registry["events"]                  # doctest: +SKIP
+    >>> connector = events({"output": "-"})          # doctest: +SKIP
+    >>> actions = connector.plan(view, snapshot, Direction.BOTH, Scope())  # doctest: +SKIP
+
+A connector says what it needs from Slurm (``needs``), plans actions from one cycle's ``View`` and
+what the store says was delivered (``plan``: pure, no I/O, no clock), and applies one action at a
+time (``apply``: returns an ``Outcome``, never raises for one action). Built-in connectors and a
+site's own are found the same way, through the entry-point group ``slurm_sync.connectors``, so a
+site adds one with a pip package.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from importlib import metadata
+from typing import Any, ClassVar
+
+from sync.actions import Action, Outcome
+from sync.errors import ConfigError
+from sync.slurm.model import Job
+from sync.slurm.query import JobFilter, SacctWindow
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Connector",
+    "Direction",
+    "Scope",
+    "SlurmNeeds",
+    "Snapshot",
+    "View",
+    "delivery_key",
+    "discover",
+]
+
+ENTRY_POINT_GROUP = "slurm_sync.connectors"
+
+
+class Direction(str, Enum):
+    """Which half of the sync a run does: starting records, stopping them, or both."""
+
+    START = "start"
+    STOP = "stop"
+    BOTH = "both"
+
+    def includes(self, other: Direction) -> bool:
+        """`Direction.BOTH.includes(Direction.STOP)` is true."""
+        return self is Direction.BOTH or self is other
+
+
+@dataclass(frozen=True)
+class SlurmNeeds:
+    """What a connector wants from Slurm each cycle; the engine merges every connector's needs
+    into one ``squeue`` and one ``sacct`` call."""
+
+    squeue: JobFilter | None = None
+    sacct: bool = False
+
+
+@dataclass(frozen=True)
+class View:
+    """What Slurm said in one cycle, and whether each query succeeded.
+
+    ``active`` comes from squeue, ``ended`` from the sacct window. A failed query leaves its
+    list empty and its ``*_ok`` false: connectors must not plan a stop or cancel from it.
+    """
+
+    now: float
+    active: tuple[Job, ...] = ()
+    ended: tuple[Job, ...] = ()
+    window: SacctWindow | None = None
+    squeue_ok: bool = False
+    sacct_ok: bool = False
+
+    @property
+    def slurm_ok(self) -> bool:
+        """`view.slurm_ok` is true when every query of the cycle succeeded."""
+        return self.squeue_ok and self.sacct_ok
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a run is limited to: ``--jobid`` (several allowed) and ``--limit`` per direction."""
+
+    job_ids: tuple[int, ...] = ()
+    limit: int | None = None
+
+    def covers(self, job: Job) -> bool:
+        """`scope.covers(job)` is true when the run may act on ``job``."""
+        if not self.job_ids:
+            return True
+        return job.job_id in self.job_ids or (
+            job.array_job_id is not None and job.array_job_id in self.job_ids
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the store says for one connector before planning: delivered and queued keys per
+    action kind."""
+
+    delivered: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    queued: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def done(self, kind: str, key: str) -> bool:
+        """`snapshot.done("start", key)`: delivered already, or waiting in the outbox."""
+        return key in self.delivered.get(kind, frozenset()) or key in self.queued.get(
+            kind, frozenset()
+        )
+
+
+def delivery_key(job: Job) -> str:
+    """`delivery_key(job)` is ``cluster/job_id/start_time``: a requeued run is a new key."""
+    return f"{job.cluster or '-'}/{job.job_id}/{job.start_time or 0}"
+
+
+class Connector(ABC):
+    """One outside service. Subclasses set ``name`` and ``schema`` (the JSON Schema of their
+    settings under ``connectors.<name>`` in config.json) and implement the three methods."""
+
+    name: ClassVar[str]
+    schema: ClassVar[Mapping[str, Any]]
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def needs(self) -> SlurmNeeds:
+        """What this connector wants from Slurm each cycle."""
+
+    @abstractmethod
+    def plan(
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+    ) -> list[Action]:
+        """The actions this cycle calls for. Pure: no I/O, no clock (``view.now`` is the time)."""
+
+    @abstractmethod
+    def apply(self, action: Action) -> Outcome:
+        """Carry out one action; report failures as an ``Outcome``, never by raising."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release what the connector holds (sessions, files)."""
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    found: Any = metadata.entry_points()
+    if hasattr(found, "select"):  # Python 3.10+
+        return list(found.select(group=ENTRY_POINT_GROUP))
+    return list(found.get(ENTRY_POINT_GROUP, []))  # Python 3.9: a dict of groups
+
+
+def discover() -> dict[str, type[Connector]]:
+    """Every installed connector class by name, from the ``slurm_sync.connectors`` entry points.
+
+    An entry point that does not load, or is not a ``Connector``, is a ConfigError naming it.
+    """
+    registry: dict[str, type[Connector]] = {}
+    for entry in _entry_points():
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # a site's broken package must say which one it is
+            raise ConfigError(
+                f"connector {entry.name!r} ({entry.value}) does not load: {exc}"
+            ) from exc
+        if not (isinstance(loaded, type) and issubclass(loaded, Connector)):
+            raise ConfigError(f"connector {entry.name!r} ({entry.value}) is not a Connector class")
+        registry[entry.name] = loaded
+    return registry
