@@ -1,0 +1,317 @@
+"""One sync cycle: read Slurm once, let each connector plan, guard, limit, apply, record.
+
+    report = run_cycle(reader, store, connectors, options, now=time.time())
+
+    needs ──> one squeue + one sacct (window from the stored watermark) ──> View
+      └─> per connector: outbox due ──> plan(view, snapshot) ──> guard ──> limit ──> apply
+            └─> store.record_outcomes(outcomes, watermark)   (one transaction per connector)
+
+The pure steps (``merged_filter``, ``sacct_window``, ``guard``, ``limit``) take data and return
+data; ``run_cycle`` is the shell that touches Slurm, the services and the store. Invariants:
+- a failed or empty Slurm query plans no destructive action (stop, cancel, hold);
+- a cycle that would stop more than ``stop_guard_share`` of the tracked jobs refuses, unless forced;
+- the sacct watermark moves only when every action planned from the window was delivered, failed
+  for good, or is durably queued; never in a ``--jobid`` run, a ``--dry-run`` or when --limit
+  deferred some actions.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO
+
+from sync.actions import Action, Outcome, Status
+from sync.connector import Connector, Direction, Scope, SlurmNeeds, Snapshot, View
+from sync.errors import SlurmError, SyncError
+from sync.slurm.model import Job
+from sync.slurm.query import JobFilter, SacctWindow
+from sync.slurm.reader import SlurmReader
+from sync.store import Store
+
+__all__ = [
+    "DESTRUCTIVE",
+    "CycleOptions",
+    "CycleReport",
+    "LockHeld",
+    "RunLock",
+    "guard",
+    "limit",
+    "merged_filter",
+    "run_cycle",
+    "sacct_window",
+]
+
+DESTRUCTIVE = frozenset({"stop", "cancel", "hold"})
+START_KINDS = frozenset({"start", "submit", "report", "release"})
+
+
+class LockHeld(SyncError):
+    """Another run holds the lock in state_dir (exit code 75)."""
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``state_dir/run.lock``, released on exit or crash.
+
+    fcntl's flock is released by the kernel when the process dies, so a killed run never leaves a
+    stale lock (a library such as filelock adds nothing here).
+    """
+
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "run.lock")
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockHeld(f"another run (pid {holder}) holds {self.path}") from exc
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+@dataclass(frozen=True)
+class CycleOptions:
+    """How one run is limited: --direction, --jobid, --limit, --dry-run, --force."""
+
+    direction: Direction = Direction.BOTH
+    scope: Scope = field(default_factory=Scope)
+    dry_run: bool = False
+    force: bool = False
+    stop_guard_share: float = 0.5
+    sacct_overlap: int = 60
+    first_window: int = 3600
+    concurrency: int = 4
+
+
+@dataclass
+class CycleReport:
+    """What one cycle planned, did, and refused; ``exit_code`` per the CLI's documented codes."""
+
+    planned: list[Action] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+    deferred: list[Action] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    slurm_errors: list[str] = field(default_factory=list)
+    windows: dict[str, SacctWindow] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.slurm_errors and not self.outcomes:
+            return 3
+        if any(o.status in (Status.TRANSIENT, Status.PERMANENT) for o in self.outcomes):
+            return 1
+        return 0
+
+
+# --- pure steps --------------------------------------------------------------------------------
+
+
+def merged_filter(needs: Iterable[SlurmNeeds], scope: Scope) -> JobFilter | None:
+    """One squeue filter serving every connector: the union of what they ask for.
+
+    A field one connector leaves open stays open; ``--jobid`` narrows the query to those jobs.
+    """
+    filters = [n.squeue for n in needs if n.squeue is not None]
+    if not filters:
+        return None
+
+    def union(values: list[tuple[str, ...]]) -> tuple[str, ...]:
+        if any(not v for v in values):
+            return ()
+        return tuple(dict.fromkeys(x for v in values for x in v))
+
+    states: list[str] = []
+    for f in filters:
+        states.extend(s.value for s in f.wanted_states())
+    return JobFilter(
+        states=tuple(dict.fromkeys(states)),
+        names=union([f.names for f in filters]),
+        users=union([f.users for f in filters]),
+        partitions=union([f.partitions for f in filters]),
+        job_ids=tuple(scope.job_ids),
+    )
+
+
+def sacct_window(watermark: float | None, now: float, overlap: int, first: int) -> SacctWindow:
+    """The window of this cycle: from the watermark less an overlap (sacct's window ends are
+    inclusive and slurmdbd commits late) to now; the first run looks ``first`` seconds back."""
+    end = int(now)
+    start = end - first if watermark is None else int(watermark) - overlap
+    return SacctWindow(start=min(start, end), end=end)
+
+
+def guard(
+    actions: Sequence[Action], view: View, tracked: int, share: float, force: bool
+) -> tuple[list[Action], list[str]]:
+    """Drop destructive actions a cycle must not take; return (kept, reasons)."""
+    destructive = [a for a in actions if a.kind in DESTRUCTIVE]
+    if not destructive:
+        return list(actions), []
+    reasons = []
+    if not view.slurm_ok:
+        reasons.append(
+            f"{len(destructive)} stop/cancel action(s) not taken: a Slurm query failed this cycle"
+        )
+    elif tracked and not view.active and not view.ended:
+        reasons.append(
+            f"{len(destructive)} stop/cancel action(s) not taken: Slurm returned no jobs while "
+            f"{tracked} are tracked"
+        )
+    elif tracked and len(destructive) > share * tracked and not force:
+        reasons.append(
+            f"{len(destructive)} stop/cancel action(s) not taken: more than {share:.0%} of the "
+            f"{tracked} tracked jobs; run with --force if this is right"
+        )
+    if not reasons:
+        return list(actions), []
+    return [a for a in actions if a.kind not in DESTRUCTIVE], reasons
+
+
+def limit(actions: Sequence[Action], cap: int | None) -> tuple[list[Action], list[Action]]:
+    """``--limit``: at most ``cap`` actions per direction (starts, stops), in planned order
+    (connectors plan oldest first). A stop whose start was deferred is deferred with it."""
+    if cap is None:
+        return list(actions), []
+    kept: list[Action] = []
+    deferred: list[Action] = []
+    counts = {"start": 0, "stop": 0}
+    deferred_keys: set[str] = set()
+    for action in actions:
+        side = "start" if action.kind in START_KINDS else "stop"
+        if counts[side] >= cap or (side == "stop" and action.key in deferred_keys):
+            deferred.append(action)
+            deferred_keys.add(action.key)
+            continue
+        counts[side] += 1
+        kept.append(action)
+    return kept, deferred
+
+
+# --- the shell ---------------------------------------------------------------------------------
+
+
+def _view(
+    reader: SlurmReader, squeue_filter: JobFilter | None, window: SacctWindow | None,
+    now: float, scope: Scope, errors: list[str],
+) -> View:
+    active: tuple[Job, ...] = ()
+    ended: tuple[Job, ...] = ()
+    squeue_ok = sacct_ok = True
+    if squeue_filter is not None:
+        try:
+            active = reader.squeue(squeue_filter).jobs
+        except SlurmError as exc:
+            squeue_ok = False
+            errors.append(str(exc))
+    if window is not None:
+        try:
+            sacct_filter = JobFilter(states=("all",), job_ids=tuple(scope.job_ids))
+            ended = reader.sacct(window, sacct_filter).jobs
+        except SlurmError as exc:
+            sacct_ok = False
+            errors.append(str(exc))
+    return View(now=now, active=active, ended=ended, window=window,
+                squeue_ok=squeue_ok, sacct_ok=sacct_ok)
+
+
+def _apply_all(connector: Connector, actions: Sequence[Action], workers: int) -> list[Outcome]:
+    """Apply starts, then the rest, each group with bounded concurrency; never raises."""
+
+    def safe(action: Action) -> Outcome:
+        try:
+            return connector.apply(action)
+        except Exception as exc:  # a connector bug must not lose the rest of the batch
+            return Outcome.transient(action, f"{type(exc).__name__}: {exc}")
+
+    outcomes: list[Outcome] = []
+    first = [a for a in actions if a.kind in START_KINDS]
+    rest = [a for a in actions if a.kind not in START_KINDS]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for group in (first, rest):
+            outcomes.extend(pool.map(safe, group))
+    return outcomes
+
+
+def _snapshot(store: Store, name: str, kinds: Iterable[str]) -> Snapshot:
+    return Snapshot(
+        delivered={k: store.delivered(connector=name, kind=k) for k in kinds},
+        queued={k: store.queued(connector=name, kind=k) for k in kinds},
+    )
+
+
+def run_cycle(
+    reader: SlurmReader,
+    store: Store,
+    connectors: Mapping[str, Connector],
+    options: CycleOptions,
+    *,
+    now: float,
+) -> CycleReport:
+    """Run one cycle for ``connectors``; with ``dry_run`` plan and report only."""
+    report = CycleReport()
+    needs = {name: c.needs() for name, c in connectors.items()}
+    watermarks = {name: store.get_watermark(connector=name) for name in connectors}
+    windows = {
+        name: sacct_window(watermarks[name], now, options.sacct_overlap, options.first_window)
+        for name, need in needs.items()
+        if need.sacct
+    }
+    report.windows = dict(windows)
+    widest = None
+    if windows:
+        widest = SacctWindow(min(w.start for w in windows.values()), int(now))
+    view = _view(reader, merged_filter(needs.values(), options.scope), widest, now,
+                 options.scope, report.slurm_errors)
+    for name, connector in connectors.items():
+        kinds = ("start", "stop", "submit", "cancel", "hold", "release", "report")
+        snapshot = _snapshot(store, name, kinds)
+        due = [] if options.dry_run else [
+            e.action for e in store.due(connector=name, now=now)
+        ]
+        planned = connector.plan(view, snapshot, options.direction, options.scope)
+        tracked = len(snapshot.delivered.get("start", frozenset())
+                      - snapshot.delivered.get("stop", frozenset()))
+        allowed, refused = guard(planned, view, tracked, options.stop_guard_share, options.force)
+        kept, deferred = limit(allowed, options.scope.limit)
+        report.planned.extend(kept)
+        report.deferred.extend(deferred)
+        report.refused.extend(f"{name}: {r}" for r in refused)
+        if options.dry_run:
+            continue
+        outcomes = _apply_all(connector, [*due, *kept], options.concurrency)
+        report.outcomes.extend(outcomes)
+        move = (
+            name in windows
+            and view.sacct_ok
+            and not options.scope.job_ids
+            and not deferred
+            and not refused
+        )
+        store.record_outcomes(
+            outcomes=outcomes, now=now,
+            watermarks={name: float(windows[name].end)} if move else None,
+        )
+    return report
+

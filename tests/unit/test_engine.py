@@ -1,0 +1,103 @@
+"""The engine's pure steps: merged queries, windows, safety guards, --limit, and the run lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sync.actions import Action
+from sync.connector import Scope, SlurmNeeds, View
+from sync.engine import LockHeld, RunLock, guard, limit, merged_filter, sacct_window
+from sync.slurm.model import Job, JobState
+from sync.slurm.query import JobFilter
+
+TS0 = 1_795_400_000.0
+
+
+def _a(kind: str, key: str) -> Action:
+    return Action("c", kind, key)
+
+
+def test_one_squeue_serves_every_connector() -> None:
+    merged = merged_filter(
+        [SlurmNeeds(squeue=JobFilter(states=("R",), names=("buildkite",))),
+         SlurmNeeds(squeue=JobFilter(states=("PD",), names=("bk2",))),
+         SlurmNeeds(sacct=True)],
+        Scope(),
+    )
+    assert merged is not None
+    assert merged.states == ("RUNNING", "PENDING") and merged.names == ("buildkite", "bk2")
+    open_names = merged_filter([SlurmNeeds(squeue=JobFilter(states=("R",))),
+                                SlurmNeeds(squeue=JobFilter(names=("x",)))], Scope())
+    assert open_names is not None and open_names.names == ()
+    scoped = merged_filter([SlurmNeeds(squeue=JobFilter())], Scope(job_ids=(7, 9)))
+    assert scoped is not None and scoped.job_ids == (7, 9)
+    assert merged_filter([SlurmNeeds(sacct=True)], Scope()) is None
+
+
+def test_sacct_window_overlaps_the_last_one_and_the_first_looks_back() -> None:
+    assert sacct_window(None, TS0, 60, 3600) == sacct_window(None, TS0, 0, 3600)
+    first = sacct_window(None, TS0, 60, 3600)
+    assert (first.start, first.end) == (int(TS0) - 3600, int(TS0))
+    later = sacct_window(TS0 - 60, TS0, 60, 3600)
+    assert (later.start, later.end) == (int(TS0) - 120, int(TS0))
+
+
+def _view(ok: bool = True, jobs: int = 5) -> View:
+    active = tuple(Job(job_id=i, state=JobState.RUNNING) for i in range(jobs))
+    return View(now=TS0, active=active, squeue_ok=ok, sacct_ok=ok)
+
+
+def test_no_destructive_action_from_a_failed_query() -> None:
+    plan = [_a("start", "k1"), _a("stop", "k2")]
+    kept, reasons = guard(plan, _view(ok=False), tracked=10, share=0.5, force=True)
+    assert [a.kind for a in kept] == ["start"] and "query failed" in reasons[0]
+
+
+def test_no_stop_when_slurm_returns_nothing_while_jobs_are_tracked() -> None:
+    kept, reasons = guard([_a("stop", "k")], _view(jobs=0), tracked=3, share=0.5, force=True)
+    assert kept == [] and "no jobs while 3 are tracked" in reasons[0]
+
+
+def test_mass_stop_is_refused_unless_forced() -> None:
+    stops = [_a("stop", f"k{i}") for i in range(6)]
+    kept, reasons = guard(stops, _view(), tracked=10, share=0.5, force=False)
+    assert kept == [] and "--force" in reasons[0]
+    kept, reasons = guard(stops, _view(), tracked=10, share=0.5, force=True)
+    assert kept == stops and reasons == []
+    kept, _ = guard(stops[:5], _view(), tracked=10, share=0.5, force=False)
+    assert len(kept) == 5
+
+
+def test_limit_caps_each_direction_and_defers_a_stop_with_its_start() -> None:
+    plan = [_a("start", "a"), _a("start", "b"), _a("start", "c"),
+            _a("stop", "x"), _a("stop", "c"), _a("stop", "y")]
+    kept, deferred = limit(plan, 2)
+    assert [(a.kind, a.key) for a in kept] == [
+        ("start", "a"), ("start", "b"), ("stop", "x"), ("stop", "y")]
+    assert [(a.kind, a.key) for a in deferred] == [("start", "c"), ("stop", "c")]
+    assert limit(plan, None) == (plan, [])
+
+
+def test_second_run_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, sys.argv[2])\n"
+         "from sync.engine import RunLock\n"
+         "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)",
+         str(tmp_path), str(Path(__file__).resolve().parents[2])],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockHeld, match=f"pid {holder.pid}"), RunLock(str(tmp_path)):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(str(tmp_path)):  # a killed holder leaves no stale lock
+        assert os.path.exists(tmp_path / "run.lock")
