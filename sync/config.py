@@ -1,27 +1,68 @@
 """Load and validate ``config.json``; an error names the JSON path, the bad value and what was
 expected, and nothing is changed anywhere before the config is valid.
 
-    >>> config = load_config("config.json")  # doctest: +SKIP
+    >>> config = load_config("config.json", fragments={"events": EVENTS_SCHEMA})  # doctest: +SKIP
     >>> config.slurm.commands.argv("squeue", ["--json"])  # doctest: +SKIP
     ['/usr/bin/squeue', '--json']
+    >>> config.connectors["events"].enabled  # doctest: +SKIP
+    True
+
+The config is checked against one schema: :data:`CORE_SCHEMA` with each connector's settings
+fragment placed under ``properties.connectors.properties.<name>`` (:func:`combined_schema`).
+Every error is collected in one pass and reported together (the first 10, then how many more).
+Every key is described in ``docs/configuration.md``.
+
+A value at a place where a fragment expects a secret reference (``sync.secrets``) is never shown
+in an error; an object or array value is described by its keys or length, never dumped.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 import jsonschema
+import jsonschema.exceptions
 
 from sync.errors import ConfigError
+from sync.secrets import is_secret_ref_schema, secret_ref_problem
 from sync.slurm.run import SlurmCommands
 
-__all__ = ["CORE_SCHEMA", "Config", "SlurmSettings", "config_from_dict", "load_config"]
+__all__ = [
+    "CORE_SCHEMA",
+    "ROOT_STATE_DIR",
+    "Config",
+    "ConnectorSettings",
+    "SlurmSettings",
+    "combined_schema",
+    "config_from_dict",
+    "default_state_dir",
+    "load_config",
+]
 
 SLURM_COMMANDS = ["squeue", "sacct", "scontrol", "sinfo", "sbatch", "scancel", "sacctmgr"]
+
+ROOT_STATE_DIR = "/var/lib/slurm-sync"
+
+MAX_ERRORS_SHOWN = 10
+
+_ABSOLUTE_PATH: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^/",
+    "x-expected": "an absolute path",
+}
+
+_CONNECTOR_BASE: dict[str, Any] = {
+    "type": "object",
+    "properties": {"enabled": {"type": "boolean"}},
+}
 
 CORE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -33,6 +74,31 @@ CORE_SCHEMA: dict[str, Any] = {
             "type": "string",
             "minLength": 1,
             "description": "Slurm's cluster name; read from Slurm's output when left out.",
+        },
+        "state_dir": {
+            **_ABSOLUTE_PATH,
+            "description": "Where the state database and the lock live.",
+        },
+        "stop_guard_share": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "description": "Largest share of tracked jobs one cycle may stop without --force.",
+        },
+        "sacct_overlap_seconds": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "How far each sacct window reaches back before the watermark.",
+        },
+        "first_window_seconds": {
+            "type": "integer",
+            "exclusiveMinimum": 0,
+            "description": "How far back the first sacct window reaches (no watermark yet).",
+        },
+        "log_format": {"enum": ["text", "json"]},
+        "metrics_file": {
+            **_ABSOLUTE_PATH,
+            "description": "Prometheus textfile written after each cycle.",
         },
         "slurm": {
             "type": "object",
@@ -49,8 +115,43 @@ CORE_SCHEMA: dict[str, Any] = {
                 "state_save_location": {"type": "string", "minLength": 1},
             },
         },
+        "connectors": {
+            "type": "object",
+            "additionalProperties": _CONNECTOR_BASE,
+            "description": "Connector name -> its settings; each has 'enabled' (default true).",
+        },
     },
 }
+"""The core schema. Without fragments, ``connectors`` is only checked for its shape (objects
+with a boolean ``enabled``); :func:`combined_schema` adds each connector's fragment."""
+
+
+def default_state_dir() -> str:
+    """`default_state_dir()` is ``/var/lib/slurm-sync`` for root (euid 0), else
+    ``$XDG_STATE_HOME/slurm-sync`` (when that is an absolute path) or
+    ``~/.local/state/slurm-sync``."""
+    if os.geteuid() == 0:
+        return ROOT_STATE_DIR
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg):
+        return os.path.join(xdg, "slurm-sync")
+    return os.path.join(os.path.expanduser("~"), ".local", "state", "slurm-sync")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -62,31 +163,205 @@ class SlurmSettings:
 
 
 @dataclass(frozen=True)
+class ConnectorSettings:
+    """One entry of ``connectors``: its ``name``, whether it is ``enabled``, and its other
+    ``settings`` (``enabled`` left out), read-only all the way down: objects are
+    ``MappingProxyType``, arrays are tuples."""
+
+    name: str
+    enabled: bool = True
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", _freeze(self.settings))
+
+
+def _no_connectors() -> Mapping[str, ConnectorSettings]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration."""
 
     cluster: str | None = None
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     path: str | None = None
+    state_dir: str = field(default_factory=default_state_dir)
+    stop_guard_share: float = 0.5
+    sacct_overlap_seconds: int = 60
+    first_window_seconds: int = 3600
+    log_format: str = "text"
+    metrics_file: str | None = None
+    connectors: Mapping[str, ConnectorSettings] = field(default_factory=_no_connectors)
 
 
-def _json_path(error: jsonschema.ValidationError) -> str:
+# --------------------------------------------------------------------------------- the schema
+
+
+def _embed_fragment(name: str, fragment: Any) -> dict[str, Any]:
+    """The schema of ``connectors.<name>``: the base (an object, ``enabled`` a boolean) and
+    the connector's fragment, which is given its own ``$id`` so that its local ``$ref``s
+    resolve, and is allowed an ``enabled`` key even when it closes its properties."""
+    if isinstance(fragment, Mapping):
+        try:
+            jsonschema.Draft202012Validator.check_schema(_thaw(fragment))
+        except jsonschema.exceptions.SchemaError as exc:
+            raise ConfigError(
+                f"connector {name!r} has an invalid settings schema: {exc.message}"
+            ) from exc
+        own: Any = _thaw(fragment)
+        own.pop("$schema", None)
+        own.setdefault("$id", f"urn:slurm-sync:connector:{quote(name, safe='')}")
+        properties = own.get("properties")
+        if properties is None:
+            own["properties"] = {"enabled": {}}
+        elif isinstance(properties, dict):
+            properties.setdefault("enabled", {})
+    elif isinstance(fragment, bool):
+        own = fragment
+    else:
+        raise ConfigError(f"connector {name!r} has an invalid settings schema: not an object")
+    return {**copy.deepcopy(_CONNECTOR_BASE), "allOf": [own]}
+
+
+def combined_schema(fragments: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """`combined_schema({"events": {...}})` is :data:`CORE_SCHEMA` with each fragment under
+    ``properties.connectors.properties.<name>`` and no other connector allowed; None gives the
+    core schema (connectors checked for their shape only). Fragments are read as draft 2020-12
+    (a ``$schema`` in them is dropped) and checked first: a broken one is a ConfigError naming
+    its connector."""
+    schema = copy.deepcopy(CORE_SCHEMA)
+    if fragments is None:
+        return schema
+    connectors = schema["properties"]["connectors"]
+    connectors["properties"] = {
+        name: _embed_fragment(name, fragment) for name, fragment in fragments.items()
+    }
+    connectors["additionalProperties"] = False
+    return schema
+
+
+# --------------------------------------------------------------------------------- the errors
+
+_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_UNKNOWN_CONNECTOR_AT = ("properties", "connectors", "additionalProperties")
+
+
+def _json_path(parts: Any) -> str:
     path = "$"
-    for part in error.absolute_path:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _SIMPLE_KEY.match(part):
+            path += f".{part}"
+        else:
+            path += f"[{json.dumps(part)}]"
     return path
 
 
-def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config:
-    """Validate ``data`` against the schema and build a ``Config``; raise ``ConfigError``."""
-    validator = jsonschema.Draft202012Validator(CORE_SCHEMA)
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        where = f"{path}: " if path else ""
-        lines = [
-            f"{where}{_json_path(e)}: {e.message}" for e in errors[:10]
-        ]
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+def _sort_key(parts: Any) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, part, "") if isinstance(part, int) else (1, 0, part) for part in parts)
+
+
+def _summary(value: object) -> str:
+    if isinstance(value, Mapping):
+        keys = ", ".join(str(key) for key in list(value)[:5])
+        more = ", ..." if len(value) > 5 else ""
+        return f"an object with keys ({keys}{more})" if value else "an empty object"
+    if isinstance(value, (list, tuple)):
+        return f"an array of {len(value)} item{'' if len(value) == 1 else 's'}"
+    return repr(value)
+
+
+def _touches_secret(error: jsonschema.ValidationError) -> bool:
+    return is_secret_ref_schema(error.schema) or any(
+        _touches_secret(sub) for sub in error.context
+    )
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """What ``error`` says, with an object or array value summarised and a long value cut."""
+    if _touches_secret(error):
+        return secret_ref_problem(error.instance) or "not a valid secret reference"
+    message = error.message
+    instance = error.instance
+    shown = repr(instance)
+    if isinstance(instance, (Mapping, list)):
+        message = message.replace(shown, _summary(instance))
+    elif len(shown) > 80:
+        message = message.replace(shown, shown[:77] + "...")
+    schema = error.schema
+    if error.validator == "pattern" and isinstance(schema, Mapping) and "x-expected" in schema:
+        message += f" (expected {schema['x-expected']})"
+    if error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        if best is not None:
+            message += f"; closest: {_json_path(best.absolute_path)}: {_describe(best)}"
+    return message
+
+
+def _problems(
+    errors: list[jsonschema.ValidationError], known: list[str] | None
+) -> list[tuple[Any, str]]:
+    """(instance path, message) of each error, unknown connectors spelled out, sorted by path
+    and without duplicates."""
+    found: dict[tuple[str, str], tuple[Any, str]] = {}
+    for error in errors:
+        parts = list(error.absolute_path)
+        instance = error.instance
+        if (
+            known is not None
+            and isinstance(instance, Mapping)
+            and tuple(error.absolute_schema_path) == _UNKNOWN_CONNECTOR_AT
+        ):
+            names = ", ".join(known) if known else "none"
+            for name in instance:
+                if name not in known:
+                    message = f"unknown connector {name!r}; known: {names}"
+                    found[(_json_path([*parts, name]), message)] = ([*parts, name], message)
+            continue
+        message = _describe(error)
+        found[(_json_path(parts), message)] = (parts, message)
+    return sorted(found.values(), key=lambda item: (_sort_key(item[0]), item[1]))
+
+
+def _validate(
+    data: Mapping[str, Any], path: str | None, fragments: Mapping[str, Any] | None
+) -> None:
+    schema = combined_schema(fragments)
+    validator = jsonschema.Draft202012Validator(schema)
+    known = sorted(fragments) if fragments is not None else None
+    problems = _problems(list(validator.iter_errors(data)), known)
+    if not problems:
+        return
+    where = f"{path}: " if path else ""
+    lines = [f"{where}{_json_path(parts)}: {message}" for parts, message in problems]
+    shown = lines[:MAX_ERRORS_SHOWN]
+    if len(lines) > MAX_ERRORS_SHOWN:
+        rest = len(lines) - MAX_ERRORS_SHOWN
+        shown.append(f"... and {rest} more error{'s' if rest > 1 else ''}")
+    title = "invalid configuration"
+    if len(lines) > 1:
+        title += f", {len(lines)} errors"
+    raise ConfigError(f"{title}:\n  " + "\n  ".join(shown))
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def config_from_dict(
+    data: Mapping[str, Any],
+    path: str | None = None,
+    fragments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Validate ``data`` against the core schema and the connectors' ``fragments`` (connector
+    name -> JSON Schema of its settings) and build a ``Config``; raise ``ConfigError``.
+
+    With ``fragments`` None, connector settings are checked for their shape only (an object,
+    ``enabled`` a boolean) and any name is accepted: for commands that run no connector. With a
+    mapping (even empty), a connector it does not name is an error."""
+    _validate(data, path, fragments)
     slurm = data.get("slurm", {})
     commands = SlurmCommands(
         bin_dir=slurm.get("bin_dir"),
@@ -94,17 +369,36 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
         prefix=tuple(slurm.get("prefix", ())),
         timeout=float(slurm.get("timeout", 120)),
     )
+    connectors = {
+        name: ConnectorSettings(
+            name=name,
+            enabled=bool(settings.get("enabled", True)),
+            settings={key: value for key, value in settings.items() if key != "enabled"},
+        )
+        for name, settings in data.get("connectors", {}).items()
+    }
+    metrics_file = data.get("metrics_file")
     return Config(
         cluster=data.get("cluster"),
         slurm=SlurmSettings(
             commands=commands, state_save_location=slurm.get("state_save_location")
         ),
         path=path,
+        state_dir=data.get("state_dir") or default_state_dir(),
+        stop_guard_share=float(data.get("stop_guard_share", 0.5)),
+        sacct_overlap_seconds=int(data.get("sacct_overlap_seconds", 60)),
+        first_window_seconds=int(data.get("first_window_seconds", 3600)),
+        log_format=str(data.get("log_format", "text")),
+        metrics_file=metrics_file,
+        connectors=MappingProxyType(connectors),
     )
 
 
-def load_config(path: str | None) -> Config:
-    """Read ``path`` (None: built-in defaults, Slurm's commands from PATH)."""
+def load_config(
+    path: str | None, fragments: Mapping[str, Mapping[str, Any]] | None = None
+) -> Config:
+    """Read ``path`` (None: built-in defaults, Slurm's commands from PATH, no connector) and
+    validate it as :func:`config_from_dict` does."""
     if path is None:
         return Config()
     try:
@@ -116,4 +410,6 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"{path}: not readable by uid {os.getuid()}") from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    return config_from_dict(data, path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    return config_from_dict(data, path, fragments)
