@@ -3,7 +3,9 @@
     $ slurm-sync -c config.json jobs --state R --state PD
     $ slurm-sync jobs --json | jq '.jobs[].job_id'
 
-Exit codes: 0 done; 2 usage or config error (nothing was changed); 3 Slurm unavailable.
+Exit codes: 0 done; 1 some actions failed (they wait in the outbox, or failed for good and were
+recorded); 2 usage or config error (nothing was changed); 3 Slurm unavailable; 75 another run
+holds the lock.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,16 +22,20 @@ from rich.console import Console
 from rich.table import Table
 
 from sync import __version__
-from sync.config import load_config
+from sync.actions import Status
+from sync.config import Config, ConnectorSettings, load_config
+from sync.connector import Connector, Direction, Scope, discover
+from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, run_cycle
 from sync.errors import ConfigError, SlurmError, SlurmFormatError
 from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, state_names
 from sync.slurm.reader import SlurmReader
 from sync.slurm.run import Runner
+from sync.store import RunCount, Store
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLURM = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLURM, EXIT_LOCKED = 0, 1, 2, 3, 75
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"slurm-sync {__version__}")
     parser.add_argument("-c", "--config", help="config.json (default: Slurm commands from PATH)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--direction", choices=[d.value for d in Direction], default="both",
+                        help="start records, stop them, or both (default)")
+    parser.add_argument("-j", "--jobid", dest="run_jobids", action="append", type=int,
+                        default=[], help="only this job (repeatable); the watermark stays")
+    parser.add_argument("-l", "--limit", type=int, default=None,
+                        help="at most N actions per direction; the rest wait for the next run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan; change nothing anywhere, the store included")
+    parser.add_argument("--force", action="store_true",
+                        help="take stops even beyond stop_guard_share of the tracked jobs")
+    parser.add_argument("--connector", action="append", default=[],
+                        help="run only this connector (repeatable)")
+    parser.add_argument("--json", dest="run_json", action="store_true",
+                        help="print the report as JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="one sync cycle (the default)")
+    sub.add_parser("status", help="watermarks, outbox and the last run, per connector")
 
     jobs = sub.add_parser("jobs", help="show the jobs Slurm reports, as slurm-sync reads them")
     jobs.add_argument(
@@ -121,6 +144,130 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
     return EXIT_OK
 
 
+def _connectors(
+    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]]
+) -> dict[str, Connector]:
+    configured = {n: c for n, c in config.connectors.items() if c.enabled}
+    if not configured:
+        # The embedded sink to standard output, so a first run needs no outside service.
+        configured = {"events": ConnectorSettings("events", True, {"output": "-"})}
+    if args.connector:
+        unknown = set(args.connector) - set(configured)
+        if unknown:
+            raise ConfigError(f"--connector {', '.join(sorted(unknown))}: not enabled in config")
+        configured = {n: c for n, c in configured.items() if n in args.connector}
+    return {n: registry[n](dict(c.settings)) for n, c in configured.items()}
+
+
+def _store_path(config: Config) -> str:
+    return os.path.join(config.state_dir, "state.db")
+
+
+def _cmd_run(
+    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    reader: SlurmReader, out: Console, err: Console,
+) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise ConfigError("--limit must be 0 or more")
+    connectors = _connectors(args, config, registry)
+    options = CycleOptions(
+        direction=Direction(args.direction),
+        scope=Scope(job_ids=tuple(args.run_jobids), limit=args.limit),
+        dry_run=args.dry_run,
+        force=args.force,
+        stop_guard_share=config.stop_guard_share,
+        sacct_overlap=config.sacct_overlap_seconds,
+        first_window=config.first_window_seconds,
+    )
+    started = time.time()
+    if args.dry_run:
+        with Store.open(_store_path(config), read_only=True) as store:
+            report = run_cycle(reader, store, connectors, options, now=started)
+    else:
+        with RunLock(config.state_dir), Store.open(_store_path(config)) as store:
+            report = run_cycle(reader, store, connectors, options, now=started)
+            store.record_run(
+                started=started, ended=time.time(), exit_code=report.exit_code,
+                counts=RunCount.from_outcomes(report.outcomes),
+            )
+    for connector in connectors.values():
+        connector.close()
+    _print_report(report, args.run_json, args.dry_run, out, err)
+    return report.exit_code
+
+
+def _print_report(
+    report: CycleReport, as_json: bool, dry_run: bool, out: Console, err: Console
+) -> None:
+    for line in report.slurm_errors:
+        err.print(f"[red]Slurm:[/] {line}", highlight=False)
+    for line in report.refused:
+        err.print(f"[yellow]refused:[/] {line}", highlight=False)
+    outcome_of = {(o.action.connector, o.action.kind, o.action.key): o for o in report.outcomes}
+    if as_json:
+        out.print_json(json.dumps({
+            "dry_run": dry_run,
+            "actions": [
+                {"connector": a.connector, "kind": a.kind, "key": a.key, "reason": a.reason,
+                 "outcome": (o.status.value if (o := outcome_of.get((a.connector, a.kind, a.key)))
+                             else "planned"),
+                 "detail": o.detail if o else ""}
+                for a in report.planned
+            ],
+            "deferred": len(report.deferred),
+            "refused": report.refused,
+            "slurm_errors": report.slurm_errors,
+            "exit_code": report.exit_code,
+        }))
+        return
+    table = Table(title="plan (dry run: nothing done)" if dry_run else "actions")
+    for column in ("CONNECTOR", "ACTION", "JOB", "WHY", "OUTCOME"):
+        table.add_column(column, overflow="fold")
+    for action in report.planned:
+        outcome = outcome_of.get((action.connector, action.kind, action.key))
+        shown = "planned" if outcome is None else outcome.status.value
+        if outcome is not None and outcome.detail:
+            shown += f": {outcome.detail}"
+        table.add_row(action.connector, action.kind, action.key, action.reason, shown)
+    if report.planned:
+        out.print(table)
+    done = sum(o.status.delivered for o in report.outcomes)
+    failed = sum(o.status in (Status.TRANSIENT, Status.PERMANENT) for o in report.outcomes)
+    out.print(
+        f"{len(report.planned)} planned, {done} done, {failed} failed, "
+        f"{len(report.deferred)} deferred by --limit, {len(report.refused)} refused",
+        highlight=False,
+    )
+
+
+def _cmd_status(config: Config, out: Console) -> int:
+    path = _store_path(config)
+    with Store.open(path, read_only=True) as store:
+        last = store.last_run()
+        table = Table(title=f"slurm-sync state in {path}")
+        for column in ("CONNECTOR", "WATERMARK", "OUTBOX", "OLDEST QUEUED"):
+            table.add_column(column)
+        for name in store.connectors():
+            mark = store.get_watermark(connector=name)
+            stats = store.outbox_stats(connector=name)
+            table.add_row(
+                name,
+                _when(int(mark)) if mark else "-",
+                str(stats.depth),
+                _when(int(stats.oldest)) if stats.oldest else "-",
+            )
+    out.print(table)
+    if last is None:
+        out.print("no run recorded yet")
+    else:
+        out.print(
+            f"last run: {_when(int(last.started))}, exit code {last.exit_code}, "
+            f"{sum(c.count for c in last.counts)} actions",
+            highlight=False,
+        )
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``slurm-sync`` and ``sync``."""
     parser = _parser()
@@ -131,16 +278,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Console(width=200)
     err = Console(stderr=True)
     try:
-        config = load_config(args.config)
+        registry = discover()
+        config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()})
         reader = SlurmReader(
             Runner(config.slurm.commands),
             cluster=config.cluster,
             state_save_location=config.slurm.state_save_location,
         )
-        return _cmd_jobs(args, reader, out, err)
+        if args.command == "jobs":
+            return _cmd_jobs(args, reader, out, err)
+        if args.command == "status":
+            return _cmd_status(config, out)
+        return _cmd_run(args, config, registry, reader, out, err)
     except ConfigError as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)
         return EXIT_USAGE
+    except LockHeld as exc:
+        err.print(f"[yellow]not run:[/] {exc}", highlight=False)
+        return EXIT_LOCKED
     except SlurmError as exc:
         err.print(f"[red]Slurm unavailable:[/] {exc}", highlight=False)
         return EXIT_SLURM

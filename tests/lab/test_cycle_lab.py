@@ -1,0 +1,118 @@
+"""``slurm-sync`` cycles with the events connector against real Slurm 22.05, 24.11 and 26.05."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.engine import RunLock
+from tests.lab.conftest import LabCluster
+
+pytestmark = pytest.mark.lab
+
+
+def _config(lab: LabCluster, tmp_path: Path, **slurm: Any) -> Path:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"),
+        "first_window_seconds": 300,
+        "slurm": {"bin_dir": lab.bin_dir, **slurm},
+        "connectors": {"events": {"output": str(tmp_path / "events.jsonl")}},
+    }))
+    return config
+
+
+def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def _events(tmp_path: Path, job_ids: set[int]) -> list[tuple[int, str]]:
+    path = tmp_path / "events.jsonl"
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(e["job_id"], e["event"]) for e in lines if e["job_id"] in job_ids]
+
+
+def test_short_jobs_are_caught_once_and_dry_run_changes_nothing(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    config = _config(lab, tmp_path)
+    short = lab.submit("#!/bin/sh\nexit 0\n", "--job-name=short")
+    failing = lab.submit("#!/bin/sh\nexit 3\n", "--job-name=fails")
+    for job_id in (short, failing):
+        lab.wait_state(job_id, "COMPLETED", "FAILED")
+    ids = {short, failing}
+    lab.wait("sacct to know both jobs ended", lambda: len([
+        j for j in json.loads(lab.cmd("sacct", "--json", "-X", "-a", "-j",
+                                      f"{short},{failing}"))["jobs"]
+        if j.get("time", {}).get("end")]) == 2)
+
+    dry = _sync(config, "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = {(a["key"].split("/")[1], a["kind"]) for a in json.loads(dry.stdout)["actions"]}
+    assert {(str(i), k) for i in ids for k in ("start", "stop")} <= planned
+    assert not (tmp_path / "events.jsonl").exists()
+    assert not (tmp_path / "state").exists()
+
+    first = _sync(config, "--json")
+    assert first.returncode == 0, first.stderr
+    assert sorted(_events(tmp_path, ids)) == sorted(
+        (i, e) for i in ids for e in ("started", "finished"))
+    finished = {json.loads(line)["job_id"]: json.loads(line)
+                for line in (tmp_path / "events.jsonl").read_text().splitlines()
+                if json.loads(line)["event"] == "finished"}
+    assert finished[failing]["state"] == "FAILED"
+    assert finished[short]["state"] == "COMPLETED"
+
+    again = _sync(config, "--json")
+    assert again.returncode == 0, again.stderr
+    assert len(_events(tmp_path, ids)) == 4, "a second run must not write the events again"
+
+    status = _sync(config, "status")
+    assert status.returncode == 0 and "events" in status.stdout, status.stderr
+
+
+def test_a_second_run_during_the_first_exits_75(lab: LabCluster, tmp_path: Path) -> None:
+    config = _config(lab, tmp_path)
+    with RunLock(str(tmp_path / "state")):
+        blocked = _sync(config)
+    assert blocked.returncode == 75, blocked.stderr
+    assert "holds" in blocked.stderr
+
+
+def test_failing_slurm_plans_no_stop(lab: LabCluster, tmp_path: Path) -> None:
+    job_id = lab.submit("#!/bin/sh\nexit 0\n", "--job-name=quick")
+    lab.wait_state(job_id, "COMPLETED")
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    for name in ("squeue", "sacct"):
+        (broken / name).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact "
+                                   "slurm controller' >&2\nexit 1\n")
+        (broken / name).chmod(0o755)
+    config = _config(lab, tmp_path, commands={"squeue": str(broken / "squeue"),
+                                               "sacct": str(broken / "sacct")})
+    result = _sync(config, "--json")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Unable to contact slurm controller" in result.stderr
+    assert _events(tmp_path, {job_id}) == []
+
+
+def test_bad_config_exits_2_naming_the_key(lab: LabCluster, tmp_path: Path) -> None:
+    config = _config(lab, tmp_path)
+    data = json.loads(config.read_text())
+    data["connectors"]["events"]["outptu"] = "/tmp/x"
+    config.write_text(json.dumps(data))
+    result = _sync(config)
+    assert result.returncode == 2
+    assert "connectors.events" in result.stderr and "outptu" in result.stderr
+    assert not (tmp_path / "state").exists()
