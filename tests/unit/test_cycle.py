@@ -1,0 +1,129 @@
+"""run_cycle's orchestration on captured Slurm documents: retries through the outbox, the
+watermark's rules, --limit, --dry-run. Slurm's answers are the lab captures of 24.11."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from connectors.events import EventsConnector
+from sync.actions import Action, Outcome, Status
+from sync.connector import Scope
+from sync.engine import CycleOptions, run_cycle
+from sync.errors import SlurmCommandError
+from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
+from sync.slurm.query import JobFilter, SacctWindow
+from sync.slurm.reader import SlurmReader
+from sync.slurm.run import Runner
+from sync.store import Store
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.11"
+TS0 = 1_795_400_000.0
+TS1 = TS0 + 60
+TS2 = TS0 + 4000
+
+
+class CapturedSlurm(SlurmReader):
+    """A reader answering with the 24.11 lab captures (or failing, when told to)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(Runner())
+        self.fail = fail
+        self.windows: list[SacctWindow] = []
+
+    def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        if self.fail:
+            raise SlurmCommandError(["squeue", "--json"], 1, "Unable to contact slurm controller")
+        return parse_squeue((FIXTURES / "squeue-socket1.json").read_bytes())
+
+    def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        self.windows.append(window)
+        if self.fail:
+            raise SlurmCommandError(["sacct", "--json"], 1, "Problem talking to the database")
+        return parse_sacct((FIXTURES / "sacct.json").read_bytes())
+
+
+class FlakyEvents(EventsConnector):
+    """The events connector with an output that fails the first ``failures`` writes."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__({"output": "-"})
+        self.failures = failures
+        self.written: list[tuple[str, str]] = []
+
+    def apply(self, action: Action) -> Outcome:
+        if self.failures > 0:
+            self.failures -= 1
+            return Outcome.transient(action, "disk full")
+        self.written.append((action.kind, action.key))
+        return Outcome.done(action)
+
+
+def _cycle(store: Store, connector: Any, now: float, fail: bool = False, **options: Any) -> Any:
+    return run_cycle(CapturedSlurm(fail), store, {"events": connector}, CycleOptions(**options),
+                     now=now)
+
+
+def test_a_transient_failure_waits_in_the_outbox_and_is_retried_once() -> None:
+    store = Store.memory(rand=lambda: 0.0)
+    flaky = FlakyEvents(failures=1)
+    first = _cycle(store, flaky, now=TS0)
+    assert first.exit_code == 1
+    failed = [o for o in first.outcomes if o.status is Status.TRANSIENT]
+    assert len(failed) == 1
+    assert store.outbox_stats(connector="events").depth == 1
+    # Durably queued counts: the watermark moved with the batch.
+    assert store.get_watermark(connector="events") == int(TS0)
+    again = _cycle(store, flaky, now=TS0 + 10)
+    assert again.planned == []  # nothing new; the queued action is not planned twice
+    assert again.outcomes == []  # and not due yet: the first retry waits 30 s
+    assert store.outbox_stats(connector="events").depth == 1
+    later = _cycle(store, flaky, now=TS2)
+    assert [o.status for o in later.outcomes] == [Status.DONE]
+    assert store.outbox_stats(connector="events").depth == 0
+    assert len(flaky.written) == len(set(flaky.written)), "an event was written twice"
+    assert len(flaky.written) == len(first.planned)
+
+
+def test_limit_defers_and_holds_the_watermark() -> None:
+    store = Store.memory()
+    connector = FlakyEvents(failures=0)
+    report = _cycle(store, connector, now=TS0, scope=Scope(limit=2))
+    assert len(report.deferred) > 0 and len(report.planned) <= 4
+    assert store.get_watermark(connector="events") is None
+    rest = _cycle(store, connector, now=TS1)
+    assert store.get_watermark(connector="events") == int(TS1)
+    assert len(connector.written) == len(set(connector.written)) == len(report.planned) + len(
+        rest.planned)
+
+
+def test_jobid_run_never_moves_the_watermark() -> None:
+    store = Store.memory()
+    _cycle(store, FlakyEvents(0), now=TS0, scope=Scope(job_ids=(15,)))
+    assert store.get_watermark(connector="events") is None
+
+
+def test_next_window_starts_at_the_watermark_less_the_overlap() -> None:
+    store = Store.memory()
+    _cycle(store, FlakyEvents(0), now=TS0)
+    reader = CapturedSlurm()
+    run_cycle(reader, store, {"events": FlakyEvents(0)}, CycleOptions(sacct_overlap=60), now=TS1)
+    assert reader.windows == [SacctWindow(int(TS0) - 60, int(TS1))]
+
+
+def test_failing_slurm_stops_nothing_and_keeps_the_watermark() -> None:
+    store = Store.memory()
+    report = _cycle(store, FlakyEvents(0), now=TS0, fail=True)
+    assert report.exit_code == 3 and report.outcomes == [] and len(report.slurm_errors) == 2
+    assert store.get_watermark(connector="events") is None
+
+
+def test_dry_run_plans_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store.open(str(path)).close()
+    before = path.read_bytes()
+    connector = FlakyEvents(0)
+    with Store.open(str(path), read_only=True) as store:
+        report = _cycle(store, connector, now=TS0, dry_run=True)
+    assert report.planned and report.outcomes == [] and connector.written == []
+    assert path.read_bytes() == before
