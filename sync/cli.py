@@ -27,6 +27,7 @@ from sync.config import Config, ConnectorSettings, load_config
 from sync.connector import Connector, Direction, Scope, discover
 from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, run_cycle
 from sync.errors import ConfigError, SlurmError, SlurmFormatError
+from sync.log import setup_logging
 from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, state_names
 from sync.slurm.reader import SlurmReader
@@ -59,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="run only this connector (repeatable)")
     parser.add_argument("--json", dest="run_json", action="store_true",
                         help="print the report as JSON")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log each action (-v) and each Slurm call (-vv) to stderr")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print nothing when all went well (for cron)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="one sync cycle (the default)")
     sub.add_parser("status", help="watermarks, outbox and the last run, per connector")
@@ -192,7 +197,8 @@ def _cmd_run(
             )
     for connector in connectors.values():
         connector.close()
-    _print_report(report, args.run_json, args.dry_run, out, err)
+    if not (args.quiet and report.exit_code == 0 and not report.refused):
+        _print_report(report, args.run_json, args.dry_run, out, err)
     return report.exit_code
 
 
@@ -280,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         registry = discover()
         config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()})
+        setup_logging(-1 if args.quiet else args.verbose, config.log_format)
         reader = SlurmReader(
             Runner(config.slurm.commands),
             cluster=config.cluster,

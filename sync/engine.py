@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,8 @@ __all__ = [
     "run_cycle",
     "sacct_window",
 ]
+
+log = logging.getLogger(__name__)
 
 DESTRUCTIVE = frozenset({"stop", "cancel", "hold"})
 START_KINDS = frozenset({"start", "submit", "report", "release"})
@@ -284,6 +287,8 @@ def run_cycle(
         widest = SacctWindow(min(w.start for w in windows.values()), int(now))
     view = _view(reader, merged_filter(needs.values(), options.scope), widest, now,
                  options.scope, report.slurm_errors)
+    for message in report.slurm_errors:
+        log.error("slurm query failed", extra={"fields": {"error": message}})
     for name, connector in connectors.items():
         kinds = ("start", "stop", "submit", "cancel", "hold", "release", "report")
         snapshot = _snapshot(store, name, kinds)
@@ -302,6 +307,11 @@ def run_cycle(
             continue
         outcomes = _apply_all(connector, [*due, *kept], options.concurrency)
         report.outcomes.extend(outcomes)
+        for outcome in outcomes:
+            level = logging.INFO if outcome.status.delivered else logging.WARNING
+            log.log(level, outcome.status.value, extra={"fields": {
+                "connector": name, "kind": outcome.action.kind, "job-key": outcome.action.key,
+                "detail": outcome.detail}})
         move = (
             name in windows
             and view.sacct_ok

@@ -12,6 +12,7 @@ Every call is counted in ``Runner.calls``, so a cycle can show how many it made.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sync.errors import SlurmCommandError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CallRecord", "CommandResult", "Runner", "SlurmCommands"]
 
@@ -141,6 +144,9 @@ class Runner:
         self.calls.append(
             CallRecord(result.argv, result.returncode, result.seconds, len(result.stdout))
         )
+        log.debug("slurm call", extra={"fields": {
+            "argv": " ".join(argv), "exit-code": proc.returncode,
+            "seconds": round(result.seconds, 3), "bytes": len(result.stdout)}})
         if check and proc.returncode != 0:
             raise SlurmCommandError(argv, proc.returncode, _first_line(stderr))
         return result

@@ -116,3 +116,21 @@ def test_bad_config_exits_2_naming_the_key(lab: LabCluster, tmp_path: Path) -> N
     assert result.returncode == 2
     assert "connectors.events" in result.stderr and "outptu" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_quiet_for_cron_and_every_slurm_call_logged_with_vv(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    config = _config(lab, tmp_path)
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps({**data, "log_format": "json"}))
+    quiet = _sync(config, "-q")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    loud = _sync(config, "-vv")
+    calls = [json.loads(line) for line in loud.stderr.splitlines()
+             if json.loads(line)["message"] == "slurm call"]
+    commands = [c["argv"].split()[0].rsplit("/", 1)[-1] for c in calls]
+    # One squeue and one sacct per cycle (plus squeue --version): never one per job.
+    assert commands.count("sacct") == 1
+    assert commands.count("squeue") == 2
+    assert all(c["exit-code"] == 0 for c in calls)
