@@ -28,6 +28,7 @@ from sync.connector import Connector, Direction, Scope, discover
 from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, run_cycle
 from sync.errors import ConfigError, SlurmError, SlurmFormatError
 from sync.log import setup_logging
+from sync.metrics import render_metrics, write_metrics
 from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, state_names
 from sync.slurm.reader import SlurmReader
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="run only this connector (repeatable)")
     parser.add_argument("--json", dest="run_json", action="store_true",
                         help="print the report as JSON")
+    parser.add_argument("--loop", type=float, default=None, metavar="SECONDS",
+                        help="run a cycle every SECONDS until interrupted (for systemd)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log each action (-v) and each Slurm call (-vv) to stderr")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -184,19 +187,50 @@ def _cmd_run(
         sacct_overlap=config.sacct_overlap_seconds,
         first_window=config.first_window_seconds,
     )
-    started = time.time()
+    try:
+        while True:
+            started = time.time()
+            code = _one_run(args, config, connectors, reader, options, started, out, err)
+            if not args.loop:
+                return code
+            time.sleep(max(0.0, started + args.loop - time.time()))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        for connector in connectors.values():
+            connector.close()
+
+
+def _one_run(
+    args: argparse.Namespace, config: Config, connectors: dict[str, Connector],
+    reader: SlurmReader, options: CycleOptions, started: float, out: Console, err: Console,
+) -> int:
+    calls_before = len(reader.runner.calls)
     if args.dry_run:
         with Store.open(_store_path(config), read_only=True) as store:
             report = run_cycle(reader, store, connectors, options, now=started)
     else:
-        with RunLock(config.state_dir), Store.open(_store_path(config)) as store:
-            report = run_cycle(reader, store, connectors, options, now=started)
-            store.record_run(
-                started=started, ended=time.time(), exit_code=report.exit_code,
-                counts=RunCount.from_outcomes(report.outcomes),
-            )
-    for connector in connectors.values():
-        connector.close()
+        try:
+            with RunLock(config.state_dir), Store.open(_store_path(config)) as store:
+                report = run_cycle(reader, store, connectors, options, now=started)
+                ended = time.time()
+                store.record_run(
+                    started=started, ended=ended, exit_code=report.exit_code,
+                    counts=RunCount.from_outcomes(report.outcomes),
+                )
+                if config.metrics_file:
+                    write_metrics(config.metrics_file, render_metrics(
+                        finished=ended, duration=ended - started, exit_code=report.exit_code,
+                        outcomes=report.outcomes,
+                        outbox_depth={n: store.outbox_stats(connector=n).depth
+                                      for n in connectors},
+                        calls=reader.runner.calls[calls_before:],
+                    ))
+        except LockHeld as exc:
+            if not args.loop:
+                raise
+            err.print(f"[yellow]skipped a cycle:[/] {exc}", highlight=False)
+            return EXIT_LOCKED
     if not (args.quiet and report.exit_code == 0 and not report.refused):
         _print_report(report, args.run_json, args.dry_run, out, err)
     return report.exit_code

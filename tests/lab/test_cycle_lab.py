@@ -134,3 +134,43 @@ def test_quiet_for_cron_and_every_slurm_call_logged_with_vv(
     assert commands.count("sacct") == 1
     assert commands.count("squeue") == 2
     assert all(c["exit-code"] == 0 for c in calls)
+
+
+def test_metrics_file_for_node_exporter(lab: LabCluster, tmp_path: Path) -> None:
+    config = _config(lab, tmp_path)
+    data = json.loads(config.read_text())
+    metrics = tmp_path / "slurm_sync.prom"
+    config.write_text(json.dumps({**data, "metrics_file": str(metrics)}))
+    job_id = lab.submit("#!/bin/sh\nexit 0\n", "--job-name=metrics")
+    lab.wait_state(job_id, "COMPLETED")
+    lab.wait("sacct to record it", lambda: '"end"' in lab.cmd(
+        "sacct", "--json", "-X", "-a", "-j", str(job_id)))
+    assert _sync(config, "-q").returncode == 0
+    text = metrics.read_text()
+    values = {line.split()[0]: float(line.split()[1])
+              for line in text.splitlines() if line and not line.startswith("#")}
+    assert values["slurm_sync_last_run_exit_code"] == 0
+    assert values['slurm_sync_actions{connector="events",outcome="done"}'] >= 2
+    assert values['slurm_sync_outbox_depth{connector="events"}'] == 0
+    assert 'slurm_sync_slurm_call_seconds{command="sacct"}' in values
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".slurm_sync.")]
+
+
+def test_loop_runs_cycles_until_interrupted(lab: LabCluster, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    config = _config(lab, tmp_path)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "log_format": "json"}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync.cli", "-c", str(config), "--loop", "1", "-vv"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    sacct_calls = [line for line in stderr.splitlines() if '"message": "slurm call"' in line
+                   and "/sacct " in line]
+    assert len(sacct_calls) >= 2, "the loop ran one cycle only"
+    assert "last run" in _sync(config, "status").stdout
