@@ -114,6 +114,18 @@ class EventsConnector(Connector):
         ]
         return actions
 
+    def check(self) -> list[str]:
+        if self.output == "-":
+            return []
+        directory = os.path.dirname(os.path.abspath(self.output)) or "."
+        if os.path.exists(self.output) and not os.access(self.output, os.W_OK):
+            return [f"{self.output} is not writable"]
+        if not os.path.isdir(directory):
+            return [f"{directory} does not exist (the output file's folder)"]
+        if not os.access(directory, os.W_OK):
+            return [f"{directory} is not writable"]
+        return []
+
     def apply(self, action: Action) -> Outcome:
         line = json.dumps({"key": action.key, **action.payload}, ensure_ascii=False) + "\n"
         try:

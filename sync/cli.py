@@ -30,7 +30,7 @@ from sync.errors import ConfigError, SlurmError, SlurmFormatError
 from sync.log import setup_logging
 from sync.metrics import render_metrics, write_metrics
 from sync.slurm.model import Job
-from sync.slurm.query import JobFilter, state_names
+from sync.slurm.query import JobFilter, SacctWindow, state_names
 from sync.slurm.reader import SlurmReader
 from sync.slurm.run import Runner
 from sync.store import RunCount, Store
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="one sync cycle (the default)")
     sub.add_parser("status", help="watermarks, outbox and the last run, per connector")
+    sub.add_parser("check", help="validate config, reach Slurm and each service, check files")
 
     jobs = sub.add_parser("jobs", help="show the jobs Slurm reports, as slurm-sync reads them")
     jobs.add_argument(
@@ -280,6 +281,53 @@ def _print_report(
     )
 
 
+def _check_state_dir(path: str) -> str:
+    if not os.path.exists(path):
+        parent = os.path.dirname(path.rstrip("/")) or "/"
+        if not os.access(parent, os.W_OK):
+            return f"{path} does not exist and {parent} is not writable"
+        return ""
+    mode = os.stat(path).st_mode & 0o777
+    if not os.access(path, os.W_OK):
+        return f"{path} is not writable by uid {os.getuid()}"
+    if mode & 0o002:
+        return f"{path} is writable by everyone (mode {mode:o}); chmod 700"
+    return ""
+
+
+def _cmd_check(
+    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    reader: SlurmReader, out: Console,
+) -> int:
+    """Each check as a row; changes nothing anywhere."""
+    rows: list[tuple[str, str]] = [("config", "")]
+    try:
+        version = reader.version()
+        reader.squeue(JobFilter(states=("R",)))
+        now = int(time.time())
+        reader.sacct(SacctWindow(now - 60, now))
+        release = f"{version[0]}.{version[1]:02d}.{version[2]}"
+        rows.append((f"Slurm {release}: squeue and sacct", ""))
+    except SlurmError as exc:
+        rows.append(("Slurm: squeue and sacct", str(exc)))
+    if config.slurm.state_save_location:
+        where = config.slurm.state_save_location
+        problem = "" if os.access(where, os.R_OK | os.X_OK) else f"{where} is not readable"
+        rows.append(("StateSaveLocation", problem))
+    rows.append((f"state_dir {config.state_dir}", _check_state_dir(config.state_dir)))
+    for name, connector in _connectors(args, config, registry).items():
+        problems = connector.check()
+        rows.append((f"connector {name}", "; ".join(problems)))
+        connector.close()
+    table = Table(title="slurm-sync check")
+    table.add_column("CHECK")
+    table.add_column("RESULT", overflow="fold")
+    for what, problem in rows:
+        table.add_row(what, f"[red]{problem}[/]" if problem else "[green]ok[/]")
+    out.print(table)
+    return EXIT_FAILED if any(problem for _, problem in rows) else EXIT_OK
+
+
 def _cmd_status(config: Config, out: Console) -> int:
     path = _store_path(config)
     with Store.open(path, read_only=True) as store:
@@ -330,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_jobs(args, reader, out, err)
         if args.command == "status":
             return _cmd_status(config, out)
+        if args.command == "check":
+            return _cmd_check(args, config, registry, reader, out)
         return _cmd_run(args, config, registry, reader, out, err)
     except ConfigError as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)

@@ -143,6 +143,11 @@ class Connector(ABC):
     def apply(self, action: Action) -> Outcome:
         """Carry out one action; report failures as an ``Outcome``, never by raising."""
 
+    def check(self) -> list[str]:
+        """Problems ``slurm-sync check`` should report (service unreachable, file not
+        writable...); empty when all is well. Must not change anything."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
         """Release what the connector holds (sessions, files)."""
 

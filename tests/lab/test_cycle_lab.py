@@ -174,3 +174,17 @@ def test_loop_runs_cycles_until_interrupted(lab: LabCluster, tmp_path: Path) -> 
                    and "/sacct " in line]
     assert len(sacct_calls) >= 2, "the loop ran one cycle only"
     assert "last run" in _sync(config, "status").stdout
+
+
+def test_check_says_what_is_wrong(lab: LabCluster, tmp_path: Path) -> None:
+    config = _config(lab, tmp_path, state_save_location=lab.info["state_save_location"])
+    good = _sync(config, "check")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"Slurm {lab.info['release']}" in good.stdout
+    data = json.loads(config.read_text())
+    data["connectors"]["events"]["output"] = str(tmp_path / "missing" / "events.jsonl")
+    config.write_text(json.dumps(data))
+    bad = _sync(config, "check")
+    assert bad.returncode == 1
+    assert "missing does not exist" in bad.stdout
+    assert not (tmp_path / "state").exists(), "check must change nothing"
