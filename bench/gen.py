@@ -87,8 +87,8 @@ def _allocation(record: dict[str, Any], host: str, cores: list[int]) -> None:
         resources["nodes"] = host
 
 
-def generate(shape: str, jobs: int, seed: int = 1) -> dict[str, Any]:
-    """A document of ``jobs`` records in ``shape``'s layout."""
+def generate(shape: str, jobs: int, seed: int = 1, running_every: int = 3) -> dict[str, Any]:
+    """A document of ``jobs`` records in ``shape``'s layout; every ``running_every``-th runs."""
     rng = random.Random(seed)
     head, running, pending = _templates(shape)
     users = [f"user{i:03d}" for i in range(200)]
@@ -96,7 +96,7 @@ def generate(shape: str, jobs: int, seed: int = 1) -> dict[str, Any]:
     records = []
     for i in range(jobs):
         job_id = 1_000_000 + i
-        is_running = i % 3 == 0
+        is_running = i % running_every == 0
         record = copy.deepcopy(running if is_running else pending)
         _set_number(record, "job_id", job_id)
         record["name"] = f"job-{job_id}-{rng.choice(['train', 'sim', 'post', 'ci'])}"
