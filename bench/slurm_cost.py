@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,20 +22,46 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from connectors.events import EventsConnector  # noqa: E402
+from sync.connector import Scope  # noqa: E402
+from sync.engine import merged_filter, sacct_window  # noqa: E402
 from sync.slurm.parse import parse_squeue  # noqa: E402
-from sync.slurm.query import JobFilter, squeue_args  # noqa: E402
+from sync.slurm.query import JobFilter, sacct_args, squeue_args  # noqa: E402
+
+# Linux counts the memory a process had when it forked (or shared, with vfork) into the
+# ru_maxrss of the command it then execs. Measured from this script, which by then holds a parsed
+# 76 MB dump, every command would look 250 MB big. So commands are started by a small helper
+# process, spawned before anything large is loaded; its own size (about 10 MB) is the floor.
+_SPAWNER = r"""
+import json, os, subprocess, sys, tempfile, time
+for line in sys.stdin:
+    argv = json.loads(line)
+    out = tempfile.NamedTemporaryFile(delete=False)
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    out.close()
+    print(json.dumps([time.monotonic() - started, usage.ru_maxrss,
+                      os.waitstatus_to_exitcode(status), out.name]), flush=True)
+"""
+_spawner: subprocess.Popen[str] | None = None
+
+
+def _start_spawner() -> None:
+    global _spawner
+    _spawner = subprocess.Popen([sys.executable, "-S", "-c", _SPAWNER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
 
 
 def _measure(argv: list[str]) -> tuple[float, float, int, bytes]:
     """(seconds, peak RSS MB, exit code, output) of one command, measured on its own process."""
-    with tempfile.TemporaryFile() as out:
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        return seconds, usage.ru_maxrss / 1024, proc.returncode, out.read()
+    assert _spawner is not None and _spawner.stdin and _spawner.stdout
+    _spawner.stdin.write(json.dumps(argv) + "\n")
+    _spawner.stdin.flush()
+    seconds, maxrss_kb, code, path = json.loads(_spawner.stdout.readline())
+    output = Path(path).read_bytes()
+    os.unlink(path)
+    return seconds, maxrss_kb / 1024, code, output
 
 
 def _count_held(bin_dir: str) -> int:
@@ -61,6 +86,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--keep", action="store_true", help="leave the held jobs for next time")
     args = parser.parse_args()
+    _start_spawner()
     info = json.loads((ROOT / "lab" / "run" / args.version / "lab.json").read_text())
     bin_dir = info["bin_dir"]
     missing = args.jobs - _count_held(bin_dir)
@@ -85,6 +111,11 @@ def main() -> int:
             JobFilter(names=("bench-run",)), version),  # type: ignore[arg-type]
         "text: squeue -h -t all -o '%i|%T|%S'": ["-h", "-t", "all", "-o", "%i|%T|%S"],
     }
+    steady = merged_filter([EventsConnector({"output": "-"}).needs()], Scope())
+    assert steady is not None
+    queries["steady cycle, events connector: squeue"] = squeue_args(
+        steady, version)  # type: ignore[arg-type]
+    window = sacct_window(time.time() - 60, time.time(), 60, 3600)
     print(f"\nSlurm {info['release']}, {_count_held(bin_dir)} held + 2 running jobs\n")
     print("| query | argv | seconds | peak RSS MB (squeue) | output MB | parse s (slurm-sync) |")
     print("|---|---|---|---|---|---|")
@@ -97,6 +128,9 @@ def main() -> int:
             parse_s = f"{time.monotonic() - started:.2f} ({len(result.jobs)} jobs)"
         print(f"| {label} | `squeue {' '.join(query)}` | {seconds:.2f} | {rss:.0f} | "
               f"{len(output) / 1e6:.2f} | {parse_s} |", flush=True)
+    seconds, rss, code, output = _measure([f"{bin_dir}/sacct", *sacct_args(window)])
+    print(f"| steady cycle, events connector: sacct | `sacct {' '.join(sacct_args(window))}` | "
+          f"{seconds:.2f} | {rss:.0f} (sacct) | {len(output) / 1e6:.2f} | - |", flush=True)
     subprocess.run([f"{bin_dir}/scancel", *running], check=False)
     if not args.keep:
         subprocess.run([f"{bin_dir}/scancel", "--name=bench-held"], check=False)
