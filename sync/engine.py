@@ -239,8 +239,15 @@ def _view(
                 squeue_ok=squeue_ok, sacct_ok=sacct_ok)
 
 
-def _apply_all(connector: Connector, actions: Sequence[Action], workers: int) -> list[Outcome]:
-    """Apply starts, then the rest, each group with bounded concurrency; never raises."""
+def _apply_all(
+    connector: Connector, actions: Sequence[Action], workers: int,
+    queued_starts: frozenset[str] = frozenset(),
+) -> list[Outcome]:
+    """Apply starts, then the rest, each group with bounded concurrency; never raises.
+
+    ``queued_starts`` are keys whose start waits in the outbox: their stops wait too, unless the
+    start gets through in this same call.
+    """
 
     def safe(action: Action) -> Outcome:
         try:
@@ -248,13 +255,31 @@ def _apply_all(connector: Connector, actions: Sequence[Action], workers: int) ->
         except Exception as exc:  # a connector bug must not lose the rest of the batch
             return Outcome.transient(action, f"{type(exc).__name__}: {exc}")
 
-    outcomes: list[Outcome] = []
     first = [a for a in actions if a.kind in START_KINDS]
     rest = [a for a in actions if a.kind not in START_KINDS]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for group in (first, rest):
-            outcomes.extend(pool.map(safe, group))
+        outcomes = list(pool.map(safe, first))
+        # A stop never overtakes its start: if the start did not get through, the stop waits
+        # in the outbox with it.
+        delivered_now = {o.action.key for o in outcomes if o.status.delivered}
+        unstarted = {o.action.key for o in outcomes if not o.status.delivered}
+        unstarted |= queued_starts - delivered_now
+        waiting = [a for a in rest if a.key in unstarted]
+        outcomes.extend(Outcome.transient(a, "waits for its start to be delivered")
+                        for a in waiting)
+        outcomes.extend(pool.map(safe, [a for a in rest if a.key not in unstarted]))
     return outcomes
+
+
+def _in_run(action: Action, options: CycleOptions) -> bool:
+    """Whether a queued retry belongs to this run's --direction and --jobid."""
+    side = Direction.START if action.kind in START_KINDS else Direction.STOP
+    if not options.direction.includes(side):
+        return False
+    if options.scope.job_ids:
+        parts = action.key.split("/")
+        return len(parts) > 1 and parts[1].isdigit() and int(parts[1]) in options.scope.job_ids
+    return True
 
 
 def _snapshot(store: Store, name: str, kinds: Iterable[str]) -> Snapshot:
@@ -293,7 +318,7 @@ def run_cycle(
         kinds = ("start", "stop", "submit", "cancel", "hold", "release", "report")
         snapshot = _snapshot(store, name, kinds)
         due = [] if options.dry_run else [
-            e.action for e in store.due(connector=name, now=now)
+            e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)
         ]
         planned = connector.plan(view, snapshot, options.direction, options.scope)
         tracked = len(snapshot.delivered.get("start", frozenset())
@@ -305,7 +330,9 @@ def run_cycle(
         report.refused.extend(f"{name}: {r}" for r in refused)
         if options.dry_run:
             continue
-        outcomes = _apply_all(connector, [*due, *kept], options.concurrency)
+        queued_starts = snapshot.queued.get("start", frozenset()) - snapshot.delivered.get(
+            "start", frozenset())
+        outcomes = _apply_all(connector, [*due, *kept], options.concurrency, queued_starts)
         report.outcomes.extend(outcomes)
         for outcome in outcomes:
             level = logging.INFO if outcome.status.delivered else logging.WARNING

@@ -8,7 +8,7 @@ from typing import Any
 
 from connectors.events import EventsConnector
 from sync.actions import Action, Outcome, Status
-from sync.connector import Scope
+from sync.connector import Direction, Scope
 from sync.engine import CycleOptions, run_cycle
 from sync.errors import SlurmCommandError
 from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
@@ -70,16 +70,17 @@ def test_a_transient_failure_waits_in_the_outbox_and_is_retried_once() -> None:
     first = _cycle(store, flaky, now=TS0)
     assert first.exit_code == 1
     failed = [o for o in first.outcomes if o.status is Status.TRANSIENT]
-    assert len(failed) == 1
-    assert store.outbox_stats(connector="events").depth == 1
+    # The start that failed, and its job's stop, which waits for it.
+    assert len({o.action.key for o in failed}) == 1 and len(failed) in (1, 2)
+    assert store.outbox_stats(connector="events").depth == len(failed)
     # Durably queued counts: the watermark moved with the batch.
     assert store.get_watermark(connector="events") == int(TS0)
     again = _cycle(store, flaky, now=TS0 + 10)
     assert again.planned == []  # nothing new; the queued action is not planned twice
     assert again.outcomes == []  # and not due yet: the first retry waits 30 s
-    assert store.outbox_stats(connector="events").depth == 1
+    assert store.outbox_stats(connector="events").depth == len(failed)
     later = _cycle(store, flaky, now=TS2)
-    assert [o.status for o in later.outcomes] == [Status.DONE]
+    assert [o.status for o in later.outcomes] == [Status.DONE] * len(failed)
     assert store.outbox_stats(connector="events").depth == 0
     assert len(flaky.written) == len(set(flaky.written)), "an event was written twice"
     assert len(flaky.written) == len(first.planned)
@@ -127,3 +128,33 @@ def test_dry_run_plans_and_writes_nothing(tmp_path: Path) -> None:
         report = _cycle(store, connector, now=TS0, dry_run=True)
     assert report.planned and report.outcomes == [] and connector.written == []
     assert path.read_bytes() == before
+
+
+def test_queued_retries_follow_the_runs_direction_and_jobids() -> None:
+    store = Store.memory(rand=lambda: 0.0)
+    flaky = FlakyEvents(failures=1)
+    first = _cycle(store, flaky, now=TS0)
+    queued = [o.action for o in first.outcomes if o.status is Status.TRANSIENT]
+    key = queued[0].key
+    job_id = int(key.split("/")[1])
+    stop_only = _cycle(store, flaky, now=TS2, direction=Direction.STOP)
+    # A queued stop never goes before its queued start, even in a stop-only run.
+    assert all(o.status is Status.TRANSIENT for o in stop_only.outcomes)
+    assert flaky.written == [w for w in flaky.written if w[1] != key]
+    assert _cycle(store, flaky, now=TS2, scope=Scope(job_ids=(job_id + 1000,))).outcomes == []
+    retried = _cycle(store, flaky, now=TS2 + 4000, scope=Scope(job_ids=(job_id,)))
+    assert {(o.action.key, o.status) for o in retried.outcomes} == {(key, Status.DONE)}
+    assert [k for k, w in flaky.written if w == key] == [a.kind for a in queued]
+
+
+def test_a_stop_never_overtakes_its_failed_start() -> None:
+    store = Store.memory(rand=lambda: 0.0)
+    flaky = FlakyEvents(failures=1)
+    report = _cycle(store, flaky, now=TS0, scope=Scope(job_ids=(15,)))  # fail3: start and stop
+    assert [(o.action.kind, o.status) for o in report.outcomes] == [
+        ("start", Status.TRANSIENT), ("stop", Status.TRANSIENT)]
+    assert "waits for its start" in report.outcomes[1].detail
+    assert flaky.written == []
+    later = _cycle(store, flaky, now=TS2, scope=Scope(job_ids=(15,)))
+    assert [k for k, _ in flaky.written] == ["start", "stop"]
+    assert all(o.status is Status.DONE for o in later.outcomes)
