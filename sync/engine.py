@@ -159,8 +159,10 @@ def merged_filter(needs: Iterable[SlurmNeeds], scope: Scope) -> JobFilter | None
 
 def sacct_window(watermark: float | None, now: float, overlap: int, first: int) -> SacctWindow:
     """The window of this cycle: from the watermark less an overlap (sacct's window ends are
-    inclusive and slurmdbd commits late) to now; the first run looks ``first`` seconds back."""
-    end = int(now)
+    inclusive and slurmdbd commits late) to just past now; the first run looks ``first`` seconds
+    back. sacct takes jobs eligible *before* the end, so the end is the next whole second: a job
+    eligible in the current second is in this window, not the next."""
+    end = int(now) + 1
     start = end - first if watermark is None else int(watermark) - overlap
     return SacctWindow(start=min(start, end), end=end)
 
@@ -309,7 +311,7 @@ def run_cycle(
     report.windows = dict(windows)
     widest = None
     if windows:
-        widest = SacctWindow(min(w.start for w in windows.values()), int(now))
+        widest = SacctWindow(min(w.start for w in windows.values()), int(now) + 1)
     view = _view(reader, merged_filter(needs.values(), options.scope), widest, now,
                  options.scope, report.slurm_errors)
     for message in report.slurm_errors:

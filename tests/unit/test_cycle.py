@@ -74,7 +74,7 @@ def test_a_transient_failure_waits_in_the_outbox_and_is_retried_once() -> None:
     assert len({o.action.key for o in failed}) == 1 and len(failed) in (1, 2)
     assert store.outbox_stats(connector="events").depth == len(failed)
     # Durably queued counts: the watermark moved with the batch.
-    assert store.get_watermark(connector="events") == int(TS0)
+    assert store.get_watermark(connector="events") == int(TS0) + 1
     again = _cycle(store, flaky, now=TS0 + 10)
     assert again.planned == []  # nothing new; the queued action is not planned twice
     assert again.outcomes == []  # and not due yet: the first retry waits 30 s
@@ -93,7 +93,7 @@ def test_limit_defers_and_holds_the_watermark() -> None:
     assert len(report.deferred) > 0 and len(report.planned) <= 4
     assert store.get_watermark(connector="events") is None
     rest = _cycle(store, connector, now=TS1)
-    assert store.get_watermark(connector="events") == int(TS1)
+    assert store.get_watermark(connector="events") == int(TS1) + 1
     assert len(connector.written) == len(set(connector.written)) == len(report.planned) + len(
         rest.planned)
 
@@ -109,7 +109,7 @@ def test_next_window_starts_at_the_watermark_less_the_overlap() -> None:
     _cycle(store, FlakyEvents(0), now=TS0)
     reader = CapturedSlurm()
     run_cycle(reader, store, {"events": FlakyEvents(0)}, CycleOptions(sacct_overlap=60), now=TS1)
-    assert reader.windows == [SacctWindow(int(TS0) - 60, int(TS1))]
+    assert reader.windows == [SacctWindow(int(TS0) + 1 - 60, int(TS1) + 1)]
 
 
 def test_failing_slurm_stops_nothing_and_keeps_the_watermark() -> None:

@@ -42,9 +42,10 @@ def test_one_squeue_serves_every_connector() -> None:
 def test_sacct_window_overlaps_the_last_one_and_the_first_looks_back() -> None:
     assert sacct_window(None, TS0, 60, 3600) == sacct_window(None, TS0, 0, 3600)
     first = sacct_window(None, TS0, 60, 3600)
-    assert (first.start, first.end) == (int(TS0) - 3600, int(TS0))
+    # The end is just past now: sacct takes jobs eligible before it.
+    assert (first.start, first.end) == (int(TS0) + 1 - 3600, int(TS0) + 1)
     later = sacct_window(TS0 - 60, TS0, 60, 3600)
-    assert (later.start, later.end) == (int(TS0) - 120, int(TS0))
+    assert (later.start, later.end) == (int(TS0) - 120, int(TS0) + 1)
 
 
 def _view(ok: bool = True, jobs: int = 5) -> View:
