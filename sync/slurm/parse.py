@@ -45,6 +45,7 @@ from sync.slurm.model import (
     Skipped,
 )
 from sync.slurm.shapes import (
+    cached_with_field,
     parse_tres_list,
     parse_tres_string,
     slurm_int,
@@ -431,11 +432,7 @@ def job_state(value: object, field: str = "job_state") -> tuple[JobState, tuple[
 
     A job flagged COMPLETING is COMPLETING whatever its base: it still holds its nodes.
     """
-    words = slurm_words(value, field)
-    try:
-        return _job_state_cached(words)
-    except SlurmFormatError as exc:
-        raise SlurmFormatError(field, value, exc.reason) from None
+    return cached_with_field(_job_state_cached, slurm_words(value, field), field)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,12 +18,17 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import TypeVar
 
 from sync.errors import SlurmFormatError
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 __all__ = [
+    "cached_with_field",
     "parse_tres_list",
     "parse_tres_string",
     "slurm_bool",
@@ -192,10 +197,16 @@ def parse_tres_string(value: object, field: str = "") -> Mapping[str, int]:
     shape share their TRES strings, so parsed strings are cached and shared.
     """
     text = slurm_str(value, field)
+    return cached_with_field(_tres_cached, text, field)
+
+
+def cached_with_field(parse: Callable[[T], R], key: T, field: str) -> R:
+    """`cached_with_field(f, key, field)` calls a cached parser ``f`` (whose errors cannot name
+    the caller's field, being shared) and re-raises its error under ``field``."""
     try:
-        return _tres_cached(text)
+        return parse(key)
     except SlurmFormatError as exc:
-        raise SlurmFormatError(field, text, exc.reason) from None
+        raise SlurmFormatError(field, key, exc.reason) from None
 
 
 @functools.lru_cache(maxsize=4096)
