@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sync import __version__
-from sync.actions import Status
+from sync.actions import Outcome, Status
 from sync.config import Config, ConnectorSettings, load_config
 from sync.connector import Connector, Direction, Scope, discover
 from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, run_cycle
@@ -38,6 +40,39 @@ from sync.store import RunCount, Store
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLURM, EXIT_LOCKED = 0, 1, 2, 3, 75
+
+PROGRESS_FROM = 20
+"""A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
+
+log = logging.getLogger("sync.cli")
+
+
+class _Bar:
+    """A rich progress bar on standard error for connectors that apply many actions; silent
+    when stderr is not a terminal (cron, systemd) or the batch is small."""
+
+    def __init__(self, err: Console) -> None:
+        self._err = err
+        self._progress: Progress | None = None
+
+    def begin(self, connector: str, total: int) -> None:
+        if total < PROGRESS_FROM or not self._err.is_terminal:
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=self._err, transient=True,
+        )
+        self._progress.start()
+        self._progress.add_task(f"{connector}: applying", total=total)
+
+    def advance(self, outcome: Outcome) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._progress.task_ids[0])
+
+    def end(self, connector: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,7 +200,11 @@ def _connectors(
         if unknown:
             raise ConfigError(f"--connector {', '.join(sorted(unknown))}: not enabled in config")
         configured = {n: c for n, c in configured.items() if n in args.connector}
-    return {n: registry[n](dict(c.settings)) for n, c in configured.items()}
+    built = {n: registry[n](dict(c.settings)) for n, c in configured.items()}
+    for name, connector in built.items():
+        for warning in connector.warnings:
+            log.warning(warning, extra={"fields": {"connector": name}})
+    return built
 
 
 def _store_path(config: Config) -> str:
@@ -211,9 +250,11 @@ def _one_run(
         with Store.open(_store_path(config), read_only=True) as store:
             report = run_cycle(reader, store, connectors, options, now=started)
     else:
+        bar = None if (args.quiet or args.run_json) else _Bar(err)
         try:
             with RunLock(config.state_dir), Store.open(_store_path(config)) as store:
-                report = run_cycle(reader, store, connectors, options, now=started)
+                report = run_cycle(reader, store, connectors, options, now=started,
+                                   progress=bar)
                 ended = time.time()
                 store.record_run(
                     started=started, ended=ended, exit_code=report.exit_code,
@@ -316,7 +357,7 @@ def _cmd_check(
         rows.append(("StateSaveLocation", problem))
     rows.append((f"state_dir {config.state_dir}", _check_state_dir(config.state_dir)))
     for name, connector in _connectors(args, config, registry).items():
-        problems = connector.check()
+        problems = [*connector.warnings, *connector.check()]
         rows.append((f"connector {name}", "; ".join(problems)))
         connector.close()
     table = Table(title="slurm-sync check")

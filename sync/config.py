@@ -61,8 +61,17 @@ _ABSOLUTE_PATH: dict[str, Any] = {
 
 _CONNECTOR_BASE: dict[str, Any] = {
     "type": "object",
-    "properties": {"enabled": {"type": "boolean"}},
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "concurrency": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 64,
+            "description": "How many of this connector's actions are applied at once.",
+        },
+    },
 }
+_BASE_KEYS = ("enabled", "concurrency")
 
 CORE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -215,9 +224,10 @@ def _embed_fragment(name: str, fragment: Any) -> dict[str, Any]:
         own.setdefault("$id", f"urn:slurm-sync:connector:{quote(name, safe='')}")
         properties = own.get("properties")
         if properties is None:
-            own["properties"] = {"enabled": {}}
+            own["properties"] = {key: {} for key in _BASE_KEYS}
         elif isinstance(properties, dict):
-            properties.setdefault("enabled", {})
+            for key in _BASE_KEYS:
+                properties.setdefault(key, {})
     elif isinstance(fragment, bool):
         own = fragment
     else:

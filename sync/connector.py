@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from sync.actions import Action, Outcome
 from sync.errors import ConfigError
+from sync.secrets import Secret, SecretRef, resolve_secret
 from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, SacctWindow
 
@@ -125,9 +126,27 @@ class Connector(ABC):
 
     name: ClassVar[str]
     schema: ClassVar[Mapping[str, Any]]
+    default_concurrency: ClassVar[int] = 4
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = settings
+        # Problems found while setting up that do not stop a run (a secret file others can
+        # read...): the CLI logs them at every run and ``check`` lists them.
+        self.warnings: list[str] = []
+
+    @property
+    def concurrency(self) -> int:
+        """How many actions of this connector may be applied at once (``concurrency`` in its
+        settings; the engine's thread pool for it is this big)."""
+        return int(self.settings.get("concurrency", self.default_concurrency))
+
+    def secret(self, key: str) -> Secret:
+        """The secret that ``settings[key]`` refers to (``{"file": ...}`` or ``{"env": ...}``),
+        with its warnings added to ``self.warnings``; a ConfigError names what is wrong."""
+        ref = SecretRef.from_config(self.settings.get(key), key=f"$.connectors.{self.name}.{key}")
+        secret = resolve_secret(ref)
+        self.warnings.extend(secret.warnings)
+        return secret
 
     @abstractmethod
     def needs(self) -> SlurmNeeds:

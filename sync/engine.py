@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol
 
 from sync.actions import Action, Outcome, Status
 from sync.connector import Connector, Direction, Scope, SlurmNeeds, Snapshot, View
@@ -39,6 +39,7 @@ __all__ = [
     "CycleOptions",
     "CycleReport",
     "LockHeld",
+    "ProgressSink",
     "RunLock",
     "guard",
     "limit",
@@ -105,7 +106,6 @@ class CycleOptions:
     stop_guard_share: float = 0.5
     sacct_overlap: int = 60
     first_window: int = 3600
-    concurrency: int = 4
 
 
 @dataclass
@@ -126,6 +126,16 @@ class CycleReport:
         if any(o.status in (Status.TRANSIENT, Status.PERMANENT) for o in self.outcomes):
             return 1
         return 0
+
+
+class ProgressSink(Protocol):
+    """Told as a connector's actions are applied, for a progress bar."""
+
+    def begin(self, connector: str, total: int) -> None: ...
+
+    def advance(self, outcome: Outcome) -> None: ...
+
+    def end(self, connector: str) -> None: ...
 
 
 # --- pure steps --------------------------------------------------------------------------------
@@ -243,7 +253,7 @@ def _view(
 
 def _apply_all(
     connector: Connector, actions: Sequence[Action], workers: int,
-    queued_starts: frozenset[str] = frozenset(),
+    queued_starts: frozenset[str] = frozenset(), progress: ProgressSink | None = None,
 ) -> list[Outcome]:
     """Apply starts, then the rest, each group with bounded concurrency; never raises.
 
@@ -253,9 +263,12 @@ def _apply_all(
 
     def safe(action: Action) -> Outcome:
         try:
-            return connector.apply(action)
+            outcome = connector.apply(action)
         except Exception as exc:  # a connector bug must not lose the rest of the batch
-            return Outcome.transient(action, f"{type(exc).__name__}: {exc}")
+            outcome = Outcome.transient(action, f"{type(exc).__name__}: {exc}")
+        if progress is not None:
+            progress.advance(outcome)
+        return outcome
 
     first = [a for a in actions if a.kind in START_KINDS]
     rest = [a for a in actions if a.kind not in START_KINDS]
@@ -267,8 +280,10 @@ def _apply_all(
         unstarted = {o.action.key for o in outcomes if not o.status.delivered}
         unstarted |= queued_starts - delivered_now
         waiting = [a for a in rest if a.key in unstarted]
-        outcomes.extend(Outcome.transient(a, "waits for its start to be delivered")
-                        for a in waiting)
+        for action in waiting:
+            outcomes.append(Outcome.transient(action, "waits for its start to be delivered"))
+            if progress is not None:
+                progress.advance(outcomes[-1])
         outcomes.extend(pool.map(safe, [a for a in rest if a.key not in unstarted]))
     return outcomes
 
@@ -298,8 +313,10 @@ def run_cycle(
     options: CycleOptions,
     *,
     now: float,
+    progress: ProgressSink | None = None,
 ) -> CycleReport:
-    """Run one cycle for ``connectors``; with ``dry_run`` plan and report only."""
+    """Run one cycle for ``connectors``; with ``dry_run`` plan and report only. ``progress``
+    is told about each applied action (the CLI draws a bar from it)."""
     report = CycleReport()
     needs = {name: c.needs() for name, c in connectors.items()}
     watermarks = {name: store.get_watermark(connector=name) for name in connectors}
@@ -334,7 +351,15 @@ def run_cycle(
             continue
         queued_starts = snapshot.queued.get("start", frozenset()) - snapshot.delivered.get(
             "start", frozenset())
-        outcomes = _apply_all(connector, [*due, *kept], options.concurrency, queued_starts)
+        batch = [*due, *kept]
+        if progress is not None:
+            progress.begin(name, len(batch))
+        try:
+            outcomes = _apply_all(connector, batch, connector.concurrency, queued_starts,
+                                  progress)
+        finally:
+            if progress is not None:
+                progress.end(name)
         report.outcomes.extend(outcomes)
         for outcome in outcomes:
             level = logging.INFO if outcome.status.delivered else logging.WARNING

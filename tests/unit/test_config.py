@@ -434,3 +434,16 @@ def test_the_doc_describes_every_key() -> None:
     doc = DOC.read_text()
     for key in _keys(CORE_SCHEMA):
         assert f"`{key}`" in doc, f"{key} missing from docs/configuration.md"
+
+
+def test_every_connector_takes_a_concurrency() -> None:
+    """concurrency belongs to the core, is kept in the connector's settings, and is bounded."""
+    fragment = {"type": "object", "properties": {"output": {"type": "string"}},
+                "additionalProperties": False}
+    config = config_from_dict({"connectors": {"events": {"concurrency": 8, "output": "-"}}},
+                              fragments={"events": fragment})
+    assert config.connectors["events"].settings["concurrency"] == 8
+    with pytest.raises(ConfigError, match=r"\$\.connectors\.events\.concurrency: 0 is less than "
+                                          r"the minimum of 1"):
+        config_from_dict({"connectors": {"events": {"concurrency": 0}}},
+                         fragments={"events": fragment})

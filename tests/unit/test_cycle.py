@@ -3,6 +3,8 @@ watermark's rules, --limit, --dry-run. Slurm's answers are the lab captures of 2
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,55 @@ def test_a_stop_never_overtakes_its_failed_start() -> None:
     later = _cycle(store, flaky, now=TS2, scope=Scope(job_ids=(15,)))
     assert [k for k, _ in flaky.written] == ["start", "stop"]
     assert all(o.status is Status.DONE for o in later.outcomes)
+
+
+class SlowEvents(EventsConnector):
+    """Counts how many applies overlap, to see the connector's concurrency bound."""
+
+    def __init__(self, concurrency: int) -> None:
+        super().__init__({"output": "-", "concurrency": concurrency})
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def apply(self, action: Action) -> Outcome:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return Outcome.done(action)
+
+
+def test_each_connector_applies_at_most_its_own_concurrency_at_once() -> None:
+    for bound in (1, 3):
+        connector = SlowEvents(bound)
+        report = _cycle(Store.memory(), connector, TS0)
+        assert len(report.outcomes) > bound
+        assert connector.most == bound
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def begin(self, connector: str, total: int) -> None:
+        self.events.append(("begin", total))
+
+    def advance(self, outcome: Outcome) -> None:
+        self.events.append(("advance", outcome.action.key))
+
+    def end(self, connector: str) -> None:
+        self.events.append(("end", connector))
+
+
+def test_progress_is_told_of_every_applied_action() -> None:
+    recorder = Recorder()
+    report = run_cycle(CapturedSlurm(), Store.memory(), {"events": FlakyEvents(0)},
+                       CycleOptions(), now=TS0, progress=recorder)
+    assert recorder.events[0] == ("begin", len(report.outcomes))
+    # applied in parallel, so in any order, but each exactly once
+    advanced = sorted((str(k) for e, k in recorder.events if e == "advance"))
+    assert advanced == sorted(o.action.key for o in report.outcomes)
+    assert recorder.events[-1] == ("end", "events")

@@ -269,3 +269,16 @@ def test_secret_survives_a_pickle_round_trip_without_showing() -> None:
     copied = pickle.loads(pickle.dumps(secret))
     assert copied.reveal() == SENTINEL and copied.warnings == ("w",)
     assert SENTINEL not in repr(copied)
+
+
+def test_a_connector_keeps_the_warnings_of_its_secrets(tmp_path: Path) -> None:
+    """A secret file others can read is used, and the connector says so (check, each run)."""
+    from connectors.events import EventsConnector
+
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    token.chmod(0o644)
+    connector = EventsConnector({"output": "-", "token": {"file": str(token)}})
+    assert connector.secret("token").reveal() == "t0ken"
+    assert len(connector.warnings) == 1 and str(token) in connector.warnings[0]
+    assert "t0ken" not in connector.warnings[0]
