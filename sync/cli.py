@@ -26,7 +26,7 @@ from rich.table import Table
 from sync import __version__
 from sync.actions import Outcome, Status
 from sync.config import Config, ConnectorSettings, load_config
-from sync.connector import Connector, Direction, Scope, discover
+from sync.connector import Connector, Direction, Scope, SlurmContext, discover
 from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, run_cycle
 from sync.errors import ConfigError, SlurmError, SlurmFormatError
 from sync.log import setup_logging
@@ -189,7 +189,8 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
 
 
 def _connectors(
-    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]]
+    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    reader: SlurmReader,
 ) -> dict[str, Connector]:
     configured = {n: c for n, c in config.connectors.items() if c.enabled}
     if not configured:
@@ -202,6 +203,7 @@ def _connectors(
         configured = {n: c for n, c in configured.items() if n in args.connector}
     built = {n: registry[n](dict(c.settings)) for n, c in configured.items()}
     for name, connector in built.items():
+        connector.bind(SlurmContext(reader=reader, cluster=config.cluster))
         for warning in connector.warnings:
             log.warning(warning, extra={"fields": {"connector": name}})
     return built
@@ -217,7 +219,7 @@ def _cmd_run(
 ) -> int:
     if args.limit is not None and args.limit < 0:
         raise ConfigError("--limit must be 0 or more")
-    connectors = _connectors(args, config, registry)
+    connectors = _connectors(args, config, registry, reader)
     options = CycleOptions(
         direction=Direction(args.direction),
         scope=Scope(job_ids=tuple(args.run_jobids), limit=args.limit),
@@ -356,7 +358,7 @@ def _cmd_check(
         problem = "" if os.access(where, os.R_OK | os.X_OK) else f"{where} is not readable"
         rows.append(("StateSaveLocation", problem))
     rows.append((f"state_dir {config.state_dir}", _check_state_dir(config.state_dir)))
-    for name, connector in _connectors(args, config, registry).items():
+    for name, connector in _connectors(args, config, registry, reader).items():
         problems = [*connector.warnings, *connector.check()]
         rows.append((f"connector {name}", "; ".join(problems)))
         connector.close()

@@ -26,12 +26,14 @@ from sync.errors import ConfigError
 from sync.secrets import Secret, SecretRef, resolve_secret
 from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, SacctWindow
+from sync.slurm.reader import SlurmReader
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Connector",
     "Direction",
     "Scope",
+    "SlurmContext",
     "SlurmNeeds",
     "Snapshot",
     "View",
@@ -103,16 +105,27 @@ class Scope:
 @dataclass(frozen=True)
 class Snapshot:
     """What the store says for one connector before planning: delivered and queued keys per
-    action kind."""
+    action kind, and its sacct watermark (None on a first run, or when the store was lost)."""
 
     delivered: Mapping[str, frozenset[str]] = field(default_factory=dict)
     queued: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    watermark: float | None = None
 
     def done(self, kind: str, key: str) -> bool:
         """`snapshot.done("start", key)`: delivered already, or waiting in the outbox."""
         return key in self.delivered.get(kind, frozenset()) or key in self.queued.get(
             kind, frozenset()
         )
+
+
+@dataclass(frozen=True)
+class SlurmContext:
+    """What a connector may use of Slurm beyond the cycle's view: the reader (for the job
+    files, or one batched lookup) and Slurm's cluster name. Connectors never run Slurm
+    commands except through this."""
+
+    reader: SlurmReader
+    cluster: str | None = None
 
 
 def delivery_key(job: Job) -> str:
@@ -147,6 +160,14 @@ class Connector(ABC):
         secret = resolve_secret(ref)
         self.warnings.extend(secret.warnings)
         return secret
+
+    def bind(self, slurm: SlurmContext) -> None:  # noqa: B027 - optional hook
+        """Given Slurm's reader and cluster name once, before the first cycle."""
+
+    def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
+        """Look at the service before planning (I/O allowed; read only): for example list
+        what it holds on a first run. Returns the snapshot ``plan`` gets."""
+        return snapshot
 
     @abstractmethod
     def needs(self) -> SlurmNeeds:

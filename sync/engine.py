@@ -303,6 +303,7 @@ def _snapshot(store: Store, name: str, kinds: Iterable[str]) -> Snapshot:
     return Snapshot(
         delivered={k: store.delivered(connector=name, kind=k) for k in kinds},
         queued={k: store.queued(connector=name, kind=k) for k in kinds},
+        watermark=store.get_watermark(connector=name),
     )
 
 
@@ -339,6 +340,7 @@ def run_cycle(
         due = [] if options.dry_run else [
             e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)
         ]
+        snapshot = connector.observe(view, snapshot)
         planned = connector.plan(view, snapshot, options.direction, options.scope)
         tracked = len(snapshot.delivered.get("start", frozenset())
                       - snapshot.delivered.get("stop", frozenset()))

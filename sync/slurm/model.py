@@ -112,7 +112,9 @@ class Job:
 
     Identity for delivery is ``(cluster, job_id, start_time)``: a requeued job that starts
     again is a new identity. ``cpus`` is what the job was given once it started and what it asks
-    for before (as squeue reports it; sacct's pending records say the same).
+    for before (as squeue reports it; sacct's pending records say the same). ``shared`` is how
+    the job shares its nodes as squeue says it: ``none`` (exclusive), ``user``, ``mcs``,
+    ``oversubscribe``, ``topo``, or None when the job asked nothing (the partition decides).
     """
 
     job_id: int
@@ -144,6 +146,7 @@ class Job:
     gres_detail: tuple[str, ...] = ()
     tres_requested: Mapping[str, int] = field(default_factory=dict, hash=False)
     tres_allocated: Mapping[str, int] = field(default_factory=dict, hash=False)
+    shared: str | None = None
     comment: str = ""
     admin_comment: str = ""
     system_comment: str = ""

@@ -765,6 +765,21 @@ _SQUEUE_TIME = (("submit_time", "submit_time"), ("eligible_time", "eligible_time
 _NO_VAL = 0xFFFFFFFE
 
 
+_EXCLUSIVE_AS_SHARED = {"true": "none", "user": "user", "mcs": "mcs", "topo": "topo"}
+
+
+def _shared(shared: object, exclusive: object) -> str | None:
+    """squeue's ``shared`` (a string up to 23.02's data_parser, then a list of flags) and, where
+    present, ``exclusive`` (23.02 to 24.05, a list: ``true``, ``user``, ``mcs``) as one word."""
+    for word in slurm_words(shared, "shared"):
+        if word:
+            return word.lower()
+    for word in slurm_words(exclusive, "exclusive"):
+        if word.lower() in _EXCLUSIVE_AS_SHARED:
+            return _EXCLUSIVE_AS_SHARED[word.lower()]
+    return None
+
+
 def job_from_squeue(record: Mapping[str, Any], producer: Producer) -> Job:
     """One squeue job record (JOB_INFO) of any version."""
     get = record.get
@@ -815,6 +830,7 @@ def job_from_squeue(record: Mapping[str, Any], producer: Producer) -> Job:
             _allocations(get("job_resources"), hosts, "job_resources"), hosts, gres, ""
         ),
         "gres_detail": gres,
+        "shared": _shared(get("shared"), get("exclusive")),
         "tres_requested": parse_tres_string(get("tres_req_str"), "tres_req_str"),
         "tres_allocated": parse_tres_string(get("tres_alloc_str"), "tres_alloc_str"),
         "exit_code": exit_code(get("exit_code"), state, "exit_code"),

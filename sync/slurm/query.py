@@ -184,9 +184,11 @@ def _sacct_time(epoch: int) -> str:
 def sacct_args(
     window: SacctWindow, job_filter: JobFilter = JobFilter(states=("all",))
 ) -> list[str]:
-    """The arguments of one ``sacct --json`` call: allocations only (``-X``), all users unless
-    some are named, an explicit window, and the filter."""
-    args = ["--json", "-X", "-S", _sacct_time(window.start), "-E", _sacct_time(window.end)]
+    """The arguments of one ``sacct --json`` call: allocations only (``-X``), every run of a
+    requeued job (``-D``: from 23.02 sacct shows only a job's latest run without it, so the run
+    a requeue ended would never be seen to end), all users unless some are named, an explicit
+    window, and the filter."""
+    args = ["--json", "-X", "-D", "-S", _sacct_time(window.start), "-E", _sacct_time(window.end)]
     args.append("--user=" + ",".join(job_filter.users) if job_filter.users else "-a")
     explicit_states = job_filter.states and not any(
         s.strip().upper() == "ALL" for s in job_filter.states

@@ -80,7 +80,7 @@ def test_parse_version() -> None:
 def test_sacct_window_is_explicit_local_time_and_allocations_only() -> None:
     start = int(time.mktime((2026, 11, 22, 10, 0, 0, 0, 0, -1)))
     args = sacct_args(SacctWindow(start, start + 60))
-    assert args == ["--json", "-X", "-S", "2026-11-22T10:00:00", "-E", "2026-11-22T10:01:00",
+    assert args == ["--json", "-X", "-D", "-S", "2026-11-22T10:00:00", "-E", "2026-11-22T10:01:00",
                     "-a"]
     named = sacct_args(SacctWindow(start, start + 60), JobFilter(states=("CD", "F"),
                                                                  users=("bob",)))

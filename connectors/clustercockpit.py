@@ -1,0 +1,610 @@
+"""ClusterCockpit: start and stop job records in cc-backend (REST API of 1.4 and 1.5).
+
+    "connectors": {"clustercockpit": {
+        "url": "https://cc.example.org", "token": {"file": "/etc/slurm-sync/cc-token"},
+        "api_version": "1.5", "cluster": "fritz",
+        "accelerators": {"gpu0": {"0": "00000000:03:00.0", "1": "00000000:44:00.0"}},
+        "node_regex": "^gpu[0-9]+$"}}
+
+Starts: every job run Slurm shows running (squeue) or that ran inside the sacct window, which
+cc-backend does not have yet, gets ``POST /api/jobs/start_job/``; a job that started and ended
+between two cycles gets its start and its stop in the same cycle. Stops: every started run that
+sacct reports ended gets ``POST /api/jobs/stop_job/`` with its start time, so a requeued job's old
+record is closed and its new run is a new record.
+
+Safety: a stop needs Slurm's word that the run ended (a finished sacct record with the same start
+time); a job cc-backend lists as running that Slurm says nothing about is reported and left
+alone. 422 on start means cc-backend has it; 404/422 on stop means it is stopped or unknown: both
+are recorded, not retried. A 500 on a start may be cc-backend 1.5's job_cache duplicate: it is
+retried from the outbox and ends as 422 once the cache is committed.
+
+Reconcile: on the first run (no watermark: a new install, or the store was lost) the connector
+lists cc-backend's running jobs of its cluster (``GET /api/jobs/``, paged) and adopts those
+Slurm still runs, so nothing is started twice; runs that Slurm says ended are stopped.
+
+The payload is built by pure functions (``start_payload``, ``stop_payload``) from the job model;
+``apply`` adds the job script (StateSaveLocation, else ``scontrol write batch_script``) and sends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from sync.actions import Action, Outcome, Status
+from sync.connector import (
+    Connector,
+    Direction,
+    Scope,
+    SlurmContext,
+    SlurmNeeds,
+    Snapshot,
+    View,
+    delivery_key,
+)
+from sync.errors import ConfigError, SlurmError
+from sync.http import Reply, ServiceClient, classify
+from sync.secrets import SECRET_REF_SCHEMA
+from sync.slurm.model import Job, JobState, NodeAllocation
+from sync.slurm.query import JobFilter, SacctWindow
+
+__all__ = [
+    "ClusterCockpitConnector",
+    "HostMap",
+    "cc_state",
+    "start_payload",
+    "stop_payload",
+]
+
+log = logging.getLogger(__name__)
+
+START, STOP = "start", "stop"
+API_VERSIONS = ("1.4", "1.5")
+ENV_LIMIT_DEFAULT = 50_000
+
+STATES_14 = frozenset({"running", "completed", "failed", "cancelled", "stopped", "timeout",
+                       "preempted", "out_of_memory"})
+STATES_15 = frozenset({"boot_fail", "cancelled", "completed", "deadline", "failed", "node_fail",
+                       "out_of_memory", "pending", "preempted", "running", "suspended",
+                       "timeout"})
+
+# Slurm's end states in cc-backend's words. A requeued run ended because Slurm took the job back:
+# cc-backend's advice (issue #30) is to close the old record as cancelled or failed.
+_STATE_15 = {
+    JobState.COMPLETED: "completed", JobState.CANCELLED: "cancelled", JobState.FAILED: "failed",
+    JobState.TIMEOUT: "timeout", JobState.NODE_FAIL: "node_fail",
+    JobState.PREEMPTED: "preempted", JobState.BOOT_FAIL: "boot_fail",
+    JobState.DEADLINE: "deadline", JobState.OUT_OF_MEMORY: "out_of_memory",
+    JobState.REQUEUED: "cancelled",
+}
+_STATE_14 = {**_STATE_15, JobState.NODE_FAIL: "failed", JobState.BOOT_FAIL: "failed",
+             JobState.DEADLINE: "timeout"}
+
+
+def cc_state(state: JobState, api_version: str) -> str:
+    """`cc_state(JobState.NODE_FAIL, "1.4")` is ``failed``: the end state in the API's enum."""
+    table = _STATE_14 if api_version == "1.4" else _STATE_15
+    return table.get(state, "failed")
+
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url", "token"],
+    "properties": {
+        "url": {"type": "string", "pattern": "^https?://",
+                "description": "cc-backend's address, without /api"},
+        "token": SECRET_REF_SCHEMA,
+        "api_version": {"enum": list(API_VERSIONS)},
+        "cluster": {"type": "string", "minLength": 1,
+                    "description": "the cluster's name in cc-backend (default: Slurm's)"},
+        "subclusters": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "minLength": 1},
+            "description": "hostname regex -> subCluster; unmatched jobs let cc-backend choose",
+        },
+        "accelerators": {
+            "type": "object",
+            "additionalProperties": {
+                "oneOf": [
+                    {"type": "object",
+                     "propertyNames": {"pattern": "^[0-9]+$"},
+                     "additionalProperties": {"type": "string", "minLength": 1}},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}},
+                ]
+            },
+            "description": "hostname prefix (or ^regex) -> {gres index: PCI bus id} or a list",
+        },
+        "node_regex": {"type": "string", "minLength": 1},
+        "job_script": {"type": "boolean"},
+        "environment": {"type": "boolean"},
+        "environment_max_bytes": {"type": "integer", "minimum": 0},
+        "ca_bundle": {"type": "string", "pattern": "^/"},
+        "verify_tls": {"type": "boolean"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 10},
+        "reconcile": {"enum": ["first_run", "always", "never"]},
+        "page_size": {"type": "integer", "minimum": 1, "maximum": 100000},
+    },
+}
+
+
+# --- settings, read once ------------------------------------------------------------------------
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}: {pattern!r} is not a regular expression: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HostMap:
+    """The host-side mappings: accelerators, node_regex and subclusters, compiled once."""
+
+    accelerators: tuple[tuple[str, re.Pattern[str] | None, Mapping[int, str]], ...] = ()
+    node_regex: re.Pattern[str] | None = None
+    subclusters: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> HostMap:
+        accelerators = []
+        for key, value in dict(settings.get("accelerators", {})).items():
+            where = f"$.connectors.clustercockpit.accelerators[{key!r}]"
+            pattern = _compile(key, where) if key.startswith("^") else None
+            if isinstance(value, Mapping):
+                table = {int(i): str(bus) for i, bus in value.items()}
+            else:
+                table = {i: str(bus) for i, bus in enumerate(value)}
+            accelerators.append((key, pattern, table))
+        node_regex = settings.get("node_regex")
+        return cls(
+            accelerators=tuple(accelerators),
+            node_regex=(_compile(node_regex, "$.connectors.clustercockpit.node_regex")
+                        if node_regex else None),
+            subclusters=tuple(
+                (_compile(k, f"$.connectors.clustercockpit.subclusters[{k!r}]"), v)
+                for k, v in dict(settings.get("subclusters", {})).items()
+            ),
+        )
+
+    def bus_ids(self, hostname: str) -> Mapping[int, str] | None:
+        """The host's {gres index: PCI bus id}, or None when no entry names the host (a regex
+        entry must match the whole name; otherwise the longest matching prefix wins, as
+        cc-slurm-sync's prefixes did)."""
+        best: tuple[int, Mapping[int, str]] | None = None
+        for key, pattern, table in self.accelerators:
+            if pattern is not None:
+                if pattern.fullmatch(hostname):
+                    return table
+            elif hostname.startswith(key) and (best is None or len(key) > best[0]):
+                best = (len(key), table)
+        return best[1] if best else None
+
+    def keeps(self, hostname: str) -> bool:
+        return self.node_regex is None or bool(self.node_regex.search(hostname))
+
+    def subcluster(self, hostname: str) -> str | None:
+        for pattern, name in self.subclusters:
+            if pattern.search(hostname):
+                return name
+        return None
+
+
+# --- payloads (pure) ----------------------------------------------------------------------------
+
+
+class Unsendable(ValueError):
+    """A job cc-backend must not get (no hosts left after node_regex...): skipped, with why."""
+
+
+def _shared_15(shared: str | None) -> str:
+    if shared == "none":
+        return "none"
+    if shared == "user":
+        return "single_user"
+    return "multi_user"
+
+
+def _exclusive_14(shared: str | None) -> int:
+    # 1.4: 0 shared by several users, 1 exclusive, 2 shared by one user's jobs.
+    return {"none": 1, "user": 2}.get(shared or "", 0)
+
+
+def _slurm_info(job: Job) -> str:
+    """What ``scontrol show job`` would say of the fields cc users read, built from the model
+    (no per-job scontrol call)."""
+    fields = [
+        ("JobId", job.display_id), ("JobName", job.name), ("UserId", job.user),
+        ("Account", job.account), ("Partition", job.partition), ("QOS", job.qos),
+        ("JobState", job.state.value), ("Reason", job.reason), ("NodeList", job.nodelist),
+        ("NumNodes", job.node_count), ("NumCPUs", job.cpus), ("TimeLimit", job.time_limit),
+        ("SubmitTime", job.submit_time), ("StartTime", job.start_time),
+        ("Restarts", job.restart_count), ("WorkDir", job.work_dir), ("Comment", job.comment),
+        ("TRES", ",".join(f"{k}={v}" for k, v in job.tres_allocated.items())
+         or ",".join(f"{k}={v}" for k, v in job.tres_requested.items())),
+        ("GresDetail", ";".join(job.gres_detail)),
+    ]
+    return "\n".join(f"{k}={'' if v is None else v}" for k, v in fields if v not in (None, ""))
+
+
+def start_payload(
+    job: Job, *, cluster: str, api_version: str, mapping: HostMap,
+) -> tuple[dict[str, Any], list[str]]:
+    """The start_job body of one job run, and notes (hosts left out, what is unknown).
+
+    Raises ``Unsendable`` when no host is left: cc-backend refuses an empty ``resources``.
+    ``len(resources) == numNodes`` always holds.
+    """
+    notes: list[str] = []
+    by_host = {a.hostname: a for a in job.allocations}
+    hosts = [h for h in job.hosts if mapping.keeps(h)]
+    if len(hosts) < len(job.hosts):
+        notes.append(f"hosts not matching node_regex left out: "
+                     f"{','.join(h for h in job.hosts if not mapping.keeps(h))}")
+    if not hosts:
+        raise Unsendable("no host matches node_regex" if job.hosts else "the job has no hosts")
+    resources = []
+    hwthreads = 0
+    known_threads = True
+    accelerators = 0
+    unmapped: list[str] = []
+    for host in hosts:
+        allocation = by_host.get(host, NodeAllocation(hostname=host))
+        resource: dict[str, Any] = {"hostname": host}
+        if allocation.cpu_ids is not None and not allocation.ambiguous:
+            resource["hwthreads"] = list(allocation.cpu_ids)
+            hwthreads += len(allocation.cpu_ids)
+        else:
+            known_threads = False
+        if allocation.gpu_ids:
+            table = mapping.bus_ids(host)
+            if table is None:
+                unmapped.append(host)
+            else:
+                ids = [table[i] for i in allocation.gpu_ids if i in table]
+                if len(ids) < len(allocation.gpu_ids):
+                    notes.append(f"{host}: gres indices without a PCI bus id in accelerators: "
+                                 f"{[i for i in allocation.gpu_ids if i not in table]}")
+                if ids:
+                    resource["accelerators"] = ids
+                    accelerators += len(ids)
+        resources.append(resource)
+    if unmapped:
+        notes.append(f"no accelerators mapping for {','.join(unmapped)}: GPUs not sent")
+    if any(by_host.get(h) and by_host[h].ambiguous for h in hosts):
+        notes.append("core ids ambiguous (Slurm 21.08's v0.0.37 without patches/): no hwthreads")
+    elif not known_threads:
+        notes.append("allocation details unknown (no core ids): the job had left squeue when "
+                     "it was synced")
+    cpus = job.tres_allocated.get("cpu") or job.cpus or 0
+    gpus = job.gpu_count or job.tres_allocated.get("gres/gpu", 0)
+    payload: dict[str, Any] = {
+        "jobId": job.job_id,
+        "user": job.user or "",
+        "project": job.account or "",
+        "cluster": cluster,
+        "partition": job.partition or "",
+        "numNodes": len(resources),
+        "numHwthreads": hwthreads if known_threads and len(hosts) < len(job.hosts) else cpus,
+        "numAcc": accelerators if accelerators else (gpus if len(hosts) == len(job.hosts) else 0),
+        "walltime": (job.time_limit or 0) * 60,
+        "startTime": job.start_time,
+        "resources": resources,
+    }
+    if job.array_job_id:
+        payload["arrayJobId"] = job.array_job_id
+    subcluster = mapping.subcluster(hosts[0])
+    if subcluster:
+        payload["subCluster"] = subcluster
+    if api_version == "1.4":
+        payload["exclusive"] = _exclusive_14(job.shared)
+    else:
+        payload["shared"] = _shared_15(job.shared)
+        if job.submit_time:
+            payload["submitTime"] = job.submit_time
+        memory = job.tres_allocated.get("mem") or job.tres_requested.get("mem")
+        if memory:
+            payload["requestedMemory"] = memory
+    meta = {"jobName": job.name, "slurmInfo": _slurm_info(job)}
+    if notes:
+        meta["slurmSyncNotes"] = "; ".join(notes)
+    payload["metaData"] = meta
+    return payload, notes
+
+
+def stop_payload(job: Job, *, cluster: str, api_version: str,
+                 start_time: int | None = None) -> dict[str, Any]:
+    """The stop_job body of one ended run: always with its start time (cc-backend stops the
+    newest record of a job id otherwise), and a stop time never before the start."""
+    start = start_time if start_time is not None else job.start_time or 0
+    return {
+        "jobId": job.job_id,
+        "cluster": cluster,
+        "startTime": start,
+        "stopTime": max(job.end_time or start, start),
+        "jobState": cc_state(job.state, api_version),
+    }
+
+
+# --- what cc-backend has (reconcile) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A job cc-backend lists as running."""
+
+    job_id: int
+    start_time: int
+    cluster: str
+
+
+def remote_runs(pages: Iterable[Any], cluster: str) -> tuple[list[RemoteRun], list[str]]:
+    """The running jobs of ``cluster`` in listing pages; entries that cannot be read are named."""
+    runs, bad = [], []
+    for page in pages:
+        for index, item in enumerate(page.get("jobs") or []):
+            try:
+                run = RemoteRun(int(item["jobId"]), int(item["startTime"]),
+                                str(item.get("cluster", cluster)))
+            except (KeyError, TypeError, ValueError):
+                bad.append(f"jobs[{index}]: {json.dumps(item)[:120]}")
+                continue
+            if run.cluster == cluster:
+                runs.append(run)
+    return runs, bad
+
+
+# --- the connector ------------------------------------------------------------------------------
+
+
+class ClusterCockpitConnector(Connector):
+    """Job records in cc-backend."""
+
+    name: ClassVar[str] = "clustercockpit"
+    schema: ClassVar[Mapping[str, Any]] = _SCHEMA
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        super().__init__(settings)
+        self.api_version = str(settings.get("api_version", "1.5"))
+        self.mapping = HostMap.from_settings(settings)
+        self.cc_cluster: str | None = settings.get("cluster")
+        self.reconcile_mode = str(settings.get("reconcile", "first_run"))
+        self.page_size = int(settings.get("page_size", 1000))
+        self.want_script = bool(settings.get("job_script", True))
+        self.want_env = bool(settings.get("environment", False))
+        self.env_limit = int(settings.get("environment_max_bytes", ENV_LIMIT_DEFAULT))
+        token = self.secret("token")
+        verify: bool | str = bool(settings.get("verify_tls", True))
+        if verify and settings.get("ca_bundle"):
+            verify = str(settings["ca_bundle"])
+        self.client = ServiceClient(
+            str(settings["url"]),
+            headers={"X-Auth-Token": token.reveal(), "Content-Type": "application/json"},
+            timeout=float(settings.get("timeout", 30)),
+            retries=int(settings.get("retries", 2)),
+            verify=verify,
+        )
+        self.slurm: SlurmContext | None = None
+        self._remote: list[RemoteRun] | None = None
+        self._looked_up: tuple[Job, ...] = ()
+
+    # -- wiring
+
+    def bind(self, slurm: SlurmContext) -> None:
+        self.slurm = slurm
+        if self.cc_cluster is None and slurm.cluster:
+            self.cc_cluster = slurm.cluster
+
+    def cluster_for(self, job: Job) -> str:
+        return self.cc_cluster or job.cluster or ""
+
+    def needs(self) -> SlurmNeeds:
+        # Running jobs while slurmctld still knows their cores and GPUs; the window for short
+        # jobs and every end.
+        return SlurmNeeds(squeue=JobFilter(states=("R", "CG", "S")), sacct=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- observe: what cc-backend has, on a first run (I/O, before plan)
+
+    def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
+        self._remote = None
+        self._looked_up = ()
+        unmapped = sorted({a.hostname for j in view.active for a in j.allocations
+                           if a.gpu_ids and self.mapping.bus_ids(a.hostname) is None})
+        if unmapped:
+            log.warning("no accelerators mapping: GPUs of these hosts are not sent",
+                        extra={"fields": {"hosts": ",".join(unmapped)}})
+        first = snapshot.watermark is None
+        if self.reconcile_mode == "never" or (self.reconcile_mode == "first_run" and not first):
+            return snapshot
+        if self.cc_cluster is None:
+            self.cc_cluster = next((j.cluster for j in (*view.active, *view.ended) if j.cluster),
+                                   None)
+        if self.cc_cluster is None:
+            log.warning("no cluster name known (set connectors.clustercockpit.cluster); "
+                        "no reconcile this cycle")
+            return snapshot
+        runs = self._list_running()
+        if runs is None:
+            return snapshot
+        self._remote = runs
+        # Runs Slurm shows neither running nor in the window: ask sacct once, for all of them.
+        seen = {(j.job_id, j.start_time) for j in (*view.active, *view.ended)}
+        missing = sorted({r.job_id for r in runs if (r.job_id, r.start_time) not in seen})
+        if missing and self.slurm is not None and view.slurm_ok:
+            try:
+                found = self.slurm.reader.sacct(
+                    SacctWindow(0, int(view.now) + 1),
+                    JobFilter(states=("all",), job_ids=tuple(missing)),
+                )
+                self._looked_up = found.jobs
+            except SlurmError as exc:
+                log.warning("sacct lookup of cc-backend's running jobs failed",
+                            extra={"fields": {"error": str(exc)}})
+        known = seen | {(j.job_id, j.start_time) for j in self._looked_up}
+        unknown = [r for r in runs if (r.job_id, r.start_time) not in known]
+        if unknown:
+            # Never stopped on a guess: Slurm must say a run ended before it is stopped.
+            log.warning("cc-backend lists running jobs Slurm has no record of; left alone",
+                        extra={"fields": {"count": len(unknown), "jobs": ", ".join(
+                            f"{r.job_id}@{r.start_time}" for r in unknown[:20])}})
+        return snapshot
+
+    def _list_running(self) -> list[RemoteRun] | None:
+        cluster = self.cc_cluster or ""
+        pages, page = [], 1
+        while True:
+            reply = self.client.get("/api/jobs/", params={
+                "state": "running", "cluster": cluster, "page": page,
+                "items-per-page": self.page_size})
+            if not reply.ok or not isinstance(reply.body, Mapping):
+                log.warning("cannot list cc-backend's running jobs; no reconcile this cycle",
+                            extra={"fields": {"error": reply.describe()}})
+                return None
+            pages.append(reply.body)
+            if len(reply.body.get("jobs") or []) < self.page_size:
+                break
+            page += 1
+        runs, bad = remote_runs(pages, cluster)
+        for entry in bad:
+            log.warning("unreadable job in cc-backend's list", extra={"fields": {"entry": entry}})
+        log.info("reconcile: cc-backend lists running jobs",
+                 extra={"fields": {"count": len(runs), "pages": len(pages)}})
+        return runs
+
+    # -- plan (pure over view, snapshot and what observe found)
+
+    def plan(
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+    ) -> list[Action]:
+        runs: dict[str, Job] = {}
+        # squeue first: while a job runs it knows the cores and GPUs; sacct fills in the rest.
+        for job in (*view.active, *view.ended, *self._looked_up):
+            if job.start_time and scope.covers(job):
+                runs.setdefault(delivery_key(job), job)
+        remote = {(r.job_id, r.start_time) for r in (self._remote or ())}
+        starts: list[Action] = []
+        stops: list[Action] = []
+        started = set(snapshot.delivered.get(START, frozenset()))
+        for key, job in runs.items():
+            ended = job.state.finished and job.source == "sacct"
+            in_cc = (job.job_id, job.start_time) in remote
+            if direction.includes(Direction.START) and not snapshot.done(START, key):
+                if in_cc:
+                    starts.append(Action(self.name, START, key, {"adopt": True},
+                                         "already running in cc-backend (reconcile)"))
+                    started.add(key)
+                elif not job.hosts:
+                    continue  # never ran anywhere (cancelled while pending)
+                else:
+                    starts.append(self._start(key, job))
+                    started.add(key)
+            if (ended and direction.includes(Direction.STOP) and (key in started or in_cc)
+                    and not snapshot.done(STOP, key)):
+                stops.append(Action(
+                    self.name, STOP, key,
+                    stop_payload(job, cluster=self.cluster_for(job),
+                                 api_version=self.api_version),
+                    f"ended {job.state.value.lower()}"))
+        starts.sort(key=lambda a: (a.payload.get("startTime") or 0, a.key))
+        stops.sort(key=lambda a: (a.payload.get("stopTime") or 0, a.key))
+        return [*starts, *stops]
+
+    def _start(self, key: str, job: Job) -> Action:
+        try:
+            payload, _ = start_payload(job, cluster=self.cluster_for(job),
+                                       api_version=self.api_version, mapping=self.mapping)
+        except Unsendable as exc:
+            return Action(self.name, START, key, {"skip": str(exc)}, str(exc))
+        files = {"job_id": job.job_id, "array_job_id": job.array_job_id}
+        return Action(self.name, START, key, {"job": payload, "files": files},
+                      "running" if job.state.active else f"ran and ended "
+                      f"{job.state.value.lower()} between cycles")
+
+    # -- apply
+
+    def apply(self, action: Action) -> Outcome:
+        if action.kind == START:
+            return self._apply_start(action)
+        if action.kind == STOP:
+            return self._apply_stop(action)
+        return Outcome.permanent(action, f"unknown action kind {action.kind!r}")
+
+    def _apply_start(self, action: Action) -> Outcome:
+        if action.payload.get("adopt"):
+            return Outcome.already_done(action, "cc-backend lists it running")
+        if "skip" in action.payload:
+            return Outcome(action, Status.PERMANENT, f"not sent: {action.payload['skip']}")
+        payload = dict(action.payload["job"])
+        if "jobScript" not in payload.get("metaData", {}):
+            payload["metaData"] = self._with_files(dict(payload["metaData"]),
+                                                   action.payload.get("files") or {})
+            action = replace(action, payload={**action.payload, "job": payload})
+        reply = self.client.post("/api/jobs/start_job/", json=payload)
+        if reply.status == 422:
+            return Outcome.already_done(action, "cc-backend has it (422)")
+        return self._outcome(action, reply)
+
+    def _apply_stop(self, action: Action) -> Outcome:
+        reply = self.client.post("/api/jobs/stop_job/", json=dict(action.payload))
+        if reply.status in (404, 422):
+            return Outcome.already_done(action, f"already stopped or unknown "
+                                                f"({reply.describe()})")
+        return self._outcome(action, reply)
+
+    @staticmethod
+    def _outcome(action: Action, reply: Reply) -> Outcome:
+        status = classify(reply)
+        if status is Status.DONE:
+            return Outcome.done(action, f"HTTP {reply.status}")
+        if status is Status.TRANSIENT:
+            return Outcome.transient(action, reply.describe(), reply.retry_after)
+        return Outcome.permanent(action, reply.describe())
+
+    def _with_files(self, meta: dict[str, str], files: Mapping[str, Any]) -> dict[str, str]:
+        """metaData with the job script (and the environment when asked), as strings."""
+        if not (self.want_script or self.want_env) or self.slurm is None:
+            return meta
+        job_id = int(files.get("job_id") or 0)
+        try:
+            found = self.slurm.reader.job_files(job_id, files.get("array_job_id"))
+        except SlurmError as exc:
+            meta["slurmSyncNotes"] = _join(meta.get("slurmSyncNotes"),
+                                           f"job script not read: {exc}")
+            return meta
+        if self.want_script:
+            if found.script is not None:
+                meta["jobScript"] = found.script
+            else:
+                meta["slurmSyncNotes"] = _join(meta.get("slurmSyncNotes"),
+                                               f"no job script: {found.reason}")
+        if self.want_env and found.environment is not None:
+            env = "\n".join(found.environment)
+            if len(env) > self.env_limit:
+                env = env[: self.env_limit] + "\n[cut at environment_max_bytes]"
+            meta["slurmInfo"] = meta.get("slurmInfo", "") + "\nENV:\n====\n" + env
+        return meta
+
+    # -- check
+
+    def check(self) -> list[str]:
+        reply = self.client.get("/api/jobs/", params={
+            "state": "running", "cluster": self.cc_cluster or "", "items-per-page": 1})
+        if reply.ok:
+            return []
+        if reply.status == 401:
+            return ["cc-backend refuses the token (401): is it an api-role JWT?"]
+        return [f"cc-backend: {reply.describe()}"]
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
