@@ -608,3 +608,25 @@ class ClusterCockpitConnector(Connector):
 def _join(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
+
+
+# --- slurm-sync clustercockpit discover-accelerators ---------------------------------------------
+
+NVIDIA_SMI_QUERY = ["--query-gpu=index,pci.bus_id", "--format=csv,noheader"]
+
+
+def accelerators_block(hostname: str, nvidia_smi_csv: str) -> dict[str, Any]:
+    """`accelerators_block("gpu1", "0, 00000000:03:00.0\\n")` is the config block for that host:
+    ``{"accelerators": {"gpu1": {"0": "00000000:03:00.0"}}}``. A line that is not
+    ``index, bus id`` is a ValueError naming it."""
+    table: dict[str, str] = {}
+    for number, line in enumerate(nvidia_smi_csv.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
+            raise ValueError(f"nvidia-smi line {number} is not 'index, pci.bus_id': {line!r}")
+        table[parts[0]] = parts[1]
+    if not table:
+        raise ValueError("nvidia-smi listed no GPU")
+    return {"accelerators": {hostname: table}}

@@ -15,6 +15,9 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -106,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="one sync cycle (the default)")
     sub.add_parser("status", help="watermarks, outbox and the last run, per connector")
     sub.add_parser("check", help="validate config, reach Slurm and each service, check files")
+
+    cockpit = sub.add_parser("clustercockpit", help="ClusterCockpit helpers")
+    cockpit_sub = cockpit.add_subparsers(dest="cc_command", metavar="COMMAND", required=True)
+    cockpit_sub.add_parser(
+        "discover-accelerators",
+        help="print this node's 'accelerators' block (gres index -> PCI bus id) from nvidia-smi")
 
     jobs = sub.add_parser("jobs", help="show the jobs Slurm reports, as slurm-sync reads them")
     jobs.add_argument(
@@ -399,6 +408,36 @@ def _cmd_status(config: Config, out: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_discover_accelerators(out: Console, err: Console) -> int:
+    """Print the accelerators block of this node; needs no config and changes nothing."""
+    from connectors.clustercockpit import NVIDIA_SMI_QUERY, accelerators_block
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        err.print("nvidia-smi is not on PATH: this node has no NVIDIA driver tools, so there is "
+                  "nothing to discover here (run this on a GPU node).", highlight=False)
+        return EXIT_FAILED
+    try:
+        done = subprocess.run([smi, *NVIDIA_SMI_QUERY], capture_output=True, timeout=60,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        err.print(f"nvidia-smi did not run: {exc}", highlight=False)
+        return EXIT_FAILED
+    if done.returncode != 0:
+        first = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        err.print(f"nvidia-smi failed (exit {done.returncode}): {first[0] if first else ''}",
+                  highlight=False)
+        return EXIT_FAILED
+    try:
+        block = accelerators_block(socket.gethostname().split(".")[0],
+                                   done.stdout.decode(errors="replace"))
+    except ValueError as exc:
+        err.print(str(exc), highlight=False)
+        return EXIT_FAILED
+    out.print_json(json.dumps(block))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``slurm-sync`` and ``sync``."""
     parser = _parser()
@@ -408,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Piped into grep or a log: do not fold names at 80 columns.
         out = Console(width=200)
     err = Console(stderr=True)
+    if args.command == "clustercockpit":
+        return _cmd_discover_accelerators(out, err)
     try:
         registry = discover()
         config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()})

@@ -80,3 +80,33 @@ def test_bad_state_exits_2_before_slurm_is_asked(
     config = _fake_slurm(tmp_path, _serving(FIXTURE / "squeue-running.json"))
     assert main(["-c", str(config), "jobs", "-t", "RUNNNING"]) == 2
     assert not (tmp_path / "bin" / "squeue.argv").exists()
+
+
+def _fake_smi(tmp_path: Path, body: str, code: int = 0) -> None:
+    smi = tmp_path / "nvidia-smi"
+    # PATH holds only tmp_path in these tests: the script uses shell builtins only
+    smi.write_text(f"#!/bin/sh\nprintf '%s' '{body}'\nexit {code}\n")
+    smi.chmod(0o755)
+
+
+def test_discover_accelerators_prints_the_block_for_this_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_smi(tmp_path, "0, 00000000:03:00.0\n1, 00000000:44:00.0\n")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("socket.gethostname", lambda: "gpu07.cluster.example")
+    assert main(["clustercockpit", "discover-accelerators"]) == 0
+    block = json.loads(capsys.readouterr().out)
+    assert block == {"accelerators": {"gpu07": {"0": "00000000:03:00.0",
+                                                "1": "00000000:44:00.0"}}}
+
+
+def test_discover_accelerators_says_when_there_is_no_nvidia_smi(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["clustercockpit", "discover-accelerators"]) == 1
+    assert "nvidia-smi is not on PATH" in capsys.readouterr().err
+    _fake_smi(tmp_path, "NVIDIA-SMI has failed\n", code=9)
+    assert main(["clustercockpit", "discover-accelerators"]) == 1
+    assert "exit 9" in capsys.readouterr().err
