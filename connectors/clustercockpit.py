@@ -99,6 +99,10 @@ _SCHEMA: dict[str, Any] = {
         "url": {"type": "string", "pattern": "^https?://",
                 "description": "cc-backend's address, without /api"},
         "token": SECRET_REF_SCHEMA,
+        "token_json_key": {
+            "type": "string", "pattern": "^[^.]+(\\.[^.]+)*$",
+            "description": "the token file is JSON and the token is at this dotted key "
+                           "(cc-slurm-sync's config.json: cc-backend.apikey)"},
         "api_version": {"enum": list(API_VERSIONS)},
         "cluster": {"type": "string", "minLength": 1,
                     "description": "the cluster's name in cc-backend (default: Slurm's)"},
@@ -379,13 +383,13 @@ class ClusterCockpitConnector(Connector):
         self.want_script = bool(settings.get("job_script", True))
         self.want_env = bool(settings.get("environment", False))
         self.env_limit = int(settings.get("environment_max_bytes", ENV_LIMIT_DEFAULT))
-        token = self.secret("token")
+        token = _token(self.secret("token").reveal(), settings.get("token_json_key"))
         verify: bool | str = bool(settings.get("verify_tls", True))
         if verify and settings.get("ca_bundle"):
             verify = str(settings["ca_bundle"])
         self.client = ServiceClient(
             str(settings["url"]),
-            headers={"X-Auth-Token": token.reveal(), "Content-Type": "application/json"},
+            headers={"X-Auth-Token": token, "Content-Type": "application/json"},
             timeout=float(settings.get("timeout", 30)),
             retries=int(settings.get("retries", 2)),
             verify=verify,
@@ -603,6 +607,25 @@ class ClusterCockpitConnector(Connector):
         if reply.status == 401:
             return ["cc-backend refuses the token (401): is it an api-role JWT?"]
         return [f"cc-backend: {reply.describe()}"]
+
+
+def _token(text: str, json_key: str | None) -> str:
+    """The token itself, or the string at ``json_key`` when the file is a JSON document;
+    errors name the key, never the content."""
+    if not json_key:
+        return text
+    where = "$.connectors.clustercockpit.token_json_key"
+    try:
+        node: Any = json.loads(text)
+    except ValueError:
+        raise ConfigError(f"{where}: the token file is not JSON") from None
+    for part in json_key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"{where}: the token file has no {json_key!r}")
+        node = node[part]
+    if not isinstance(node, str) or not node.strip():
+        raise ConfigError(f"{where}: {json_key!r} in the token file is not a non-empty string")
+    return node
 
 
 def _join(first: str | None, second: str) -> str:

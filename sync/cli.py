@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="run a cycle every SECONDS until interrupted (for systemd)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log each action (-v) and each Slurm call (-vv) to stderr")
+    parser.add_argument("-d", "--debug", dest="verbose", action="store_const", const=2,
+                        help="as -vv (cc-slurm-sync's option)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="print nothing when all went well (for cron)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ import jsonschema
 import jsonschema.exceptions
 
 from sync.errors import ConfigError
+from sync.legacy import from_cc_slurm_sync, is_cc_slurm_sync
 from sync.secrets import is_secret_ref_schema, secret_ref_problem
 from sync.slurm.run import SlurmCommands
 
@@ -422,4 +424,10 @@ def load_config(
         raise ConfigError(f"{path}: line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    if is_cc_slurm_sync(data):
+        data, suggested = from_cc_slurm_sync(data, os.path.abspath(path))
+        logging.getLogger("sync.config").warning(
+            "%s is cc-slurm-sync's config; it works as it is, but the API token should move "
+            "to a file of its own (chmod 600). The same settings in slurm-sync's form:\n%s",
+            path, json.dumps(suggested, indent=2))
     return config_from_dict(data, path, fragments)
