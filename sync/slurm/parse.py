@@ -590,17 +590,20 @@ def _flat_allocation(hostname: str, node: Mapping[str, Any], field: str) -> Node
 
     Only allocated cores are listed ("assigned" says a step uses the core, "unassigned" that none
     does). Core keys are ``i % cores_per_socket``: with one socket listed they are exact, with
-    more they collide, and the allocation is ambiguous.
+    more they collide, and the allocation is ambiguous. With patches/ applied the keys are the
+    node-wide index ``i``; the two cannot be told apart here, so the keys are kept (socket -1
+    when several sockets are listed) and :func:`resolve_cpu_ids` decides with the topology.
     """
     sockets = node.get("sockets") or {}
     cores = node.get("cores") or {}
     if not isinstance(sockets, dict) or not isinstance(cores, dict):
         raise SlurmFormatError(field, node, "expected flat sockets/cores maps")
     memory = slurm_int(node.get("memory"), f"{field}.memory")
-    if len(sockets) > 1:
-        return NodeAllocation(hostname=hostname, memory_mb=memory, ambiguous=True)
-    socket = _index(next(iter(sockets)), f"{field}.sockets") if sockets else 0
     core_keys = sorted(_index(k, f"{field}.cores.{k}") for k in cores)
+    if len(sockets) > 1:
+        return NodeAllocation(hostname=hostname, cores=tuple((-1, c) for c in core_keys),
+                              memory_mb=memory, ambiguous=True)
+    socket = _index(next(iter(sockets)), f"{field}.sockets") if sockets else 0
     return NodeAllocation(
         hostname=hostname,
         cores=tuple((socket, c) for c in core_keys),
@@ -690,7 +693,10 @@ def resolve_cpu_ids(
     """Fill node-wide ``cpu_ids`` where the document gave only (socket, core) pairs.
 
     v0.0.38 to v0.0.40 key cores by their index inside the socket; the node's cores per socket
-    (from one ``sinfo`` call, see ``reader.py``) turns them into node-wide ids.
+    (from one ``sinfo`` call, see ``reader.py``) turns them into node-wide ids. A core key at or
+    above cores-per-socket can only be a node-wide index: Slurm 21.08 with patches/ applied.
+    Its keys are taken as they are (unpatched keys are always below it, and on socket 0 the two
+    forms agree); an unpatched 21.08 allocation over several sockets stays ambiguous.
     """
     out = []
     for job in jobs:
@@ -698,8 +704,17 @@ def resolve_cpu_ids(
         allocations = []
         for alloc in job.allocations:
             node = topology.get(alloc.hostname)
-            if alloc.cpu_ids is None and not alloc.ambiguous and node is not None:
-                ids = tuple(s * node.cores_per_socket + c for s, c in alloc.cores)
+            if alloc.cpu_ids is not None or node is None:
+                allocations.append(alloc)
+                continue
+            per_socket = node.cores_per_socket
+            if any(c >= per_socket for _, c in alloc.cores):
+                ids = tuple(sorted(c for _, c in alloc.cores))
+                alloc = replace(alloc, cpu_ids=ids, ambiguous=False,
+                                cores=tuple((i // per_socket, i % per_socket) for i in ids))
+                changed = True
+            elif not alloc.ambiguous:
+                ids = tuple(s * per_socket + c for s, c in alloc.cores)
                 alloc = replace(alloc, cpu_ids=ids)
                 changed = True
             allocations.append(alloc)

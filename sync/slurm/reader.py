@@ -56,7 +56,7 @@ class SlurmReader:
         parsed = parse_squeue(result.stdout, cluster=self.cluster)
         jobs = tuple(j for j in parsed.jobs if job_filter.matches(j))
         if any(
-            a.cpu_ids is None and a.cores and not a.ambiguous for j in jobs for a in j.allocations
+            a.cpu_ids is None and a.cores for j in jobs for a in j.allocations
         ):
             jobs = resolve_cpu_ids(jobs, self.topology())
         return replace(parsed, jobs=jobs)

@@ -177,3 +177,34 @@ def test_sacct_requeued_run_is_its_own_finished_record() -> None:
         (JobState.REQUEUED, 100, 130), (JobState.RUNNING, 260, None)]
     assert jobs[0].identity != jobs[1].identity
     assert jobs[0].state.finished and not jobs[0].state.active
+
+
+def _v37_node(sockets: dict[str, str], cores: dict[str, str]) -> bytes:
+    record = {"job_id": 5, "job_state": "RUNNING", "nodes": "n1", "start_time": 100,
+              "job_resources": {"nodes": "n1", "allocated_nodes": {
+                  "0": {"sockets": sockets, "cores": cores, "memory": 100, "cpus": 2}}}}
+    return json.dumps({"meta": {"plugin": {"type": "openapi/v0.0.37"},
+                                "Slurm": {"release": "21.08.8"}},
+                       "jobs": [record]}).encode()
+
+
+@pytest.mark.parametrize(("sockets", "cores", "cpu_ids"), [
+    # unpatched 21.08: keys are the core inside the socket
+    ({"1": "assigned"}, {"0": "assigned", "1": "assigned"}, (2, 3)),
+    ({"0": "assigned"}, {"1": "assigned"}, (1,)),
+    # with patches/: keys are node-wide; a key >= cores per socket can only be that
+    ({"1": "assigned"}, {"2": "assigned", "3": "assigned"}, (2, 3)),
+    ({"0": "assigned", "1": "assigned"}, {"0": "assigned", "2": "assigned"}, (0, 2)),
+    # unpatched over two sockets: the keys collided, nothing is guessed
+    ({"0": "assigned", "1": "assigned"}, {"0": "assigned"}, None),
+])
+def test_v0037_core_keys_patched_or_not(sockets: dict[str, str], cores: dict[str, str],
+                                        cpu_ids: tuple[int, ...] | None) -> None:
+    from sync.slurm.model import NodeTopology
+    from sync.slurm.parse import resolve_cpu_ids
+
+    (job,) = parse_squeue(_v37_node(sockets, cores)).jobs
+    (job,) = resolve_cpu_ids([job], {"n1": NodeTopology(sockets=2, cores_per_socket=2)})
+    (alloc,) = job.allocations
+    assert alloc.cpu_ids == cpu_ids
+    assert alloc.ambiguous is (cpu_ids is None)
