@@ -490,16 +490,20 @@ class ClusterCockpitConnector(Connector):
         self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
     ) -> list[Action]:
         runs: dict[str, Job] = {}
+        ends: dict[str, Job] = {}
         # squeue first: while a job runs it knows the cores and GPUs; sacct fills in the rest.
+        # sacct is asked after squeue, so its word that a run ended wins for the stop.
         for job in (*view.active, *view.ended, *self._looked_up):
             if job.start_time and scope.covers(job):
-                runs.setdefault(delivery_key(job), job)
+                key = delivery_key(job)
+                runs.setdefault(key, job)
+                if job.source == "sacct" and job.state.finished:
+                    ends.setdefault(key, job)
         remote = {(r.job_id, r.start_time) for r in (self._remote or ())}
         starts: list[Action] = []
         stops: list[Action] = []
         started = set(snapshot.delivered.get(START, frozenset()))
         for key, job in runs.items():
-            ended = job.state.finished and job.source == "sacct"
             in_cc = (job.job_id, job.start_time) in remote
             if direction.includes(Direction.START) and not snapshot.done(START, key):
                 if in_cc:
@@ -511,13 +515,14 @@ class ClusterCockpitConnector(Connector):
                 else:
                     starts.append(self._start(key, job))
                     started.add(key)
-            if (ended and direction.includes(Direction.STOP) and (key in started or in_cc)
-                    and not snapshot.done(STOP, key)):
+            end = ends.get(key)
+            if (end is not None and direction.includes(Direction.STOP)
+                    and (key in started or in_cc) and not snapshot.done(STOP, key)):
                 stops.append(Action(
                     self.name, STOP, key,
-                    stop_payload(job, cluster=self.cluster_for(job),
+                    stop_payload(end, cluster=self.cluster_for(end),
                                  api_version=self.api_version),
-                    f"ended {job.state.value.lower()}"))
+                    f"ended {end.state.value.lower()}"))
         starts.sort(key=lambda a: (a.payload.get("startTime") or 0, a.key))
         stops.sort(key=lambda a: (a.payload.get("stopTime") or 0, a.key))
         return [*starts, *stops]
