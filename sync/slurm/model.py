@@ -84,7 +84,8 @@ class ExitCode:
 class NodeAllocation:
     """What a job holds on one node.
 
-    ``cores`` are (socket, core-in-socket) pairs as Slurm reports them. ``cpu_ids`` are node-wide
+    ``cores`` are (socket, core-in-socket) pairs as Slurm reports them (socket -1: not known,
+    in an ambiguous 21.08 allocation). ``cpu_ids`` are node-wide
     core ids (socket x cores_per_socket + core), None when they cannot be known: Slurm 21.08's
     flat core keys (``ambiguous``), or an older layout read without the node's topology.
     """
