@@ -178,13 +178,20 @@ def sacct_window(watermark: float | None, now: float, overlap: int, first: int) 
 
 
 def guard(
-    actions: Sequence[Action], view: View, tracked: int, share: float, force: bool
+    actions: Sequence[Action], view: View, tracked: frozenset[str] | set[str], share: float,
+    force: bool,
 ) -> tuple[list[Action], list[str]]:
-    """Drop destructive actions a cycle must not take; return (kept, reasons)."""
+    """Drop destructive actions a cycle must not take; return (kept, reasons).
+
+    ``tracked`` are the keys started earlier and not stopped. The share guard counts only stops
+    of those: a job that started and ended between two cycles gets its start and its stop in
+    one cycle, and that stop takes nothing away that was tracked.
+    """
     destructive = [a for a in actions if a.kind in DESTRUCTIVE]
     if not destructive:
         return list(actions), []
     reasons = []
+    of_tracked = [a for a in destructive if a.key in tracked]
     if not view.slurm_ok:
         reasons.append(
             f"{len(destructive)} stop/cancel action(s) not taken: a Slurm query failed this cycle"
@@ -192,12 +199,13 @@ def guard(
     elif tracked and not view.active and not view.ended:
         reasons.append(
             f"{len(destructive)} stop/cancel action(s) not taken: Slurm returned no jobs while "
-            f"{tracked} are tracked"
+            f"{len(tracked)} are tracked"
         )
-    elif tracked and len(destructive) > share * tracked and not force:
+    elif tracked and len(of_tracked) > share * len(tracked) and not force:
         reasons.append(
-            f"{len(destructive)} stop/cancel action(s) not taken: more than {share:.0%} of the "
-            f"{tracked} tracked jobs; run with --force if this is right"
+            f"{len(destructive)} stop/cancel action(s) not taken: {len(of_tracked)} of them stop "
+            f"more than {share:.0%} of the {len(tracked)} tracked jobs; run with --force if "
+            f"this is right"
         )
     if not reasons:
         return list(actions), []
@@ -342,8 +350,8 @@ def run_cycle(
         ]
         snapshot = connector.observe(view, snapshot)
         planned = connector.plan(view, snapshot, options.direction, options.scope)
-        tracked = len(snapshot.delivered.get("start", frozenset())
-                      - snapshot.delivered.get("stop", frozenset()))
+        tracked = (snapshot.delivered.get("start", frozenset())
+                   - snapshot.delivered.get("stop", frozenset()))
         allowed, refused = guard(planned, view, tracked, options.stop_guard_share, options.force)
         kept, deferred = limit(allowed, options.scope.limit)
         report.planned.extend(kept)

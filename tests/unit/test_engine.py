@@ -48,6 +48,10 @@ def test_sacct_window_overlaps_the_last_one_and_the_first_looks_back() -> None:
     assert (later.start, later.end) == (int(TS0) - 120, int(TS0) + 1)
 
 
+def _keys(count: int) -> frozenset[str]:
+    return frozenset(f"k{i}" for i in range(count))
+
+
 def _view(ok: bool = True, jobs: int = 5) -> View:
     active = tuple(Job(job_id=i, state=JobState.RUNNING) for i in range(jobs))
     return View(now=TS0, active=active, squeue_ok=ok, sacct_ok=ok)
@@ -55,23 +59,35 @@ def _view(ok: bool = True, jobs: int = 5) -> View:
 
 def test_no_destructive_action_from_a_failed_query() -> None:
     plan = [_a("start", "k1"), _a("stop", "k2")]
-    kept, reasons = guard(plan, _view(ok=False), tracked=10, share=0.5, force=True)
+    kept, reasons = guard(plan, _view(ok=False), tracked=_keys(10), share=0.5, force=True)
     assert [a.kind for a in kept] == ["start"] and "query failed" in reasons[0]
 
 
 def test_no_stop_when_slurm_returns_nothing_while_jobs_are_tracked() -> None:
-    kept, reasons = guard([_a("stop", "k")], _view(jobs=0), tracked=3, share=0.5, force=True)
+    kept, reasons = guard([_a("stop", "k")], _view(jobs=0), tracked=_keys(3), share=0.5,
+                          force=True)
     assert kept == [] and "no jobs while 3 are tracked" in reasons[0]
 
 
 def test_mass_stop_is_refused_unless_forced() -> None:
     stops = [_a("stop", f"k{i}") for i in range(6)]
-    kept, reasons = guard(stops, _view(), tracked=10, share=0.5, force=False)
+    kept, reasons = guard(stops, _view(), tracked=_keys(10), share=0.5, force=False)
     assert kept == [] and "--force" in reasons[0]
-    kept, reasons = guard(stops, _view(), tracked=10, share=0.5, force=True)
+    kept, reasons = guard(stops, _view(), tracked=_keys(10), share=0.5, force=True)
     assert kept == stops and reasons == []
-    kept, _ = guard(stops[:5], _view(), tracked=10, share=0.5, force=False)
+    kept, _ = guard(stops[:5], _view(), tracked=_keys(10), share=0.5, force=False)
     assert len(kept) == 5
+
+
+def test_short_jobs_started_and_stopped_in_one_cycle_do_not_count_against_the_share() -> None:
+    """Ten jobs that ran between two cycles are stopped though only two were tracked."""
+    plan = [_a(kind, f"new{i}") for i in range(10) for kind in ("start", "stop")]
+    plan.append(_a("stop", "k0"))
+    kept, reasons = guard(plan, _view(), tracked=_keys(2), share=0.5, force=False)
+    assert kept == plan and reasons == []
+    kept, reasons = guard([*plan, _a("stop", "k1")], _view(), tracked=_keys(2), share=0.5,
+                          force=False)
+    assert "2 of them stop more than 50% of the 2 tracked" in reasons[0]
 
 
 def test_limit_caps_each_direction_and_defers_a_stop_with_its_start() -> None:
