@@ -237,6 +237,7 @@ def _cmd_run(
         dry_run=args.dry_run,
         force=args.force,
         stop_guard_share=config.stop_guard_share,
+        stop_guard_min=config.stop_guard_min,
         sacct_overlap=config.sacct_overlap_seconds,
         first_window=config.first_window_seconds,
     )

@@ -96,6 +96,11 @@ CORE_SCHEMA: dict[str, Any] = {
             "maximum": 1,
             "description": "Largest share of tracked jobs one cycle may stop without --force.",
         },
+        "stop_guard_min": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "The share guard leaves alone cycles that stop at most this many.",
+        },
         "sacct_overlap_seconds": {
             "type": "integer",
             "minimum": 0,
@@ -200,6 +205,7 @@ class Config:
     path: str | None = None
     state_dir: str = field(default_factory=default_state_dir)
     stop_guard_share: float = 0.5
+    stop_guard_min: int = 10
     sacct_overlap_seconds: int = 60
     first_window_seconds: int = 3600
     log_format: str = "text"
@@ -398,6 +404,7 @@ def config_from_dict(
         path=path,
         state_dir=data.get("state_dir") or default_state_dir(),
         stop_guard_share=float(data.get("stop_guard_share", 0.5)),
+        stop_guard_min=int(data.get("stop_guard_min", 10)),
         sacct_overlap_seconds=int(data.get("sacct_overlap_seconds", 60)),
         first_window_seconds=int(data.get("first_window_seconds", 3600)),
         log_format=str(data.get("log_format", "text")),

@@ -73,6 +73,8 @@ def test_mass_stop_is_refused_unless_forced() -> None:
     stops = [_a("stop", f"k{i}") for i in range(6)]
     kept, reasons = guard(stops, _view(), tracked=_keys(10), share=0.5, force=False)
     assert kept == [] and "--force" in reasons[0]
+    kept, reasons = guard(stops, _view(), tracked=_keys(10), share=0.5, force=False, floor=6)
+    assert kept == stops and reasons == []  # six stops are few enough on any cluster
     kept, reasons = guard(stops, _view(), tracked=_keys(10), share=0.5, force=True)
     assert kept == stops and reasons == []
     kept, _ = guard(stops[:5], _view(), tracked=_keys(10), share=0.5, force=False)
