@@ -63,6 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 START, STOP = "start", "stop"
+DUPLICATE_WINDOW = 86400  # cc-backend refuses a start within this long of another run's
 API_VERSIONS = ("1.4", "1.5")
 ENV_LIMIT_DEFAULT = 50_000
 
@@ -500,6 +501,7 @@ class ClusterCockpitConnector(Connector):
                 if job.source == "sacct" and job.state.finished:
                     ends.setdefault(key, job)
         remote = {(r.job_id, r.start_time) for r in (self._remote or ())}
+        runs_of = _runs_by_job(snapshot.delivered.get(START, frozenset()), runs)
         starts: list[Action] = []
         stops: list[Action] = []
         started = set(snapshot.delivered.get(START, frozenset()))
@@ -513,7 +515,9 @@ class ClusterCockpitConnector(Connector):
                 elif not job.hosts:
                     continue  # never ran anywhere (cancelled while pending)
                 else:
-                    starts.append(self._start(key, job))
+                    earlier = [s for s in runs_of.get((job.cluster, job.job_id), ())
+                               if s < (job.start_time or 0) < s + DUPLICATE_WINDOW]
+                    starts.append(self._start(key, job, earlier[-1] if earlier else None))
                     started.add(key)
             end = ends.get(key)
             if (end is not None and direction.includes(Direction.STOP)
@@ -527,14 +531,15 @@ class ClusterCockpitConnector(Connector):
         stops.sort(key=lambda a: (a.payload.get("stopTime") or 0, a.key))
         return [*starts, *stops]
 
-    def _start(self, key: str, job: Job) -> Action:
+    def _start(self, key: str, job: Job, earlier_run: int | None = None) -> Action:
         try:
             payload, _ = start_payload(job, cluster=self.cluster_for(job),
                                        api_version=self.api_version, mapping=self.mapping)
         except Unsendable as exc:
             return Action(self.name, START, key, {"skip": str(exc)}, str(exc))
         files = {"job_id": job.job_id, "array_job_id": job.array_job_id}
-        return Action(self.name, START, key, {"job": payload, "files": files},
+        extra = {} if earlier_run is None else {"earlier_run": earlier_run}
+        return Action(self.name, START, key, {"job": payload, "files": files, **extra},
                       "running" if job.state.active else f"ran and ended "
                       f"{job.state.value.lower()} between cycles")
 
@@ -558,6 +563,11 @@ class ClusterCockpitConnector(Connector):
                                                    action.payload.get("files") or {})
             action = replace(action, payload={**action.payload, "job": payload})
         reply = self.client.post("/api/jobs/start_job/", json=payload)
+        if reply.status == 422 and action.payload.get("earlier_run"):
+            return Outcome.permanent(action, (
+                f"cc-backend keeps one record per job id and cluster for 24 h: the run that "
+                f"started at {action.payload['earlier_run']} holds it, so this run of the "
+                f"requeued job cannot be recorded (422)"))
         if reply.status == 422:
             return Outcome.already_done(action, "cc-backend has it (422)")
         return self._outcome(action, reply)
@@ -612,6 +622,23 @@ class ClusterCockpitConnector(Connector):
         if reply.status == 401:
             return ["cc-backend refuses the token (401): is it an api-role JWT?"]
         return [f"cc-backend: {reply.describe()}"]
+
+
+def _runs_by_job(delivered: Iterable[str], runs: Mapping[str, Job]
+                 ) -> dict[tuple[str | None, int], list[int]]:
+    """Start times of every run known per (Slurm cluster, job id), sorted: delivered keys
+    (``cluster/job_id/start``) and this cycle's runs."""
+    out: dict[tuple[str | None, int], set[int]] = {}
+    for key in delivered:
+        cluster, _, rest = key.partition("/")
+        job_id, _, start = rest.partition("/")
+        if job_id.isdigit() and start.isdigit():
+            out.setdefault((None if cluster == "-" else cluster, int(job_id)), set()).add(
+                int(start))
+    for job in runs.values():
+        if job.start_time and job.hosts:
+            out.setdefault((job.cluster, job.job_id), set()).add(job.start_time)
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def _token(text: str, json_key: str | None) -> str:

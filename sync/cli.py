@@ -38,7 +38,7 @@ from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, SacctWindow, state_names
 from sync.slurm.reader import SlurmReader
 from sync.slurm.run import Runner
-from sync.store import RunCount, Store
+from sync.store import Backoff, Delivery, RunCount, Store
 
 __all__ = ["main"]
 
@@ -266,7 +266,9 @@ def _one_run(
     else:
         bar = None if (args.quiet or args.run_json) else _Bar(err)
         try:
-            with RunLock(config.state_dir), Store.open(_store_path(config)) as store:
+            backoff = Backoff(base=config.retry_base_seconds, cap=config.retry_max_seconds)
+            with RunLock(config.state_dir), Store.open(_store_path(config),
+                                                       backoff=backoff) as store:
                 report = run_cycle(reader, store, connectors, options, now=started,
                                    progress=bar)
                 ended = time.time()
@@ -388,18 +390,32 @@ def _cmd_status(config: Config, out: Console) -> int:
     with Store.open(path, read_only=True) as store:
         last = store.last_run()
         table = Table(title=f"slurm-sync state in {path}")
-        for column in ("CONNECTOR", "WATERMARK", "OUTBOX", "OLDEST QUEUED"):
+        for column in ("CONNECTOR", "WATERMARK", "OUTBOX", "OLDEST QUEUED", "DELIVERED",
+                       "REFUSED"):
             table.add_column(column)
+        refusals: list[Delivery] = []
         for name in store.connectors():
             mark = store.get_watermark(connector=name)
             stats = store.outbox_stats(connector=name)
+            counts = store.delivery_counts(connector=name)
             table.add_row(
                 name,
                 _when(int(mark)) if mark else "-",
                 str(stats.depth),
                 _when(int(stats.oldest)) if stats.oldest else "-",
+                str(counts.get(Status.DONE, 0) + counts.get(Status.ALREADY_DONE, 0)),
+                str(counts.get(Status.PERMANENT, 0)),
             )
+            refusals += store.refusals(connector=name)
     out.print(table)
+    if refusals:
+        refused = Table(title="refused for good (newest first; not retried)")
+        for column in ("CONNECTOR", "ACTION", "JOB", "WHEN", "WHY"):
+            refused.add_column(column, overflow="fold")
+        for item in refusals:
+            refused.add_row(item.connector, item.kind, item.key, _when(int(item.at)),
+                            str(item.detail.get("detail", "")))
+        out.print(refused)
     if last is None:
         out.print("no run recorded yet")
     else:

@@ -101,6 +101,18 @@ CORE_SCHEMA: dict[str, Any] = {
             "minimum": 0,
             "description": "The share guard leaves alone cycles that stop at most this many.",
         },
+        "retry_base_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 86400,
+            "description": "First wait before an action that failed for now is tried again.",
+        },
+        "retry_max_seconds": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 604800,
+            "description": "Longest wait between two tries (the wait doubles up to it).",
+        },
         "sacct_overlap_seconds": {
             "type": "integer",
             "minimum": 0,
@@ -206,6 +218,8 @@ class Config:
     state_dir: str = field(default_factory=default_state_dir)
     stop_guard_share: float = 0.5
     stop_guard_min: int = 10
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 3600.0
     sacct_overlap_seconds: int = 60
     first_window_seconds: int = 3600
     log_format: str = "text"
@@ -380,6 +394,11 @@ def config_from_dict(
     ``enabled`` a boolean) and any name is accepted: for commands that run no connector. With a
     mapping (even empty), a connector it does not name is an error."""
     _validate(data, path, fragments)
+    base, most = data.get("retry_base_seconds", 30), data.get("retry_max_seconds", 3600)
+    if base > most:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"invalid configuration:\n  {where}$.retry_base_seconds: {base} is more "
+                          f"than retry_max_seconds ({most})")
     slurm = data.get("slurm", {})
     commands = SlurmCommands(
         bin_dir=slurm.get("bin_dir"),
@@ -405,6 +424,8 @@ def config_from_dict(
         state_dir=data.get("state_dir") or default_state_dir(),
         stop_guard_share=float(data.get("stop_guard_share", 0.5)),
         stop_guard_min=int(data.get("stop_guard_min", 10)),
+        retry_base_seconds=float(data.get("retry_base_seconds", 30)),
+        retry_max_seconds=float(data.get("retry_max_seconds", 3600)),
         sacct_overlap_seconds=int(data.get("sacct_overlap_seconds", 60)),
         first_window_seconds=int(data.get("first_window_seconds", 3600)),
         log_format=str(data.get("log_format", "text")),

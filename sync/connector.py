@@ -104,18 +104,21 @@ class Scope:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the store says for one connector before planning: delivered and queued keys per
-    action kind, and its sacct watermark (None on a first run, or when the store was lost)."""
+    """What the store says for one connector before planning: delivered, queued and failed
+    (for good) keys per action kind, and its sacct watermark (None on a first run, or when the
+    store was lost)."""
 
     delivered: Mapping[str, frozenset[str]] = field(default_factory=dict)
     queued: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    failed: Mapping[str, frozenset[str]] = field(default_factory=dict)
     watermark: float | None = None
 
     def done(self, kind: str, key: str) -> bool:
-        """`snapshot.done("start", key)`: delivered already, or waiting in the outbox."""
-        return key in self.delivered.get(kind, frozenset()) or key in self.queued.get(
-            kind, frozenset()
-        )
+        """`snapshot.done("start", key)`: delivered already, waiting in the outbox, or refused
+        for good (recorded and reported once, not sent again every cycle)."""
+        return (key in self.delivered.get(kind, frozenset())
+                or key in self.queued.get(kind, frozenset())
+                or key in self.failed.get(kind, frozenset()))
 
 
 @dataclass(frozen=True)

@@ -266,11 +266,13 @@ def _view(
 def _apply_all(
     connector: Connector, actions: Sequence[Action], workers: int,
     queued_starts: frozenset[str] = frozenset(), progress: ProgressSink | None = None,
+    failed_starts: frozenset[str] = frozenset(),
 ) -> list[Outcome]:
     """Apply starts, then the rest, each group with bounded concurrency; never raises.
 
     ``queued_starts`` are keys whose start waits in the outbox: their stops wait too, unless the
-    start gets through in this same call.
+    start gets through in this same call. ``failed_starts`` were refused for good: their stops
+    are not sent either (the service has nothing to stop).
     """
 
     def safe(action: Action) -> Outcome:
@@ -289,14 +291,21 @@ def _apply_all(
         # A stop never overtakes its start: if the start did not get through, the stop waits
         # in the outbox with it.
         delivered_now = {o.action.key for o in outcomes if o.status.delivered}
-        unstarted = {o.action.key for o in outcomes if not o.status.delivered}
+        refused = {o.action.key for o in outcomes if o.status is Status.PERMANENT}
+        refused |= failed_starts - delivered_now
+        unstarted = {o.action.key for o in outcomes if not o.status.delivered} - refused
         unstarted |= queued_starts - delivered_now
-        waiting = [a for a in rest if a.key in unstarted]
-        for action in waiting:
-            outcomes.append(Outcome.transient(action, "waits for its start to be delivered"))
+        for action in rest:
+            if action.key in refused:
+                outcomes.append(Outcome.permanent(action, "not sent: its start was refused"))
+            elif action.key in unstarted:
+                outcomes.append(Outcome.transient(action, "waits for its start to be delivered"))
+            else:
+                continue
             if progress is not None:
                 progress.advance(outcomes[-1])
-        outcomes.extend(pool.map(safe, [a for a in rest if a.key not in unstarted]))
+        outcomes.extend(pool.map(safe, [a for a in rest
+                                         if a.key not in unstarted and a.key not in refused]))
     return outcomes
 
 
@@ -315,6 +324,7 @@ def _snapshot(store: Store, name: str, kinds: Iterable[str]) -> Snapshot:
     return Snapshot(
         delivered={k: store.delivered(connector=name, kind=k) for k in kinds},
         queued={k: store.queued(connector=name, kind=k) for k in kinds},
+        failed={k: store.failed(connector=name, kind=k) for k in kinds},
         watermark=store.get_watermark(connector=name),
     )
 
@@ -371,7 +381,7 @@ def run_cycle(
             progress.begin(name, len(batch))
         try:
             outcomes = _apply_all(connector, batch, connector.concurrency, queued_starts,
-                                  progress)
+                                  progress, snapshot.failed.get("start", frozenset()))
         finally:
             if progress is not None:
                 progress.end(name)

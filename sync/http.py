@@ -86,13 +86,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 
 def classify(reply: Reply) -> Status:
     """What a reply means for the action that sent it: 2xx DONE; no answer, 408, 429 and 5xx
-    TRANSIENT; any other 4xx PERMANENT (the service says the request itself is wrong).
-    Connectors refine this for the codes their service gives a meaning (422 'exists')."""
+    TRANSIENT; 401, 403 and 404 TRANSIENT too (a token or an address to fix in config: the
+    payload is fine and must go once it is fixed); any other 4xx PERMANENT (the service says the
+    request itself is wrong). Connectors refine this for the codes their service gives a meaning
+    (422 'exists', 404 on a stop)."""
     if reply.ok:
         return Status.DONE
-    if reply.status == 0 or reply.status in RETRY_STATUSES or reply.status == 408:
+    if reply.status == 0 or reply.status in RETRY_STATUSES or reply.status in _FIX_CONFIG:
         return Status.TRANSIENT
     return Status.PERMANENT
+
+
+_FIX_CONFIG = frozenset({401, 403, 404, 407, 408})
 
 
 class ServiceClient:

@@ -535,6 +535,30 @@ class Store:
             for c, k, kd, s, at, d in sorted(rows, key=lambda r: (r[1], r[2]))
         )
 
+    def delivery_counts(self, *, connector: str) -> dict[Status, int]:
+        """`store.delivery_counts(connector=)` is how many records end in each status."""
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE connector = ? GROUP BY status",
+                (connector,),
+            ).fetchall()
+
+        return {Status(s): n for s, n in self._read("counting deliveries", read)}
+
+    def refusals(self, *, connector: str, limit: int = 10) -> tuple[Delivery, ...]:
+        """`store.refusals(connector=)` is the newest actions the service refused for good."""
+
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                "SELECT connector, key, kind, status, at, detail FROM deliveries"
+                " WHERE connector = ? AND status = 'permanent' ORDER BY at DESC, key LIMIT ?",
+                (connector, limit),
+            ).fetchall()
+
+        return tuple(Delivery(c, k, kd, Status(s), at, json.loads(d))
+                     for c, k, kd, s, at, d in self._read("reading refusals", read))
+
     def _keys(
         self, table: str, connector: str, kind: str, keys: Iterable[str] | None, where: str
     ) -> frozenset[str]:

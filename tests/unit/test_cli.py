@@ -110,3 +110,27 @@ def test_discover_accelerators_says_when_there_is_no_nvidia_smi(
     _fake_smi(tmp_path, "NVIDIA-SMI has failed\n", code=9)
     assert main(["clustercockpit", "discover-accelerators"]) == 1
     assert "exit 9" in capsys.readouterr().err
+
+
+def test_status_counts_deliveries_and_lists_refusals(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sync.actions import Action, Outcome
+    from sync.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with Store.open(str(state / "state.db")) as store:
+        store.record_outcomes(outcomes=[
+            Outcome.done(Action("clustercockpit", "start", "c/1/10")),
+            Outcome.permanent(Action("clustercockpit", "start", "c/2/20"),
+                              "HTTP 400: resources must not be empty"),
+        ], now=1_795_400_000.0)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"state_dir": str(state)}))
+    assert main(["-c", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    cells = next([c.strip() for c in line.split("│") if c.strip()]
+                 for line in out.splitlines() if "clustercockpit" in line)
+    assert cells[-2:] == ["1", "1"]  # delivered, refused
+    assert "c/2/20" in out and "resources must not be empty" in out

@@ -447,3 +447,11 @@ def test_every_connector_takes_a_concurrency() -> None:
                                           r"the minimum of 1"):
         config_from_dict({"connectors": {"events": {"concurrency": 0}}},
                          fragments={"events": fragment})
+
+
+def test_retry_waits_are_read_and_must_be_ordered() -> None:
+    config = config_from_dict({"retry_base_seconds": 5, "retry_max_seconds": 60})
+    assert (config.retry_base_seconds, config.retry_max_seconds) == (5.0, 60.0)
+    with pytest.raises(ConfigError, match=r"\$\.retry_base_seconds: 90 is more than "
+                                          r"retry_max_seconds \(60\)"):
+        config_from_dict({"retry_base_seconds": 90, "retry_max_seconds": 60})

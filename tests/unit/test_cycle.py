@@ -212,3 +212,31 @@ def test_progress_is_told_of_every_applied_action() -> None:
     advanced = sorted((str(k) for e, k in recorder.events if e == "advance"))
     assert advanced == sorted(o.action.key for o in report.outcomes)
     assert recorder.events[-1] == ("end", "events")
+
+
+class Refusing(EventsConnector):
+    """A service that refuses every start payload for good."""
+
+    def __init__(self) -> None:
+        super().__init__({"output": "-"})
+        self.sent = 0
+
+    def apply(self, action: Action) -> Outcome:
+        self.sent += 1
+        if action.kind == "start":
+            return Outcome.permanent(action, "HTTP 400: bad payload")
+        return Outcome.done(action)
+
+
+def test_a_permanent_failure_is_recorded_once_not_resent_every_cycle() -> None:
+    store = Store.memory()
+    connector = Refusing()
+    first = _cycle(store, connector, TS0)
+    refused = [o for o in first.outcomes if o.status is Status.PERMANENT]
+    assert refused and first.exit_code == 1
+    sent = connector.sent
+    second = _cycle(store, connector, TS1)
+    assert not [a for a in second.planned if a.kind == "start"]
+    assert connector.sent == sent + len(second.planned)
+    assert store.failed(connector="events", kind="start") == {
+        o.action.key for o in refused}
