@@ -63,6 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 START, STOP = "start", "stop"
+SQUEUE_STATES = ("R", "CG", "S", "CD", "F", "CA", "TO", "NF", "PR", "OOM", "BF", "DL")
 DUPLICATE_WINDOW = 86400  # cc-backend refuses a start within this long of another run's
 API_VERSIONS = ("1.4", "1.5")
 ENV_LIMIT_DEFAULT = 50_000
@@ -410,9 +411,10 @@ class ClusterCockpitConnector(Connector):
         return self.cc_cluster or job.cluster or ""
 
     def needs(self) -> SlurmNeeds:
-        # Running jobs while slurmctld still knows their cores and GPUs; the window for short
-        # jobs and every end.
-        return SlurmNeeds(squeue=JobFilter(states=("R", "CG", "S")), sacct=True)
+        # Running jobs, and jobs that ended within MinJobAge, while slurmctld still knows their
+        # cores (a short job's record gets its hwthreads that way); the window for every end.
+        # Pending jobs, the bulk of a busy queue, are never asked for.
+        return SlurmNeeds(squeue=JobFilter(states=SQUEUE_STATES), sacct=True)
 
     def close(self) -> None:
         self.client.close()

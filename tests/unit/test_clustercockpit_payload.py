@@ -155,3 +155,18 @@ def test_delivered_runs_are_not_started_again_and_stops_need_a_start(tmp_path: P
     snapshot = Snapshot(delivered={"start": frozenset({delivery_key(jobs[3])})})
     plan = connector.plan(view, snapshot, Direction.STOP, Scope())
     assert [(a.kind, a.payload["jobId"]) for a in plan] == [("stop", 3)]
+
+
+def test_a_short_job_still_in_squeue_gets_its_cores_from_there(tmp_path: Path) -> None:
+    """squeue holds ended jobs for MinJobAge: their start payload takes the cores from it,
+    while the stop comes from sacct."""
+    connector = _connector(tmp_path)
+    finished = tuple(_squeue("squeue-finished.json").values())
+    view = View(now=1795321999, active=finished, ended=tuple(_sacct().values()),
+                squeue_ok=True, sacct_ok=True)
+    plan = connector.plan(view, Snapshot(), Direction.BOTH, Scope(job_ids=(15,)))
+    start, stop = plan
+    assert start.payload["job"]["resources"] == [{"hostname": "lab2411n1", "hwthreads": [1]}]
+    assert stop.payload["jobState"] == "failed" and stop.payload["stopTime"] == 1795321839
+    asked = connector.needs().squeue
+    assert asked is not None and "PD" not in asked.states and "CD" in asked.states
