@@ -178,6 +178,8 @@ def test_real_jobs_end_as_exactly_the_expected_records(
     assert status.returncode == 0, status.stderr
     assert f"/{requeued}/" in status.stdout and "24 h" in status.stdout
     assert by_id[short][0]["duration"] >= 0
+    # ended before the cycle, but still in squeue (MinJobAge): its cores are known
+    assert by_id[short][0]["resources"][0].get("hwthreads"), by_id[short][0]
     assert marker in by_id[short][0]["metaData"]["jobScript"]
     tasks = [r for r in backend.all_jobs() if r.get("arrayJobId") == array]
     assert len(tasks) == 2 and all(marker in t["metaData"]["jobScript"] for t in tasks)
