@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +191,29 @@ def test_check_says_what_is_wrong(lab: LabCluster, tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "missing does not exist" in bad.stdout
     assert not (tmp_path / "state").exists(), "check must change nothing"
+
+
+def test_a_syncer_stopped_for_a_while_catches_up_from_its_watermark(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    """Jobs that ran and ended while no syncer ran are caught by the next run, whose window
+    starts at the last run's watermark, however long ago: not at first_window_seconds."""
+    config = _config(lab, tmp_path)
+    data = json.loads(config.read_text())
+    data["first_window_seconds"] = 20
+    data["sacct_overlap_seconds"] = 5
+    config.write_text(json.dumps(data))
+    assert _sync(config, "-q").returncode == 0  # the watermark is now
+    # the syncer is down; jobs come and go
+    ids = {lab.submit("#!/bin/sh\nexit 0\n", f"--job-name=away{i}") for i in range(3)}
+    lab.wait("the jobs to end", lambda: all(lab.state(i) == "COMPLETED" for i in ids))
+    ended = time.monotonic()
+    lab.wait("sacct's window to show the jobs ended", lambda: len([
+        j for j in json.loads(lab.cmd("sacct", "--json", "-X", "-a", "-S", "now-300",
+                                      "-E", "now"))["jobs"]
+        if j["job_id"] in ids and j.get("time", {}).get("end")]) == len(ids))
+    # longer than first_window_seconds and the overlap: only the watermark can reach them
+    time.sleep(max(0.0, 30 - (time.monotonic() - ended)))
+    assert _sync(config, "-q").returncode == 0
+    assert sorted(_events(tmp_path, ids)) == sorted(
+        (i, e) for i in ids for e in ("started", "finished"))
