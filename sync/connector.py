@@ -15,7 +15,7 @@ site adds one with a pip package.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
@@ -112,6 +112,11 @@ class Snapshot:
     queued: Mapping[str, frozenset[str]] = field(default_factory=dict)
     failed: Mapping[str, frozenset[str]] = field(default_factory=dict)
     watermark: float | None = None
+    delivered_at: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def since(self, kind: str, key: str) -> float | None:
+        """When ``kind`` was delivered for ``key`` (only for the connector's ``timed_kinds``)."""
+        return self.delivered_at.get(kind, {}).get(key)
 
     def done(self, kind: str, key: str) -> bool:
         """`snapshot.done("start", key)`: delivered already, waiting in the outbox, or refused
@@ -143,6 +148,10 @@ class Connector(ABC):
     name: ClassVar[str]
     schema: ClassVar[Mapping[str, Any]]
     default_concurrency: ClassVar[int] = 4
+    # Kinds applied together through ``apply_many`` (one sbatch for many jobs, one scancel...).
+    batch_kinds: ClassVar[frozenset[str]] = frozenset()
+    # Kinds whose delivery time ``plan`` needs (``snapshot.since``), e.g. a grace period.
+    timed_kinds: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = settings
@@ -185,6 +194,11 @@ class Connector(ABC):
     @abstractmethod
     def apply(self, action: Action) -> Outcome:
         """Carry out one action; report failures as an ``Outcome``, never by raising."""
+
+    def apply_many(self, actions: Sequence[Action]) -> list[Outcome]:
+        """Carry out actions of one of ``batch_kinds`` together; one outcome per action, in
+        order. The default applies them one by one."""
+        return [self.apply(action) for action in actions]
 
     def check(self) -> list[str]:
         """Problems ``slurm-sync check`` should report (service unreachable, file not

@@ -51,8 +51,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DESTRUCTIVE = frozenset({"stop", "cancel", "hold"})
-START_KINDS = frozenset({"start", "submit", "report", "release"})
+DESTRUCTIVE = frozenset({"stop", "cancel", "signal", "hold"})
+START_KINDS = frozenset({"start", "submit", "report", "release", "notify"})
 
 
 class LockHeld(SyncError):
@@ -284,10 +284,30 @@ def _apply_all(
             progress.advance(outcome)
         return outcome
 
+    def many(kind: str, group: list[Action]) -> list[Outcome]:
+        try:
+            got = list(connector.apply_many(group))
+            if len(got) != len(group):
+                raise RuntimeError(f"apply_many gave {len(got)} outcomes for {len(group)}")
+        except Exception as exc:  # as above: the batch waits in the outbox
+            got = [Outcome.transient(a, f"{type(exc).__name__}: {exc}") for a in group]
+        for outcome in got:
+            if progress is not None:
+                progress.advance(outcome)
+        return got
+
+    def apply_group(pool: ThreadPoolExecutor, group: list[Action]) -> list[Outcome]:
+        """Batched kinds go to ``apply_many`` once per kind, the rest one by one in the pool."""
+        outcomes: list[Outcome] = []
+        for kind in dict.fromkeys(a.kind for a in group if a.kind in connector.batch_kinds):
+            outcomes += many(kind, [a for a in group if a.kind == kind])
+        outcomes += pool.map(safe, [a for a in group if a.kind not in connector.batch_kinds])
+        return outcomes
+
     first = [a for a in actions if a.kind in START_KINDS]
     rest = [a for a in actions if a.kind not in START_KINDS]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = list(pool.map(safe, first))
+        outcomes = apply_group(pool, first)
         # A stop never overtakes its start: if the start did not get through, the stop waits
         # in the outbox with it.
         delivered_now = {o.action.key for o in outcomes if o.status.delivered}
@@ -304,8 +324,8 @@ def _apply_all(
                 continue
             if progress is not None:
                 progress.advance(outcomes[-1])
-        outcomes.extend(pool.map(safe, [a for a in rest
-                                         if a.key not in unstarted and a.key not in refused]))
+        outcomes.extend(apply_group(pool, [a for a in rest
+                                           if a.key not in unstarted and a.key not in refused]))
     return outcomes
 
 
@@ -320,8 +340,10 @@ def _in_run(action: Action, options: CycleOptions) -> bool:
     return True
 
 
-def _snapshot(store: Store, name: str, kinds: Iterable[str]) -> Snapshot:
+def _snapshot(store: Store, name: str, kinds: Iterable[str],
+              timed: Iterable[str] = ()) -> Snapshot:
     return Snapshot(
+        delivered_at={k: store.delivered_times(connector=name, kind=k) for k in timed},
         delivered={k: store.delivered(connector=name, kind=k) for k in kinds},
         queued={k: store.queued(connector=name, kind=k) for k in kinds},
         failed={k: store.failed(connector=name, kind=k) for k in kinds},
@@ -357,8 +379,9 @@ def run_cycle(
     for message in report.slurm_errors:
         log.error("slurm query failed", extra={"fields": {"error": message}})
     for name, connector in connectors.items():
-        kinds = ("start", "stop", "submit", "cancel", "hold", "release", "report")
-        snapshot = _snapshot(store, name, kinds)
+        kinds = ("start", "stop", "submit", "cancel", "signal", "hold", "release", "report",
+                 "notify", "finish")
+        snapshot = _snapshot(store, name, kinds, connector.timed_kinds)
         due = [] if options.dry_run else [
             e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)
         ]

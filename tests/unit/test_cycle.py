@@ -240,3 +240,38 @@ def test_a_permanent_failure_is_recorded_once_not_resent_every_cycle() -> None:
     assert connector.sent == sent + len(second.planned)
     assert store.failed(connector="events", kind="start") == {
         o.action.key for o in refused}
+
+
+class Batched(EventsConnector):
+    """Takes every start in one call, as one sbatch for many jobs would."""
+
+    batch_kinds = frozenset({"start"})
+    timed_kinds = ("start",)
+
+    def __init__(self) -> None:
+        super().__init__({"output": "-"})
+        self.calls: list[int] = []
+
+    def apply_many(self, actions: Any) -> list[Outcome]:
+        self.calls.append(len(actions))
+        return [Outcome.done(a) for a in actions]
+
+    def apply(self, action: Action) -> Outcome:
+        return Outcome.done(action)
+
+
+def test_batched_kinds_go_to_apply_many_once_and_times_reach_the_next_plan() -> None:
+    store = Store.memory()
+    connector = Batched()
+    report = _cycle(store, connector, TS0)
+    starts = [o for o in report.outcomes if o.action.kind == "start"]
+    assert connector.calls == [len(starts)] and len(starts) > 1
+    snapshot = _snapshot_of(store, connector)
+    assert snapshot.since("start", starts[0].action.key) == TS0
+    assert snapshot.since("stop", starts[0].action.key) is None
+
+
+def _snapshot_of(store: Store, connector: Any) -> Any:
+    from sync.engine import _snapshot
+
+    return _snapshot(store, "events", ("start", "stop"), connector.timed_kinds)
