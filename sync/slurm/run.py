@@ -62,7 +62,9 @@ class CommandResult:
 
 
 # Variables that change what Slurm's commands print; 22.05's sacct --json fails outright with
-# SLURM_TIME_FORMAT set. They are never passed on.
+# SLURM_TIME_FORMAT set. They are never passed on, nor SBATCH_* input variables: a submit says
+# every option it means in argv (SBATCH_ARRAY_INX or SBATCH_EXPORT in the service's environment
+# would silently change what it submits).
 _OUTPUT_ENV = frozenset(
     {"SLURM_TIME_FORMAT", "SQUEUE_FORMAT", "SQUEUE_FORMAT2", "SQUEUE_SORT", "SACCT_FORMAT",
      "SINFO_FORMAT", "SLURM_CLUSTERS"}
@@ -111,7 +113,8 @@ class Runner:
         """Run ``command`` with ``args``; raise ``SlurmCommandError`` unless it exits 0."""
         argv = self.commands.argv(command, args)
         limit = timeout if timeout is not None else self.commands.timeout
-        env = {k: v for k, v in os.environ.items() if k not in _OUTPUT_ENV}
+        env = {k: v for k, v in os.environ.items()
+               if k not in _OUTPUT_ENV and not k.startswith("SBATCH_")}
         if self.env is not None:
             env.update(self.env)
         started = time.monotonic()

@@ -1,0 +1,422 @@
+"""Act on Slurm: submit batch scripts, ask how jobs are doing, cancel or signal them.
+
+    >>> control = SlurmControl(Runner(SlurmCommands(bin_dir="lab/run/24.11/bin")))
+    >>> request = SubmitRequest(script="#!/bin/sh\\nexec buildkite-agent start\\n",
+    ...                         job_name="buildkite-42", options=("--partition=main",),
+    ...                         env={"BUILDKITE_AGENT_TOKEN": token})  # doctest: +SKIP
+    >>> job = control.submit(request)  # doctest: +SKIP
+    >>> job.job_id, job.cluster  # doctest: +SKIP
+    (1234, None)
+    >>> coarse_state(control.status([job.job_id])[job.job_id])  # doctest: +SKIP
+    'queued'
+    >>> control.signal([job.job_id], "TERM")  # doctest: +SKIP
+    >>> coarse_state(None)
+    'gone'
+
+The runner API the connectors (and users' own scripts) act through; nothing else runs
+``sbatch`` or ``scancel``. It follows Slivka's SlurmRunner where that was right and not where
+it was wrong:
+
+- batched: ``status`` and ``cancel`` take many job ids and make one Slurm call for all of them;
+- one ``squeue --json`` answer is kept for ``status_ttl`` seconds (5 by default) and reused by
+  every status question it covers; ``submit`` and ``cancel`` forget it;
+- argv is a list, never a shell; the batch script goes to ``sbatch`` on stdin and the extra
+  environment (tokens) to ``sbatch``'s own process, so neither is ever in argv or a log line;
+- nothing is swallowed: a failed ``squeue`` raises (it never means "all gone"), a failed
+  ``sbatch`` raises with sbatch's error line, ``scancel`` is quiet only about jobs that had
+  already ended;
+- states as a table (``coarse_state``), with a word for "squeue no longer knows this job".
+
+Not thread-safe: give each thread its own ``SlurmControl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from signal import Signals
+from types import MappingProxyType
+from typing import Literal
+
+from sync.errors import SlurmCommandError, SlurmFormatError
+from sync.slurm.model import Job, JobState
+from sync.slurm.query import JobFilter
+from sync.slurm.reader import SlurmReader
+from sync.slurm.run import CommandResult, Runner
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COARSE_STATES",
+    "CoarseState",
+    "SlurmControl",
+    "SubmitRequest",
+    "Submitted",
+    "coarse_state",
+]
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """One batch job to submit.
+
+    ``script`` is the batch script's text (it must start with ``#!``, as sbatch requires); it is
+    piped to ``sbatch`` on stdin. ``options`` are sbatch options the caller has validated, one
+    argv element each in the ``--name=value`` form (``--partition=gpu``, not ``--partition``,
+    ``gpu``: an element that does not start with ``-`` would be taken for a script file).
+    ``env`` is extra environment for sbatch's own process, the way to hand a job a secret
+    without argv: sbatch's default ``--export=ALL`` passes it on to the job (an
+    ``--export=NONE`` among ``options`` would drop it). The script and ``env`` are left out of
+    the repr, so logging a request does not log a token.
+    """
+
+    script: str = field(repr=False)
+    job_name: str
+    options: tuple[str, ...] = ()
+    comment: str | None = None
+    env: Mapping[str, str] | None = field(default=None, repr=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.script.startswith("#!"):
+            raise ValueError("a batch script must start with #! and an interpreter")
+        if not self.job_name or "\n" in self.job_name:
+            raise ValueError(f"job_name must be one non-empty line, not {self.job_name!r}")
+        if self.comment is not None and "\n" in self.comment:
+            raise ValueError("comment must be one line")
+        options: Sequence[str] = self.options
+        if isinstance(options, str):
+            raise TypeError("options is a sequence of options, not one string")
+        object.__setattr__(self, "options", tuple(options))
+        for option in self.options:
+            if not isinstance(option, str) or len(option) < 2 or not option.startswith("-"):
+                raise ValueError(
+                    f"sbatch option {option!r} is not an option: give each as one element "
+                    "such as --partition=gpu"
+                )
+        if self.env is not None:
+            for key, value in self.env.items():
+                if not key or "=" in key or "\0" in key or "\0" in value:
+                    raise ValueError(f"environment variable name {key!r} is not usable")
+            object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What ``sbatch --parsable`` answered: the job id and, in a federation or with
+    ``--clusters``, the cluster. ``array_size`` is the task count ``submit_array`` asked for
+    (None from ``submit``); the tasks are ``job_id_0`` to ``job_id_{array_size - 1}``."""
+
+    job_id: int
+    cluster: str | None = None
+    array_size: int | None = None
+
+
+CoarseState = Literal["queued", "running", "finished", "failed", "cancelled", "gone", "unknown"]
+
+#: Every word ``coarse_state`` can return.
+COARSE_STATES: tuple[CoarseState, ...] = (
+    "queued", "running", "finished", "failed", "cancelled", "gone", "unknown"
+)
+
+# Slurm's base states in the few words a runner acts on. SUSPENDED and COMPLETING still hold
+# their nodes and have not ended for good, so they are "running" (as Slivka maps CG). A
+# REQUEUED record is a run on its way back to the queue. PREEMPTED is a job another job's
+# priority ended: stopped from outside, as a cancel is. UNKNOWN is a state this version of the
+# parser does not know: never "finished" or "gone", so nobody acts on it.
+_COARSE: Mapping[JobState, CoarseState] = MappingProxyType({
+    JobState.PENDING: "queued",
+    JobState.REQUEUED: "queued",
+    JobState.RUNNING: "running",
+    JobState.SUSPENDED: "running",
+    JobState.COMPLETING: "running",
+    JobState.COMPLETED: "finished",
+    JobState.FAILED: "failed",
+    JobState.TIMEOUT: "failed",
+    JobState.NODE_FAIL: "failed",
+    JobState.BOOT_FAIL: "failed",
+    JobState.DEADLINE: "failed",
+    JobState.OUT_OF_MEMORY: "failed",
+    JobState.CANCELLED: "cancelled",
+    JobState.PREEMPTED: "cancelled",
+    JobState.UNKNOWN: "unknown",
+})
+
+
+def coarse_state(job: Job | None) -> CoarseState:
+    """`coarse_state(job)` is one of ``COARSE_STATES``; None (squeue does not know the job any
+    more: it ended longer than MinJobAge ago, or never existed) is "gone"."""
+    if job is None:
+        return "gone"
+    word = _COARSE.get(job.state)
+    if word is None:
+        log.warning("no coarse state for a Slurm state", extra={"fields": {
+            "job-id": job.job_id, "state": str(job.state)}})
+        return "unknown"
+    return word
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """The last squeue answer: the ids it was asked for, what it said, when it was asked."""
+
+    asked: frozenset[int]
+    jobs: tuple[Job, ...]
+    taken: float
+
+
+# scancel's per-job message for a job it could not act on because the job had already ended
+# or slurmctld no longer knows it (src/scancel/scancel.c, _verify_job_ids and _cancel_job_id,
+# Slurm 14.11 to 26.05): "scancel: error: Kill job error on job id 123: Invalid job id
+# specified" (ESLURM_INVALID_JOB_ID) or "...: Job/step already completing or completed"
+# (ESLURM_ALREADY_DONE; "Job/step already completed" before 2.x). Without -v scancel prints
+# them only on the --signal path, where an unknown id makes it exit 1.
+_GONE_LINE = re.compile(
+    r"Kill job error on job id (?P<id>\S+): "
+    r"(?:Invalid job id specified|Job/step already complet(?:ing or complet)?ed)"
+)
+# On the --signal path a job that ends between scancel's look-up and its signal gets
+# ESLURM_ALREADY_DONE (2021) or ESLURM_INVALID_JOB_ID (2017) without a message, and scancel
+# exits with that code: 229 or 225 once truncated to 8 bits. Every other error is printed.
+_SILENT_GONE_EXITS = frozenset({2017 % 256, 2021 % 256})
+# What squeue prints when a single --jobs id is unknown to slurmctld (the single-job RPC).
+_SQUEUE_UNKNOWN_ID = "Invalid job id specified"
+
+
+def _job_ids(job_ids: Iterable[int]) -> tuple[int, ...]:
+    """Job ids in the order given, each once; refuses anything but positive ints."""
+    out: dict[int, None] = {}
+    for job_id in job_ids:
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise TypeError(f"a job id is an int, not {job_id!r}")
+        if job_id < 1:
+            raise ValueError(f"job id {job_id} is not a Slurm job id")
+        out[job_id] = None
+    return tuple(out)
+
+
+def _signal_arg(name: str) -> str:
+    """`_signal_arg("sigterm")` is ``"TERM"``: a signal name or number scancel takes."""
+    word = name.strip().upper()
+    if word.startswith("SIG"):
+        word = word[3:]
+    if word.isdigit() and 0 < int(word) < 65:
+        return word
+    if word.isalnum() and f"SIG{word}" in Signals.__members__:
+        return word
+    raise ValueError(f"{name!r} is not a signal name (TERM, USR1, ...) or number")
+
+
+def _is_array_option(option: str) -> bool:
+    """True for ``--array=...``, an abbreviation of it getopt accepts (``--arr=...``), and
+    ``-a...``."""
+    if option.startswith("--"):
+        name = option[2:].split("=", 1)[0]
+        return len(name) >= 2 and "array".startswith(name)
+    return option.startswith("-a")
+
+
+def _parse_parsable(result: CommandResult, array_size: int | None) -> Submitted:
+    """``JOBID`` or ``JOBID;CLUSTER``, the last line sbatch ``--parsable`` prints."""
+    text = result.stdout.decode("utf-8", errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    match = re.fullmatch(r"(\d+)(?:;(\S+))?", lines[-1]) if lines else None
+    if match is None:
+        raise SlurmFormatError(
+            "sbatch --parsable", text[:200], "expected JOBID or JOBID;CLUSTER on stdout"
+        )
+    return Submitted(job_id=int(match.group(1)), cluster=match.group(2), array_size=array_size)
+
+
+def _with_env(runner: Runner, env: Mapping[str, str]) -> Runner:
+    """A runner like ``runner`` whose processes also get ``env``, recording into the same
+    ``calls``. (``Runner.run`` takes no per-call environment.)"""
+    merged = dict(runner.env or {})
+    merged.update(env)
+    child = Runner(runner.commands, env=merged)
+    child.calls = runner.calls
+    return child
+
+
+def _records_of(job_id: int, jobs: Sequence[Job]) -> tuple[Job, ...]:
+    """The records squeue gave for ``job_id``: its own record first, then the array tasks and
+    heterogeneous components that name it, in squeue's order."""
+    own = [j for j in jobs if j.job_id == job_id]
+    others = [
+        j for j in jobs
+        if j.job_id != job_id and job_id in (j.array_job_id, j.het_job_id)
+    ]
+    return tuple(own + others)
+
+
+class SlurmControl:
+    """Submits, watches, cancels and signals Slurm jobs through ``runner``.
+
+    ``reader`` parses squeue (one is made from ``runner`` when not given); ``status_ttl`` is
+    how long, in seconds of ``clock``, one squeue answer serves status questions.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        reader: SlurmReader | None = None,
+        *,
+        status_ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if status_ttl < 0:
+            raise ValueError("status_ttl cannot be negative")
+        self.runner = runner
+        self.reader = reader if reader is not None else SlurmReader(runner)
+        self.status_ttl = status_ttl
+        self._clock = clock
+        self._answer: _Answer | None = None
+
+    # -- submit ------------------------------------------------------------------------
+
+    def submit(self, request: SubmitRequest) -> Submitted:
+        """``sbatch --parsable --job-name=NAME [--comment=C] OPTIONS`` with the script on stdin.
+
+        A failure raises ``SlurmCommandError`` with sbatch's first error line. A timeout
+        does not prove nothing was submitted: before submitting again, look for the job (by
+        its name or comment).
+        """
+        return self._submit(request, [], None)
+
+    def submit_array(self, request: SubmitRequest, count: int) -> Submitted:
+        """One ``sbatch --array=0-{count-1}``: ``count`` tasks running the same script, each
+        telling itself apart by ``$SLURM_ARRAY_TASK_ID``. ``request.options`` must not hold an
+        ``--array`` of its own."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"an array needs a task count of at least 1, not {count!r}")
+        given = [o for o in request.options if _is_array_option(o)]
+        if given:
+            raise ValueError(f"submit_array sets --array itself; the options hold {given[0]!r}")
+        return self._submit(request, [f"--array=0-{count - 1}"], count)
+
+    def _submit(
+        self, request: SubmitRequest, extra: list[str], array_size: int | None
+    ) -> Submitted:
+        args = ["--parsable", f"--job-name={request.job_name}"]
+        if request.comment is not None:
+            args.append(f"--comment={request.comment}")
+        args += extra
+        args += request.options
+        runner = _with_env(self.runner, request.env) if request.env else self.runner
+        try:
+            result = runner.run("sbatch", args, stdin=request.script.encode("utf-8"))
+        finally:
+            self.clear_cache()
+        return _parse_parsable(result, array_size)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self, job_ids: Iterable[int]) -> dict[int, Job | None]:
+        """For each id, its record from one ``squeue --json`` call; None when squeue does not
+        know the id (it ended longer than MinJobAge ago, or never existed).
+
+        The record is the one whose ``job_id`` is the id asked. For an array job asked by
+        its own id that is the record of the tasks not started yet (``7_[2-3]``, PENDING) while
+        there are any, later the task that took over the id; its running tasks are in
+        ``status_many``. Raises ``SlurmError`` when squeue fails: never "all gone".
+        """
+        return {
+            job_id: (records[0] if records else None)
+            for job_id, records in self.status_many(job_ids).items()
+        }
+
+    def status_many(self, job_ids: Iterable[int]) -> dict[int, tuple[Job, ...]]:
+        """For each id, every record squeue holds for it: the job's own record first, then
+        (for an array or heterogeneous job) the tasks or components that name it. An empty
+        tuple means squeue does not know the id."""
+        ids = _job_ids(job_ids)
+        if not ids:
+            return {}
+        jobs = self._jobs_for(ids)
+        return {job_id: _records_of(job_id, jobs) for job_id in ids}
+
+    def clear_cache(self) -> None:
+        """Forget the last squeue answer: the next status question asks squeue again."""
+        self._answer = None
+
+    def _jobs_for(self, ids: tuple[int, ...]) -> tuple[Job, ...]:
+        now = self._clock()
+        answer = self._answer
+        fresh = answer is not None and now - answer.taken < self.status_ttl
+        if answer is not None and fresh and answer.asked.issuperset(ids):
+            return answer.jobs
+        # Ask for the ids of the answer still fresh too, so it keeps covering them.
+        wanted = set(ids) | (answer.asked if answer is not None and fresh else set())
+        jobs = self._squeue(tuple(sorted(wanted)))
+        self._answer = _Answer(frozenset(wanted), jobs, now)
+        return jobs
+
+    def _squeue(self, ids: tuple[int, ...]) -> tuple[Job, ...]:
+        # squeue looks a lone --jobs id up with slurmctld's single-job RPC, which fails
+        # ("Invalid job id specified") once the job is purged; with two or more ids it loads
+        # the job list and filters, which simply leaves unknown ids out. So a lone id is
+        # asked twice; the error is still read as "unknown" should squeue take that path.
+        asked = ids if len(ids) > 1 else ids * 2
+        try:
+            parsed = self.reader.squeue(JobFilter(states=("all",), job_ids=asked))
+        except SlurmCommandError as exc:
+            if len(ids) == 1 and exc.returncode is not None and _SQUEUE_UNKNOWN_ID in exc.stderr:
+                return ()
+            raise
+        return parsed.jobs
+
+    # -- cancel and signal ---------------------------------------------------------------
+
+    def cancel(
+        self, job_ids: Iterable[int], signal: str | None = None, *, full: bool = True
+    ) -> None:
+        """One ``scancel`` for all ``job_ids``; no call for none.
+
+        Without ``signal`` it is a plain ``scancel ID...``: the jobs are ended (pending ones
+        leave the queue, running ones are killed with all their processes). With ``signal``
+        it is ``scancel --signal=SIG [--full] ID...``: see ``signal``. Jobs that had
+        already ended or that slurmctld no longer knows count as done; any other failure
+        (slurmctld unreachable, permission denied) raises ``SlurmCommandError``.
+        """
+        ids = _job_ids(job_ids)
+        if not ids:
+            return
+        args: list[str] = []
+        if signal is not None:
+            args.append(f"--signal={_signal_arg(signal)}")
+            if full:
+                args.append("--full")
+        args += [str(job_id) for job_id in ids]
+        try:
+            result = self.runner.run("scancel", args, check=False)
+        finally:
+            self.clear_cache()
+        if result.returncode != 0:
+            _check_scancel(result)
+
+    def signal(self, job_ids: Iterable[int], signal: str, *, full: bool = True) -> None:
+        """``scancel --signal=SIG --full ID...``: send ``signal`` (``"TERM"``, ``"USR1"``, a
+        number) to running jobs.
+
+        ``--signal`` alone reaches only the job's steps (``srun``); ``--full`` (the default)
+        also signals the batch shell and its children, so a process the batch script started
+        directly (a ``buildkite-agent``) gets it. The job ends only if its processes exit.
+        Meant for running jobs: slurmctld does not signal a pending job, cancel it instead.
+        """
+        self.cancel(job_ids, signal, full=full)
+
+
+def _check_scancel(result: CommandResult) -> None:
+    """Raise unless scancel's non-zero exit only says some jobs had already ended."""
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    gone = [line for line in lines if _GONE_LINE.search(line)]
+    other = [line for line in lines if not _GONE_LINE.search(line)]
+    if other:
+        raise SlurmCommandError(result.argv, result.returncode, other[0][:300])
+    if not gone and result.returncode not in _SILENT_GONE_EXITS:
+        raise SlurmCommandError(result.argv, result.returncode, "")
+    ended = [m.group("id") for m in (_GONE_LINE.search(line) for line in gone) if m]
+    log.info("scancel: jobs had already ended", extra={"fields": {
+        "job-ids": ",".join(ended) or "(not named)", "exit-code": result.returncode}})

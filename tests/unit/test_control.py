@@ -1,0 +1,433 @@
+"""The runner API against stand-in sbatch, squeue and scancel: argv, stdin, one call per batch,
+the status cache, and which scancel failures mean "already gone"."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync.errors import SlurmCommandError, SlurmFormatError
+from sync.slurm.control import (
+    COARSE_STATES,
+    SlurmControl,
+    SubmitRequest,
+    Submitted,
+    coarse_state,
+)
+from sync.slurm.model import Job, JobState
+from sync.slurm.run import Runner, SlurmCommands
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/slurm/24.11/squeue-array.json"
+SCRIPT = "#!/bin/bash\n# MARKER-7f3a\nexec buildkite-agent start --disconnect-after-job\n"
+
+# One stand-in for every command: it logs its argv, its stdin (sbatch only: the others get the
+# test's stdin) and the SYNC_TEST_* environment, then answers what plan.json says for it.
+_STAND_IN = """\
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+name = os.path.basename(sys.argv[0])
+args = sys.argv[1:]
+with open(os.path.join(here, "plan.json")) as f:
+    plan = json.load(f).get(name, {})
+stdin = sys.stdin.read() if name == "sbatch" else None
+env = {k: v for k, v in os.environ.items() if k.startswith("SYNC_TEST_")}
+with open(os.path.join(here, "calls.jsonl"), "a") as log:
+    log.write(json.dumps({"command": name, "argv": args, "stdin": stdin, "env": env}) + "\\n")
+if name == "squeue" and args == ["--version"]:
+    print("slurm 24.11.5")
+    sys.exit(0)
+if "stdout_file" in plan:
+    with open(plan["stdout_file"]) as f:
+        sys.stdout.write(f.read())
+sys.stdout.write(plan.get("stdout", ""))
+sys.stderr.write(plan.get("stderr", ""))
+sys.exit(plan.get("code", 0))
+"""
+
+
+class Slurm:
+    """The stand-ins in one directory: ``answer`` sets what a command prints next,
+    ``calls`` reads what each was run with."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.plan: dict[str, dict[str, Any]] = {
+            "sbatch": {"stdout": "1234\n"},
+            "squeue": {"stdout_file": str(FIXTURE)},
+            "scancel": {},
+        }
+        self._write_plan()
+        for name in self.plan:
+            path = directory / name
+            path.write_text(f"#!{sys.executable}\n{_STAND_IN}")
+            path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+    def answer(self, command: str, *, stdout: str = "", stderr: str = "", code: int = 0) -> None:
+        self.plan[command] = {"stdout": stdout, "stderr": stderr, "code": code}
+        self._write_plan()
+
+    def _write_plan(self) -> None:
+        (self.dir / "plan.json").write_text(json.dumps(self.plan))
+
+    def calls(self, command: str) -> list[dict[str, Any]]:
+        log = self.dir / "calls.jsonl"
+        if not log.exists():
+            return []
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        return [r for r in rows if r["command"] == command]
+
+    def json_queries(self) -> list[list[str]]:
+        """The argv of each ``squeue --json`` call (not ``--version``)."""
+        return [c["argv"] for c in self.calls("squeue") if "--json" in c["argv"]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def slurm(tmp_path: Path) -> Slurm:
+    return Slurm(tmp_path)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def control(slurm: Slurm, clock: Clock) -> SlurmControl:
+    return SlurmControl(Runner(SlurmCommands(bin_dir=str(slurm.dir))), clock=clock)
+
+
+def _request(**kw: Any) -> SubmitRequest:
+    values: dict[str, Any] = {"script": SCRIPT, "job_name": "buildkite-42"}
+    values.update(kw)
+    return SubmitRequest(**values)
+
+
+# -- submit ------------------------------------------------------------------------------------
+
+
+def test_submit_pipes_the_script_on_stdin_and_never_into_argv(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    slurm.answer("sbatch", stdout="1234;clusterA\n")
+    submitted = control.submit(_request(comment="build 42 step 3",
+                                        options=("--partition=gpu", "--time=10")))
+    assert submitted == Submitted(job_id=1234, cluster="clusterA", array_size=None)
+    [call] = slurm.calls("sbatch")
+    assert call["argv"] == ["--parsable", "--job-name=buildkite-42",
+                            "--comment=build 42 step 3", "--partition=gpu", "--time=10"]
+    assert call["stdin"] == SCRIPT
+    assert not any("MARKER-7f3a" in a for a in call["argv"])
+    assert not any("MARKER-7f3a" in a for record in control.runner.calls for a in record.argv)
+
+
+def test_submit_reads_a_plain_job_id(slurm: Slurm, control: SlurmControl) -> None:
+    slurm.answer("sbatch", stdout="1234\n")
+    assert control.submit(_request()) == Submitted(job_id=1234, cluster=None)
+    assert slurm.calls("sbatch")[0]["argv"] == ["--parsable", "--job-name=buildkite-42"]
+
+
+def test_submit_environment_reaches_sbatch_only_never_argv_or_repr(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    request = _request(env={"SYNC_TEST_TOKEN": "s3cret-token"})
+    control.submit(request)
+    control.submit(_request())
+    first, second = slurm.calls("sbatch")
+    assert first["env"] == {"SYNC_TEST_TOKEN": "s3cret-token"}
+    assert second["env"] == {}  # the runner itself was not changed
+    assert not any("s3cret" in a for a in first["argv"])
+    assert not any("s3cret" in a for record in control.runner.calls for a in record.argv)
+    assert len(control.runner.calls) == 2  # both calls recorded in the one runner
+    assert "s3cret" not in repr(request) and "MARKER" not in repr(request)
+
+
+def test_a_failing_sbatch_raises_with_its_error_line(slurm: Slurm, control: SlurmControl) -> None:
+    slurm.answer("sbatch", code=1, stderr="sbatch: error: Batch job submission failed: "
+                 "Invalid partition name specified\nsecond line\n")
+    with pytest.raises(SlurmCommandError) as err:
+        control.submit(_request(options=("--partition=nope",)))
+    assert err.value.returncode == 1
+    assert "Invalid partition name specified" in str(err.value)
+    assert "second line" not in str(err.value)
+
+
+def test_sbatch_output_that_is_no_job_id_raises(slurm: Slurm, control: SlurmControl) -> None:
+    slurm.answer("sbatch", stdout="Submitted batch job 1234\n")
+    with pytest.raises(SlurmFormatError, match="JOBID"):
+        control.submit(_request())
+
+
+@pytest.mark.parametrize("kw", [
+    {"script": "echo no interpreter line\n"},
+    {"job_name": ""},
+    {"job_name": "two\nlines"},
+    {"options": ("gpu",)},           # a positional element would be read as the script file
+    {"options": ("--partition", "gpu")},
+    {"env": {"A=B": "x"}},
+])
+def test_requests_sbatch_would_misread_are_refused(kw: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        _request(**kw)
+
+
+def test_submit_array_adds_one_array_option(slurm: Slurm, control: SlurmControl) -> None:
+    slurm.answer("sbatch", stdout="77\n")
+    submitted = control.submit_array(_request(options=("--partition=main",)), 4)
+    assert submitted == Submitted(job_id=77, cluster=None, array_size=4)
+    [call] = slurm.calls("sbatch")
+    assert call["argv"] == ["--parsable", "--job-name=buildkite-42", "--array=0-3",
+                            "--partition=main"]
+    assert call["stdin"] == SCRIPT
+
+
+@pytest.mark.parametrize("options", [("--array=0-9",), ("--arr=1-2",), ("-a0-3",)])
+def test_submit_array_refuses_an_array_option_of_its_own(
+    slurm: Slurm, control: SlurmControl, options: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValueError, match="--array"):
+        control.submit_array(_request(options=options), 2)
+    assert slurm.calls("sbatch") == []
+
+
+@pytest.mark.parametrize("count", [0, -1, True])
+def test_submit_array_refuses_a_bad_count(
+    slurm: Slurm, control: SlurmControl, count: int
+) -> None:
+    with pytest.raises(ValueError):
+        control.submit_array(_request(), count)
+    assert slurm.calls("sbatch") == []
+
+
+# -- status ------------------------------------------------------------------------------------
+
+
+def test_status_of_many_ids_is_one_squeue_call(slurm: Slurm, control: SlurmControl) -> None:
+    answer = control.status([3, 9, 99])
+    assert list(answer) == [3, 9, 99]
+    assert answer[3] is not None and answer[3].state is JobState.RUNNING
+    assert answer[9] is not None and (answer[9].array_job_id, answer[9].array_task_id) == (7, 0)
+    assert answer[99] is None  # squeue does not know it
+    assert slurm.json_queries() == [["--json", "--states=all", "--jobs=3,9,99"]]
+
+
+def test_status_within_the_ttl_asks_squeue_nothing(
+    slurm: Slurm, control: SlurmControl, clock: Clock
+) -> None:
+    control.status([3, 8])
+    clock.now += 4.9
+    assert control.status([8])[8] is not None
+    assert control.status([3, 8])[3] is not None
+    assert len(slurm.json_queries()) == 1
+    clock.now += 0.2  # 5.1 s after the answer: stale
+    control.status([8])
+    assert len(slurm.json_queries()) == 2
+
+
+def test_an_id_the_cached_answer_does_not_cover_asks_again_for_all(
+    slurm: Slurm, control: SlurmControl, clock: Clock
+) -> None:
+    control.status([3])
+    clock.now += 1
+    control.status([8])
+    control.status([3, 8])
+    assert [q[-1] for q in slurm.json_queries()] == ["--jobs=3,3", "--jobs=3,8"]
+
+
+def test_a_lone_id_is_asked_twice_so_squeue_filters_the_job_list(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    assert control.status([99]) == {99: None}
+    assert slurm.json_queries() == [["--json", "--states=all", "--jobs=99,99"]]
+
+
+def test_squeue_refusing_a_lone_unknown_id_means_unknown(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    slurm.answer("squeue", code=1, stderr="slurm_load_jobs error: Invalid job id specified\n")
+    assert control.status([99]) == {99: None}
+
+
+def test_submit_and_cancel_clear_the_cache(slurm: Slurm, control: SlurmControl) -> None:
+    control.status([3])
+    control.submit(_request())
+    control.status([3])
+    control.cancel([5])
+    control.status([3])
+    assert len(slurm.json_queries()) == 3
+
+
+def test_a_failed_submit_clears_the_cache_too(slurm: Slurm, control: SlurmControl) -> None:
+    control.status([3])
+    slurm.answer("sbatch", code=1, stderr="sbatch: error: Socket timed out\n")
+    with pytest.raises(SlurmCommandError):
+        control.submit(_request())
+    control.status([3])
+    assert len(slurm.json_queries()) == 2
+
+
+def test_an_array_job_id_maps_to_its_tasks(control: SlurmControl) -> None:
+    records = control.status_many([7, 3, 99])
+    assert [(j.job_id, j.array_task_id) for j in records[7]] == [(7, None), (9, 0), (10, 1)]
+    assert records[7][0].array_tasks_pending == "2-3%2"
+    assert [j.job_id for j in records[3]] == [3]
+    assert records[99] == ()
+    own = control.status([7])[7]
+    assert own is not None and own.job_id == 7 and own.state is JobState.PENDING
+
+
+def test_a_failing_squeue_raises_and_never_means_all_gone(
+    slurm: Slurm, control: SlurmControl, clock: Clock
+) -> None:
+    slurm.answer("squeue", code=1, stderr="slurm_load_jobs error: Unable to contact slurm "
+                 "controller (connect failure)\n")
+    with pytest.raises(SlurmCommandError, match="Unable to contact"):
+        control.status([3, 9])
+    with pytest.raises(SlurmCommandError):
+        control.status([3, 9])  # nothing was cached from the failure
+    assert len(slurm.json_queries()) == 2
+
+
+def test_a_failing_squeue_with_a_fresh_answer_for_other_ids_still_raises(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    control.status([3])
+    slurm.answer("squeue", code=1, stderr="slurm_load_jobs error: Socket timed out\n")
+    with pytest.raises(SlurmCommandError):
+        control.status([8])
+
+
+def test_ttl_zero_never_reuses_an_answer(slurm: Slurm) -> None:
+    control = SlurmControl(Runner(SlurmCommands(bin_dir=str(slurm.dir))), status_ttl=0,
+                           clock=Clock())
+    control.status([3])
+    control.status([3])
+    assert len(slurm.json_queries()) == 2
+
+
+# -- cancel and signal -------------------------------------------------------------------------
+
+
+def test_cancel_of_many_ids_is_one_plain_scancel(slurm: Slurm, control: SlurmControl) -> None:
+    control.cancel([5, 6, 7, 6])
+    assert [c["argv"] for c in slurm.calls("scancel")] == [["5", "6", "7"]]
+
+
+def test_signal_reaches_the_batch_shell_with_full(slurm: Slurm, control: SlurmControl) -> None:
+    control.signal([3, 8], "TERM")
+    control.signal([3], "sigusr1", full=False)
+    control.cancel([3], signal="15")
+    assert [c["argv"] for c in slurm.calls("scancel")] == [
+        ["--signal=TERM", "--full", "3", "8"],
+        ["--signal=USR1", "3"],
+        ["--signal=15", "--full", "3"],
+    ]
+
+
+@pytest.mark.parametrize("name", ["TERM --user=root", "", "NOSUCH", "99", "-9"])
+def test_a_bad_signal_name_is_refused_before_any_call(
+    slurm: Slurm, control: SlurmControl, name: str
+) -> None:
+    with pytest.raises(ValueError):
+        control.signal([3], name)
+    assert slurm.calls("scancel") == []
+
+
+@pytest.mark.parametrize("stderr, code", [
+    ("scancel: error: Kill job error on job id 5: Invalid job id specified\n", 1),
+    ("scancel: error: Kill job error on job id 5: Job/step already completing or completed\n"
+     "scancel: error: Kill job error on job id 6: Invalid job id specified\n", 1),
+    ("", 229),  # ESLURM_ALREADY_DONE on the --signal path, which scancel does not print
+    ("", 225),  # ESLURM_INVALID_JOB_ID, likewise
+])
+def test_jobs_that_already_ended_do_not_raise(
+    slurm: Slurm, control: SlurmControl, stderr: str, code: int
+) -> None:
+    slurm.answer("scancel", stderr=stderr, code=code)
+    control.signal([5, 6], "TERM")
+    control.cancel([5, 6])
+    assert len(slurm.calls("scancel")) == 2
+
+
+@pytest.mark.parametrize("stderr, code, shown", [
+    ("scancel: error: slurm_load_jobs error: Unable to contact slurm controller "
+     "(connect failure)\n", 1, "Unable to contact slurm controller"),
+    ("scancel: error: Kill job error on job id 5: Invalid job id specified\n"
+     "scancel: error: Kill job error on job id 6: Access/permission denied\n", 1,
+     "Access/permission denied"),
+    ("", 1, "exit code 1"),
+])
+def test_other_scancel_failures_raise(
+    slurm: Slurm, control: SlurmControl, stderr: str, code: int, shown: str
+) -> None:
+    slurm.answer("scancel", stderr=stderr, code=code)
+    with pytest.raises(SlurmCommandError) as err:
+        control.cancel([5, 6])
+    assert shown in str(err.value)
+    assert err.value.returncode == code
+
+
+def test_empty_id_lists_make_no_call(slurm: Slurm, control: SlurmControl) -> None:
+    assert control.status([]) == {}
+    assert control.status_many(iter(())) == {}
+    control.cancel([])
+    control.signal([], "TERM")
+    assert control.runner.calls == []
+    assert slurm.calls("squeue") == slurm.calls("scancel") == []
+
+
+@pytest.mark.parametrize("bad, error", [(["3"], TypeError), ([True], TypeError),
+                                        ([0], ValueError), ([-4], ValueError)])
+def test_job_ids_must_be_positive_ints(
+    control: SlurmControl, bad: list[Any], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        control.status(bad)
+    with pytest.raises(error):
+        control.cancel(bad)
+    assert control.runner.calls == []
+
+
+# -- coarse states -----------------------------------------------------------------------------
+
+
+def test_every_slurm_state_has_a_coarse_state() -> None:
+    for state in JobState:
+        assert coarse_state(Job(job_id=1, state=state)) in COARSE_STATES
+
+
+@pytest.mark.parametrize("state, word", [
+    (JobState.PENDING, "queued"),
+    (JobState.REQUEUED, "queued"),
+    (JobState.RUNNING, "running"),
+    (JobState.COMPLETING, "running"),
+    (JobState.SUSPENDED, "running"),
+    (JobState.COMPLETED, "finished"),
+    (JobState.FAILED, "failed"),
+    (JobState.TIMEOUT, "failed"),
+    (JobState.OUT_OF_MEMORY, "failed"),
+    (JobState.NODE_FAIL, "failed"),
+    (JobState.CANCELLED, "cancelled"),
+    (JobState.PREEMPTED, "cancelled"),
+    (JobState.UNKNOWN, "unknown"),
+])
+def test_coarse_state_table(state: JobState, word: str) -> None:
+    assert coarse_state(Job(job_id=1, state=state)) == word
+
+
+def test_a_job_squeue_does_not_know_is_gone(control: SlurmControl) -> None:
+    assert coarse_state(None) == "gone"
+    assert coarse_state(control.status([99])[99]) == "gone"
+    assert coarse_state(control.status([4])[4]) == "finished"
