@@ -118,6 +118,19 @@ def _parser() -> argparse.ArgumentParser:
         "discover-accelerators",
         help="print this node's 'accelerators' block (gres index -> PCI bus id) from nvidia-smi")
 
+    kite = sub.add_parser("buildkite", help="Buildkite helpers: pipeline secrets")
+    kite_sub = kite.add_subparsers(dest="bk_command", metavar="COMMAND", required=True)
+    encrypt = kite_sub.add_parser(
+        "encrypt", help="encrypt a secret for a pipeline's env (asks for the value, never argv)")
+    encrypt.add_argument("public_key", help="the agents' RSA public key (PEM)")
+    encrypt.add_argument("--name", help="the variable's name (asked when left out)")
+    encrypt.add_argument("--repository", help="only builds of this repository may decrypt it")
+    decrypt = kite_sub.add_parser(
+        "decrypt-env", help="for the agent's environment hook: print exports of SECRET_* vars")
+    decrypt.add_argument("private_key", help="the agents' RSA private key (PEM, mode 600)")
+    decrypt.add_argument("--require-repository", action="store_true",
+                         help="refuse secrets not bound to a repository")
+
     jobs = sub.add_parser("jobs", help="show the jobs Slurm reports, as slurm-sync reads them")
     jobs.add_argument(
         "-t", "--state", action="append", default=[],
@@ -468,6 +481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True)
     if args.command == "clustercockpit":
         return _cmd_discover_accelerators(out, err)
+    if args.command == "buildkite":
+        from connectors import buildkite_secrets
+
+        if args.bk_command == "encrypt":
+            return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,
+                                                 repository=args.repository)
+        return buildkite_secrets.cli_decrypt_env(args.private_key, os.environ, sys.stdout,
+                                                 require_repository=args.require_repository)
     try:
         registry = discover()
         config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()})

@@ -134,3 +134,33 @@ def test_status_counts_deliveries_and_lists_refusals(
                  for line in out.splitlines() if "clustercockpit" in line)
     assert cells[-2:] == ["1", "1"]  # delivered, refused
     assert "c/2/20" in out and "resources must not be empty" in out
+
+
+def test_buildkite_secret_commands_round_trip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encrypt asks for the value (never argv) and decrypt-env prints the export."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = tmp_path / "agents.key"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public = tmp_path / "agents.pub"
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    import connectors.buildkite_secrets as secrets
+
+    monkeypatch.setattr(secrets.cli_encrypt, "__kwdefaults__",
+                        {**secrets.cli_encrypt.__kwdefaults__, "getpass": lambda p: "s3cr3t v"})
+    assert main(["buildkite", "encrypt", str(public), "--name", "CODECOV_TOKEN"]) == 0
+    snippet = capsys.readouterr().out.strip()
+    assert snippet.startswith("SECRET_CODECOV_TOKEN: \"") and "s3cr3t" not in snippet
+    monkeypatch.setenv("SECRET_CODECOV_TOKEN", snippet.split(": ", 1)[1].strip('"'))
+    monkeypatch.setenv("BUILDKITE_PULL_REQUEST", "false")
+    monkeypatch.setenv("BUILDKITE_REPO", "https://github.com/org/repo")
+    assert main(["buildkite", "decrypt-env", str(private)]) == 0
+    assert capsys.readouterr().out.strip() == "export CODECOV_TOKEN='s3cr3t v'"
