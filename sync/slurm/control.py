@@ -197,6 +197,23 @@ def _job_ids(job_ids: Iterable[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+_TASK_ID = re.compile(r"^[1-9][0-9]*_[0-9]+$")
+
+
+def _cancel_ids(job_ids: Iterable[int | str]) -> tuple[int | str, ...]:
+    """Ids for scancel: positive ints, or ``"1234_5"`` for an array task that has no job id of
+    its own yet (still pending inside its array record)."""
+    out: dict[int | str, None] = {}
+    for job_id in job_ids:
+        if isinstance(job_id, str):
+            if not _TASK_ID.match(job_id):
+                raise ValueError(f"{job_id!r} is not a Slurm job id or array task id")
+            out[job_id] = None
+        else:
+            out.update(dict.fromkeys(_job_ids([job_id])))
+    return tuple(out)
+
+
 def _signal_arg(name: str) -> str:
     """`_signal_arg("sigterm")` is ``"TERM"``: a signal name or number scancel takes."""
     word = name.strip().upper()
@@ -370,7 +387,7 @@ class SlurmControl:
     # -- cancel and signal ---------------------------------------------------------------
 
     def cancel(
-        self, job_ids: Iterable[int], signal: str | None = None, *, full: bool = True
+        self, job_ids: Iterable[int | str], signal: str | None = None, *, full: bool = True
     ) -> None:
         """One ``scancel`` for all ``job_ids``; no call for none.
 
@@ -380,7 +397,7 @@ class SlurmControl:
         already ended or that slurmctld no longer knows count as done; any other failure
         (slurmctld unreachable, permission denied) raises ``SlurmCommandError``.
         """
-        ids = _job_ids(job_ids)
+        ids = _cancel_ids(job_ids)
         if not ids:
             return
         args: list[str] = []
@@ -396,7 +413,7 @@ class SlurmControl:
         if result.returncode != 0:
             _check_scancel(result)
 
-    def signal(self, job_ids: Iterable[int], signal: str, *, full: bool = True) -> None:
+    def signal(self, job_ids: Iterable[int | str], signal: str, *, full: bool = True) -> None:
         """``scancel --signal=SIG --full ID...``: send ``signal`` (``"TERM"``, ``"USR1"``, a
         number) to running jobs.
 

@@ -431,3 +431,12 @@ def test_a_job_squeue_does_not_know_is_gone(control: SlurmControl) -> None:
     assert coarse_state(None) == "gone"
     assert coarse_state(control.status([99])[99]) == "gone"
     assert coarse_state(control.status([4])[4]) == "finished"
+
+
+def test_cancel_takes_pending_array_task_ids_and_refuses_anything_else(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    control.cancel([12, "40_3", "40_3"])
+    assert [c["argv"] for c in slurm.calls("scancel")] == [["12", "40_3"]]
+    with pytest.raises(ValueError, match="not a Slurm job id"):
+        control.cancel(["40_3; rm -rf /"])
