@@ -395,7 +395,8 @@ def test_job_ids_must_be_positive_ints(
 ) -> None:
     with pytest.raises(error):
         control.status(bad)
-    with pytest.raises(error):
+    # cancel also takes "1234_5" task ids, so a plain "3" is a bad value there, not a bad type
+    with pytest.raises(ValueError if bad == ["3"] else error):
         control.cancel(bad)
     assert control.runner.calls == []
 
