@@ -478,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not out.is_terminal:
         # Piped into grep or a log: do not fold names at 80 columns.
         out = Console(width=200)
-    err = Console(stderr=True)
+    # errors and warnings are never folded: a cron mail or a log keeps each on one line
+    err = Console(stderr=True, soft_wrap=True)
     if args.command == "clustercockpit":
         return _cmd_discover_accelerators(out, err)
     if args.command == "buildkite":

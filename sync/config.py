@@ -174,11 +174,13 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
+    """`thaw(settings)` is a plain, mutable copy of frozen settings (dicts and lists), for
+    code that wants plain JSON types (a JSON Schema check, a payload)."""
     if isinstance(value, Mapping):
-        return {key: _thaw(item) for key, item in value.items()}
+        return {key: thaw(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_thaw(item) for item in value]
+        return [thaw(item) for item in value]
     return value
 
 
@@ -236,12 +238,12 @@ def _embed_fragment(name: str, fragment: Any) -> dict[str, Any]:
     resolve, and is allowed an ``enabled`` key even when it closes its properties."""
     if isinstance(fragment, Mapping):
         try:
-            jsonschema.Draft202012Validator.check_schema(_thaw(fragment))
+            jsonschema.Draft202012Validator.check_schema(thaw(fragment))
         except jsonschema.exceptions.SchemaError as exc:
             raise ConfigError(
                 f"connector {name!r} has an invalid settings schema: {exc.message}"
             ) from exc
-        own: Any = _thaw(fragment)
+        own: Any = thaw(fragment)
         own.pop("$schema", None)
         own.setdefault("$id", f"urn:slurm-sync:connector:{quote(name, safe='')}")
         properties = own.get("properties")
