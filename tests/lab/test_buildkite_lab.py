@@ -73,8 +73,9 @@ def _config(lab: LabCluster, tmp_path: Path, shared: Path, emu: Buildkite, mode:
         "cancel_grace_seconds": 5, "taken_grace_seconds": 5,
     }
     if mode == "rest":
+        # from the environment, to show it does not reach the jobs' environment
         settings["rest"] = {"url": emu.url, "organization": emu.default_org,
-                            "token": {"file": str(api)}}
+                            "token": {"env": "BK_LAB_API_TOKEN"}}
     else:
         settings["stacks"] = {"url": emu.url, "token": {"file": str(agent_token)},
                               "stack_key": f"lab-{lab.version.replace('.', '')}"}
@@ -90,10 +91,17 @@ def _config(lab: LabCluster, tmp_path: Path, shared: Path, emu: Buildkite, mode:
 
 
 def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sync.cli", "-c", str(config), *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
-    )
+    env = {**os.environ, "COLUMNS": "200", "BK_LAB_API_TOKEN": Buildkite().api_token}
+    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _environments(lab: LabCluster) -> str:
+    """The environment files slurmctld keeps for our pending jobs."""
+    root = Path(lab.info["state_save_location"])
+    ids = set(lab.cmd("squeue", "-h", "-n", "buildkite", "-o", "%F").split())
+    return "".join((root / f"hash.{int(i) % 10}" / f"job.{i}" / "environment")
+                   .read_bytes().decode(errors="replace") for i in ids)
 
 
 def _logs(shared: Path) -> str:
@@ -150,6 +158,10 @@ def test_a_build_runs_once_each_and_cancels_leave_nothing(
         status = _sync(config, "status")
         assert forbidden in status.stdout and "--uid" in status.stdout
     assert kite.job_state(other) == "scheduled"
+    # jobs start with --export=NONE: the service's environment (its token) stays out
+    environments = _environments(lab)
+    assert "SLURM_JOB_NAME" in environments or "SLURM" in environments
+    assert kite.api_token not in environments and "BK_LAB_API_TOKEN" not in environments
 
     # cancelled while pending: its Slurm task leaves the queue
     kite.cancel_job(pend)
@@ -174,6 +186,7 @@ def test_a_build_runs_once_each_and_cancels_leave_nothing(
     assert kite.job_state(run) in ("canceled", "failed"), (kite.job_history(run), _logs(shared))
     assert kite.job_state(tout) != "running"
     assert kite.job_state(pend) == "canceled" and "accepted" not in kite.job_history(pend)
+    assert list((shared / "builds").iterdir()) == []  # each job's build path was removed
     # nothing more to do: no new submit on the next run
     again = _sync(config, "--json")
     assert again.returncode == 0, again.stderr

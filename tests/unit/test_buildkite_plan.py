@@ -1,0 +1,206 @@
+"""The Buildkite connector's decisions, pure: which Slurm job runs which Buildkite job, what is
+submitted (caps, pauses, resubmits, refusals) and what is cancelled (and when)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.buildkite import (
+    BKJob,
+    BuildkiteConnector,
+    Ref,
+    Remote,
+    job_script,
+    matches_queue,
+    runs_of,
+)
+from sync.connector import Direction, Scope, Snapshot, View
+from sync.slurm.model import ExitCode, Job, JobState
+
+NOW = 1_795_500_000.0
+
+
+def _id(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+def _connector(tmp_path: Path, **extra: Any) -> BuildkiteConnector:
+    token = tmp_path / "token"
+    token.write_text("bkua_x\n")
+    token.chmod(0o600)
+    settings = {
+        "mode": "rest", "queue": "slurm",
+        "rest": {"url": "http://127.0.0.1:9", "organization": "acme",
+                 "token": {"file": str(token)}},
+        "agent": {"config": "/etc/bk.cfg", "build_root": "/scratch/bk"},
+        "batch_dir": "/scratch/bk/batches",
+        "cancel_grace_seconds": 60, "taken_grace_seconds": 120, **extra,
+    }
+    connector = BuildkiteConnector(settings)
+    connector.cluster = "c"
+    return connector
+
+
+def _slurm(job_id: int, ref: Ref, state: JobState = JobState.RUNNING, **kw: Any) -> Job:
+    return Job(job_id=job_id, name="buildkite", state=state, comment=f"bk:{ref.text()}",
+               submit_time=int(NOW) - 600, **kw)
+
+
+def _plan(connector: BuildkiteConnector, remote: Remote, active: tuple[Job, ...] = (),
+          ended: tuple[Job, ...] = (), snapshot: Snapshot | None = None) -> list[Any]:
+    connector._remote = remote
+    view = View(now=NOW, active=active, ended=ended, squeue_ok=True, sacct_ok=True)
+    return connector.plan(view, snapshot or Snapshot(), Direction.BOTH, Scope())
+
+
+def _scheduled(n: int, *rules: str, pipeline: str = "app", priority: int = 0) -> BKJob:
+    return BKJob(_id(n), "scheduled", pipeline, 7, ("queue=slurm", *rules), "running",
+                 priority, f"2026-11-28T00:00:{n:02d}Z")
+
+
+def test_queue_rules_must_all_be_ours() -> None:
+    tags = frozenset({"arch=x86_64"})
+    assert matches_queue(["queue=slurm", "slurm_time=10"], "slurm", tags)
+    assert matches_queue(["queue=slurm", "arch=x86_64"], "slurm", tags)
+    assert matches_queue(["queue=slurm", "arch=*"], "slurm", tags)
+    assert not matches_queue(["queue=slurm", "os=mac"], "slurm", tags)
+    assert not matches_queue(["queue=gpu"], "slurm", tags)
+    assert not matches_queue(["slurm_time=10"], "slurm", tags)
+
+
+def test_slurm_jobs_map_to_buildkite_jobs_by_comment_and_batch_map() -> None:
+    one = Ref("app", 3, _id(1))
+    batch = [Ref("app", 3, _id(2)), Ref("app", 3, _id(3)), Ref("app", 3, _id(4))]
+    jobs = [
+        _slurm(10, one),
+        Job(job_id=12, name="buildkite", comment="bk-batch:" + "a" * 32, array_job_id=11,
+            array_task_id=1, state=JobState.RUNNING),
+        Job(job_id=11, name="buildkite", comment="bk-batch:" + "a" * 32, array_job_id=11,
+            array_tasks_pending="0,2", state=JobState.PENDING),
+        Job(job_id=13, name="other", comment=f"bk:{one.text()}"),
+        Job(job_id=14, name="buildkite", comment="bk:../../etc/passwd"),
+    ]
+    runs = runs_of(jobs, {"a" * 32: batch}, "buildkite")
+    assert [(r.slurm_id, r.ref.job) for r in runs] == [
+        ("10", one.job), ("12", batch[1].job), ("11_0", batch[0].job), ("11_2", batch[2].job)]
+
+
+def test_scheduled_jobs_are_submitted_by_priority_within_the_caps(tmp_path: Path) -> None:
+    connector = _connector(tmp_path, max_in_flight=3, pipeline_limits={"big": 1})
+    running = _slurm(50, Ref("app", 1, _id(90)))
+    remote = Remote(complete=True, scheduled=(
+        _scheduled(1), _scheduled(2, priority=5), _scheduled(3, pipeline="big"),
+        _scheduled(4, pipeline="big"), _scheduled(5)))
+    plan = _plan(connector, remote, active=(running,))
+    submitted = [a.key for a in plan if a.kind == "submit"]
+    # 1 in flight + 2 more = max_in_flight 3; priority first; one 'big' at most
+    assert submitted == [f"{_id(2)}#1", f"{_id(1)}#1"]
+    assert all("--partition" not in " ".join(a.payload["options"]) for a in plan)
+
+
+def test_nothing_is_submitted_while_dispatch_is_paused_or_buildkite_unread(
+    tmp_path: Path
+) -> None:
+    connector = _connector(tmp_path)
+    assert _plan(connector, Remote(complete=True, paused=True, scheduled=(_scheduled(1),))) == []
+    assert _plan(connector, Remote(complete=False, scheduled=(_scheduled(1),))) == []
+
+
+def test_a_job_already_in_slurm_is_not_submitted_again(tmp_path: Path) -> None:
+    connector = _connector(tmp_path)
+    job = _scheduled(1)
+    pending = _slurm(60, job.ref, JobState.PENDING)
+    assert _plan(connector, Remote(complete=True, scheduled=(job,)), active=(pending,)) == []
+
+
+def test_resubmits_are_bounded_and_exit_27_stops_them(tmp_path: Path) -> None:
+    connector = _connector(tmp_path, max_submits=2)
+    job = _scheduled(1)
+    remote = Remote(complete=True, scheduled=(job,))
+    died = _slurm(61, job.ref, JobState.FAILED, exit_code=ExitCode(1))
+    once = Snapshot(delivered={"submit": frozenset({f"{job.id}#1"})})
+    plan = _plan(connector, remote, ended=(died,), snapshot=once)
+    assert [a.key for a in plan] == [f"{job.id}#2"] and "submit 2" in plan[0].reason
+    twice = Snapshot(delivered={"submit": frozenset({f"{job.id}#1", f"{job.id}#2"})})
+    plan = _plan(connector, remote, ended=(died,), snapshot=twice)
+    assert [a.key for a in plan] == [f"{job.id}#refused"]
+    assert "never acquired" in plan[0].payload["refused"]
+    taken = _slurm(62, job.ref, JobState.COMPLETED, exit_code=ExitCode(27))
+    assert _plan(connector, remote, ended=(taken,), snapshot=once) == []
+    reported = Snapshot(failed={"submit": frozenset({f"{job.id}#refused"})})
+    assert _plan(connector, remote, snapshot=reported) == []
+
+
+def test_a_forbidden_option_is_refused_with_its_reason(tmp_path: Path) -> None:
+    connector = _connector(tmp_path)
+    plan = _plan(connector, Remote(complete=True, scheduled=(
+        _scheduled(1, "slurm_export=ALL"),)))
+    assert plan[0].key.endswith("#refused")
+    assert "--export is never taken from a pipeline" in plan[0].payload["refused"]
+
+
+@pytest.mark.parametrize(("state", "build_state", "kind"), [
+    ("canceled", "canceled", "cancel"),
+    ("timed_out", "failed", "cancel"),
+    ("scheduled", "passed", "cancel"),
+    ("running", "running", None),
+    ("scheduled", "running", None),
+])
+def test_pending_jobs_are_cancelled_on_buildkites_word(
+    tmp_path: Path, state: str, build_state: str, kind: str | None
+) -> None:
+    connector = _connector(tmp_path)
+    ref = Ref("app", 7, _id(1))
+    pending = _slurm(70, ref, JobState.PENDING)
+    remote = Remote(complete=True, known={ref.job: BKJob(ref.job, state, "app", 7, (),
+                                                          build_state)})
+    plan = _plan(connector, remote, active=(pending,))
+    if state == "running":
+        # another agent holds it: after taken_grace (the job waited 600 s > 120 s)
+        assert [a.kind for a in plan] == ["cancel"] and "another agent" in plan[0].reason
+    else:
+        assert [a.kind for a in plan] == ([kind] if kind else [])
+
+
+def test_a_running_agent_gets_sigterm_then_a_cancel_after_the_grace(tmp_path: Path) -> None:
+    connector = _connector(tmp_path)
+    ref = Ref("app", 7, _id(1))
+    running = _slurm(71, ref)
+    remote = Remote(complete=True, known={ref.job: BKJob(ref.job, "canceling", "app", 7)})
+    first = _plan(connector, remote, active=(running,))
+    assert [a.kind for a in first] == ["signal"]
+    key = first[0].key
+    soon = Snapshot(delivered={"signal": frozenset({key})},
+                    delivered_at={"signal": {key: NOW - 10}})
+    assert _plan(connector, remote, active=(running,), snapshot=soon) == []
+    later = Snapshot(delivered={"signal": frozenset({key})},
+                     delivered_at={"signal": {key: NOW - 61}})
+    assert [a.kind for a in _plan(connector, remote, active=(running,), snapshot=later)] == [
+        "cancel"]
+
+
+def test_no_word_from_buildkite_means_no_cancel(tmp_path: Path) -> None:
+    connector = _connector(tmp_path)
+    running = _slurm(72, Ref("app", 7, _id(1)))
+    assert _plan(connector, Remote(complete=True), active=(running,)) == []
+    view = View(now=NOW, active=(running,), squeue_ok=False, sacct_ok=True)
+    connector._remote = Remote(complete=True, known={_id(1): BKJob(_id(1), "canceled")})
+    assert connector.plan(view, Snapshot(), Direction.BOTH, Scope()) == []
+
+
+def test_the_job_script_quotes_config_and_checks_the_job_id(tmp_path: Path) -> None:
+    ref = Ref("app", 7, _id(5))
+    script = job_script(agent="/opt/bk agent", config="/etc/bk.cfg", build_root="/scratch/b b",
+                        per_build=False, tags="queue=slurm,arch=*", ref=ref)
+    assert "'/opt/bk agent' start --acquire-job \"$JOB\"" in script
+    assert "--config /etc/bk.cfg" in script and "BUILD_ROOT='/scratch/b b'" in script
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    batch = job_script(agent="a", config="c", build_root="/b", per_build=True, tags="queue=q",
+                       batch_file="/b/x.refs")
+    assert 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" /b/x.refs' in batch
+    assert "rm -rf" not in batch  # a build's shared path is not removed by one of its jobs
