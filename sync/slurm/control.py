@@ -197,6 +197,7 @@ def _job_ids(job_ids: Iterable[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+_COMMENT_BAD = re.compile(r"[\x00-\x1f\x7f]")
 _TASK_ID = re.compile(r"^[1-9][0-9]*_[0-9]+$")
 
 
@@ -423,6 +424,34 @@ class SlurmControl:
         Meant for running jobs: slurmctld does not signal a pending job, cancel it instead.
         """
         self.cancel(job_ids, signal, full=full)
+
+    # -- holds ---------------------------------------------------------------------------
+
+    def hold(self, job_ids: Iterable[int], comment: str | None = None) -> None:
+        """``scontrol hold ID,...``: an administrator's hold (reason ``JobHeldAdmin``, which
+        the job's owner cannot release), then, when given, ``comment`` on each job so its
+        owner sees why (``squeue -o %k``). One call for the hold, one per job for the
+        comment: holds are rare, and scontrol takes one job per update."""
+        self._hold_or_release("hold", job_ids, comment)
+
+    def release(self, job_ids: Iterable[int], comment: str | None = "") -> None:
+        """``scontrol release ID,...`` and the comment set back (empty by default)."""
+        self._hold_or_release("release", job_ids, comment)
+
+    def _hold_or_release(self, verb: str, job_ids: Iterable[int], comment: str | None) -> None:
+        ids = _job_ids(job_ids)
+        if not ids:
+            return
+        if comment is not None and _COMMENT_BAD.search(comment):
+            raise ValueError("a job comment is one line of printable text")
+        try:
+            self.runner.run("scontrol", [verb, ",".join(str(i) for i in ids)])
+            if comment is not None:
+                for job_id in ids:
+                    self.runner.run("scontrol", ["update", f"JobId={job_id}",
+                                                 f"Comment={comment[:250]}"])
+        finally:
+            self.clear_cache()
 
 
 def _check_scancel(result: CommandResult) -> None:

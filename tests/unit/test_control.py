@@ -60,6 +60,7 @@ class Slurm:
             "sbatch": {"stdout": "1234\n"},
             "squeue": {"stdout_file": str(FIXTURE)},
             "scancel": {},
+            "scontrol": {},
         }
         self._write_plan()
         for name in self.plan:
@@ -441,3 +442,15 @@ def test_cancel_takes_pending_array_task_ids_and_refuses_anything_else(
     assert [c["argv"] for c in slurm.calls("scancel")] == [["12", "40_3"]]
     with pytest.raises(ValueError, match="not a Slurm job id"):
         control.cancel(["40_3; rm -rf /"])
+
+
+def test_hold_is_one_scontrol_and_a_comment_per_job(slurm: Slurm, control: SlurmControl) -> None:
+    control.hold([7, 9], comment="slurm-sync bank: account lab cannot pay 12.50 SU")
+    control.release([7])
+    assert [c["argv"] for c in slurm.calls("scontrol")] == [
+        ["hold", "7,9"],
+        ["update", "JobId=7", "Comment=slurm-sync bank: account lab cannot pay 12.50 SU"],
+        ["update", "JobId=9", "Comment=slurm-sync bank: account lab cannot pay 12.50 SU"],
+        ["release", "7"], ["update", "JobId=7", "Comment="]]
+    with pytest.raises(ValueError, match="one line"):
+        control.hold([7], comment="two\nlines")
