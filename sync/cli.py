@@ -131,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     decrypt.add_argument("--require-repository", action="store_true",
                          help="refuse secrets not bound to a repository")
 
+    bank = sub.add_parser("bank", help="allocation bank helpers")
+    bank_sub = bank.add_subparsers(dest="bank_command", metavar="COMMAND", required=True)
+    reconcile = bank_sub.add_parser(
+        "reconcile", help="re-send the actual cost of every job that ended in a period (sacct)")
+    reconcile.add_argument("--since", required=True, help="start of the period (a date/time)")
+    reconcile.add_argument("--until", help="end of the period (default: now)")
+    reconcile.add_argument("--dry-run", dest="bank_dry_run", action="store_true",
+                           help="list what would be sent")
+
     jobs = sub.add_parser("jobs", help="show the jobs Slurm reports, as slurm-sync reads them")
     jobs.add_argument(
         "-t", "--state", action="append", default=[],
@@ -440,6 +449,51 @@ def _cmd_status(config: Config, out: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_bank_reconcile(
+    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    reader: SlurmReader, out: Console, err: Console,
+) -> int:
+    """Every run that ended in the period, re-sent with its actual cost (an idempotent PUT):
+    what the plugins needed separate scripts for."""
+    from dateutil import parser as dates
+
+    from connectors.bank import BankConnector, reconcile_actions
+
+    settings = config.connectors.get("bank")
+    if settings is None or not settings.enabled:
+        raise ConfigError("bank reconcile: no enabled 'bank' connector in config")
+    try:
+        since = dates.parse(args.since).timestamp()
+        until = dates.parse(args.until).timestamp() if args.until else time.time()
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(f"bank reconcile: not a date: {exc}") from exc
+    if since >= until:
+        raise ConfigError("bank reconcile: --since must be before --until")
+    connector = registry["bank"](dict(settings.settings))
+    assert isinstance(connector, BankConnector)
+    window = SacctWindow(int(since), int(until) + 1)
+    ended = reader.sacct(window, JobFilter(states=("all",))).jobs
+    actions = [a for a in reconcile_actions(ended, connector.prices)
+               if (e := a.payload["record"].get("enddate")) and since <= dates.parse(e).timestamp()
+               <= until]
+    failed = 0
+    for action in actions:
+        record = action.payload["record"]
+        if args.bank_dry_run:
+            out.print(f"would send job {record['jobslurmid']}: {record['amount']} SU "
+                      f"({record['accountid']})", highlight=False)
+            continue
+        outcome = connector.apply(action)
+        if not outcome.status.delivered:
+            failed += 1
+            err.print(f"job {record['jobslurmid']}: {outcome.detail}", highlight=False)
+    connector.close()
+    verb = "would re-send" if args.bank_dry_run else "re-sent"
+    out.print(f"{verb} {len(actions) - failed} ended jobs from {_when(int(since))} to "
+              f"{_when(int(until))}; {failed} failed", highlight=False)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _cmd_discover_accelerators(out: Console, err: Console) -> int:
     """Print the accelerators block of this node; needs no config and changes nothing."""
     from connectors.clustercockpit import NVIDIA_SMI_QUERY, accelerators_block
@@ -505,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_status(config, out)
         if args.command == "check":
             return _cmd_check(args, config, registry, reader, out)
+        if args.command == "bank":
+            return _cmd_bank_reconcile(args, config, registry, reader, out, err)
         return _cmd_run(args, config, registry, reader, out, err)
     except ConfigError as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)

@@ -150,6 +150,9 @@ class Connector(ABC):
     default_concurrency: ClassVar[int] = 4
     # Kinds applied together through ``apply_many`` (one sbatch for many jobs, one scancel...).
     batch_kinds: ClassVar[frozenset[str]] = frozenset()
+    # Action kinds of its own beyond the engine's (start, stop, submit, cancel, signal, hold,
+    # release, report, notify), so their deliveries reach ``plan`` in the snapshot.
+    extra_kinds: ClassVar[tuple[str, ...]] = ()
     # Kinds whose delivery time ``plan`` needs (``snapshot.since``), e.g. a grace period.
     timed_kinds: ClassVar[tuple[str, ...]] = ()
 

@@ -52,7 +52,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DESTRUCTIVE = frozenset({"stop", "cancel", "signal", "hold"})
-START_KINDS = frozenset({"start", "submit", "report", "release", "notify"})
+START_KINDS = frozenset({"start", "submit", "report", "release", "notify", "approve"})
+BASE_KINDS = ("start", "stop", "submit", "cancel", "signal", "hold", "release", "report",
+              "notify")
 
 
 class LockHeld(SyncError):
@@ -379,8 +381,7 @@ def run_cycle(
     for message in report.slurm_errors:
         log.error("slurm query failed", extra={"fields": {"error": message}})
     for name, connector in connectors.items():
-        kinds = ("start", "stop", "submit", "cancel", "signal", "hold", "release", "report",
-                 "notify", "finish")
+        kinds = tuple(dict.fromkeys((*BASE_KINDS, *connector.extra_kinds)))
         snapshot = _snapshot(store, name, kinds, connector.timed_kinds)
         due = [] if options.dry_run else [
             e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)

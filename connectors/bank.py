@@ -1,0 +1,448 @@
+"""Bank: service-unit accounting against an allocation service (the myBRC / ColdFront API of
+slurm-banking-plugins), from outside Slurm.
+
+    "connectors": {"bank": {
+        "url": "https://mybrc.example.org/mybrc-rest", "token": {"file": "/etc/slurm-sync/bank"},
+        "prices": {"savio": "0.75", "savio_bigmem": "1.67", "debug": "0"},
+        "unpriced": "refuse", "mode": "hold", "on_unreachable": "fail_open"}}
+
+Cost: ``price(partition) x cpus x hours``, rounded half-up to 2 decimals, as the plugins do.
+Before a job starts the estimate uses its time limit, requested cpus and, for a job that may run
+on several partitions, the highest of their prices; after it ends the actual cost uses its
+allocated cpus and elapsed time. A partition without a price is free or refused, as
+``unpriced`` says, never a silent 0.
+
+One cycle:
+
+    observe: for every pending job not approved yet, ``GET /can_submit_job/{cost}/{uid}/
+             {account}/`` where cost is its estimate plus the estimates of the account's jobs
+             already approved and still pending (so jobs cannot overdraw together; running jobs
+             are in the service's usage already, reported at start)
+    plan:    approve, hold (mode ``hold``: an administrator's hold and a comment the owner can
+             read) or release jobs held earlier that can now be paid; report each started run
+             (``POST /jobs/`` with the estimate) and each ended run (``PUT /jobs/{id}/`` with
+             the actual amount, idempotent)
+    apply:   the HTTP calls; holds and releases through the runner API
+
+A service that cannot be reached is ``fail_open`` (the plugins' behaviour: approve, and say so)
+or ``fail_closed`` (treat as cannot pay), logged either way. Reports wait in the outbox and the
+sacct window when the service is down; ``slurm-sync bank reconcile --since DATE`` re-sends any
+period from sacct.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import pwd
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any, ClassVar
+
+from sync.actions import Action, Outcome, Status
+from sync.connector import (
+    Connector,
+    Direction,
+    Scope,
+    SlurmContext,
+    SlurmNeeds,
+    Snapshot,
+    View,
+    delivery_key,
+)
+from sync.errors import ConfigError, SlurmError
+from sync.http import ServiceClient, classify
+from sync.secrets import SECRET_REF_SCHEMA
+from sync.slurm.control import SlurmControl
+from sync.slurm.model import Job, JobState
+from sync.slurm.query import JobFilter
+
+__all__ = ["BankConnector", "Prices", "actual_cost", "estimate", "job_record"]
+
+log = logging.getLogger(__name__)
+
+APPROVE, HOLD, RELEASE, START, STOP = "approve", "hold", "release", "start", "stop"
+CENT = Decimal("0.01")
+HOLD_MARK = "slurm-sync bank:"
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["url", "token", "prices", "unpriced"],
+    "properties": {
+        "url": {"type": "string", "pattern": "^https?://"},
+        "token": SECRET_REF_SCHEMA,
+        "prices": {
+            "type": "object",
+            "additionalProperties": {"type": ["string", "number"],
+                                     "pattern": "^[0-9]+(\\.[0-9]+)?$", "minimum": 0},
+            "description": "partition -> service units per CPU-hour",
+        },
+        "unpriced": {"enum": ["free", "refuse"],
+                     "description": "what a partition without a price costs: nothing, or the "
+                                    "job is refused (held in mode hold)"},
+        "mode": {"enum": ["report", "hold"]},
+        "on_unreachable": {"enum": ["fail_open", "fail_closed"]},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+    },
+}
+
+
+# --- cost (pure) --------------------------------------------------------------------------------
+
+
+class Prices:
+    """The price table and what an unpriced partition means."""
+
+    def __init__(self, table: Mapping[str, Any], unpriced: str) -> None:
+        self.table: dict[str, Decimal] = {}
+        for name, value in table.items():
+            try:
+                price = Decimal(str(value))
+            except InvalidOperation:
+                raise ConfigError(f"$.connectors.bank.prices.{name}: {value!r} is not a "
+                                  f"number") from None
+            if price < 0:
+                raise ConfigError(f"$.connectors.bank.prices.{name}: negative price")
+            self.table[name] = price
+        self.unpriced = unpriced
+
+    def of(self, partitions: str | None) -> Decimal | None:
+        """The price of a job that may run on ``partitions`` (``a,b``: the highest); None when
+        one of them has no price and unpriced partitions are refused."""
+        prices = []
+        for name in (partitions or "").split(","):
+            name = name.strip()
+            if not name:
+                continue
+            if name in self.table:
+                prices.append(self.table[name])
+            elif self.unpriced == "refuse":
+                return None
+            else:
+                prices.append(Decimal(0))
+        return max(prices) if prices else (Decimal(0) if self.unpriced == "free" else None)
+
+
+def cost(price: Decimal, cpus: int, seconds: float) -> Decimal:
+    """`cost(Decimal("0.75"), 4, 5400)` is 4.50: price x cpus x hours, half-up to cents."""
+    hours = Decimal(str(max(seconds, 0))) / Decimal(3600)
+    return (price * cpus * hours).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def estimate(job: Job, prices: Prices) -> Decimal | str:
+    """What a job may cost before it starts (time limit x requested cpus), or why it cannot be
+    estimated."""
+    price = prices.of(job.partition)
+    if price is None:
+        return f"partition {job.partition} has no price"
+    if job.time_limit is None:
+        return "no time limit: the cost cannot be bounded"
+    cpus = job.tres_requested.get("cpu") or job.cpus or 0
+    return cost(price, int(cpus), job.time_limit * 60)
+
+
+def actual_cost(job: Job, prices: Prices) -> Decimal | str:
+    """What an ended run cost: allocated cpus x elapsed time, at its partition's price."""
+    price = prices.of(job.partition)
+    if price is None:
+        return f"partition {job.partition} has no price"
+    if not job.start_time or not job.end_time:
+        return "no start or end time"
+    cpus = job.tres_allocated.get("cpu") or job.cpus or 0
+    return cost(price, int(cpus), job.end_time - job.start_time)
+
+
+def _iso(epoch: int | None) -> str | None:
+    if not epoch:
+        return None
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def uid_of(job: Job) -> int | None:
+    """The job owner's uid: squeue gives it; sacct's JSON does not, so the name is looked up."""
+    if job.uid is not None:
+        return job.uid
+    if job.user:
+        try:
+            return pwd.getpwnam(job.user).pw_uid
+        except KeyError:
+            return None
+    return None
+
+
+def job_record(job: Job, amount: Decimal, uid: int, *, ended: bool) -> dict[str, Any]:
+    """The myBRC job record of one run (start: the estimate; end: the actual amount)."""
+    record: dict[str, Any] = {
+        "jobslurmid": str(job.job_id), "userid": str(uid), "accountid": job.account or "",
+        "amount": str(amount), "jobstatus": "RUNNING" if not ended else job.state.value,
+        "partition": job.partition, "qos": job.qos,
+        "submitdate": _iso(job.submit_time), "startdate": _iso(job.start_time),
+        "nodes": [{"name": h} for h in job.hosts],
+        "num_cpus": job.tres_allocated.get("cpu") or job.cpus,
+        "num_alloc_nodes": job.node_count,
+    }
+    if ended:
+        elapsed = (job.end_time or 0) - (job.start_time or 0)
+        hours = round(max(elapsed, 0) / 3600, 6)
+        record.update({"enddate": _iso(job.end_time), "raw_time": hours,
+                       "cpu_time": round(hours * (record["num_cpus"] or 0), 6)})
+    return record
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the allocation service said of one pending job."""
+
+    ok: bool
+    reason: str
+    estimate: Decimal = Decimal(0)
+
+
+def check_key(job: Job) -> str:
+    """A pending job is checked once per submission: ``cluster/job_id/submit_time``."""
+    return f"{job.cluster or '-'}/{job.job_id}/{job.submit_time or 0}"
+
+
+# --- the connector ------------------------------------------------------------------------------
+
+
+class BankConnector(Connector):
+    """Service units: enforce before start, report at start and end."""
+
+    name: ClassVar[str] = "bank"
+    schema: ClassVar[Mapping[str, Any]] = _SCHEMA
+    batch_kinds: ClassVar[frozenset[str]] = frozenset({HOLD, RELEASE})
+    extra_kinds: ClassVar[tuple[str, ...]] = (APPROVE,)
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        super().__init__(settings)
+        self.prices = Prices(dict(settings["prices"]), str(settings["unpriced"]))
+        self.mode = str(settings.get("mode", "report"))
+        self.fail_open = settings.get("on_unreachable", "fail_open") == "fail_open"
+        token = self.secret("token").reveal()
+        self.client = ServiceClient(str(settings["url"]),
+                                    headers={"Authorization": f"Token {token}"},
+                                    timeout=float(settings.get("timeout", 5)), retries=1)
+        self.control: SlurmControl | None = None
+        self._verdicts: dict[str, Verdict] = {}
+
+    def bind(self, slurm: SlurmContext) -> None:
+        self.control = SlurmControl(slurm.reader.runner, slurm.reader)
+
+    def needs(self) -> SlurmNeeds:
+        # Pending jobs to check, running ones to report; the window for every start and end.
+        return SlurmNeeds(squeue=JobFilter(states=("PD", "R", "CG", "S")), sacct=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- observe: ask the service about pending jobs (read only)
+
+    def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
+        self._verdicts = {}
+        approved = snapshot.delivered.get(APPROVE, frozenset())
+        pending = [j for j in view.active if j.state is JobState.PENDING]
+        committed: dict[str, Decimal] = defaultdict(Decimal)
+        for job in pending:
+            guess = estimate(job, self.prices)
+            if check_key(job) in approved and isinstance(guess, Decimal):
+                committed[job.account or ""] += guess
+        for job in sorted(pending, key=lambda j: (j.submit_time or 0, j.job_id)):
+            key = check_key(job)
+            if key in approved and not self._held_by_us(job, snapshot):
+                continue
+            self._verdicts[key] = self._ask(job, committed)
+            verdict = self._verdicts[key]
+            if verdict.ok:
+                committed[job.account or ""] += verdict.estimate
+        return snapshot
+
+    def _held_by_us(self, job: Job, snapshot: Snapshot) -> bool:
+        key = check_key(job)
+        return (key in snapshot.delivered.get(HOLD, frozenset())
+                and key not in snapshot.delivered.get(RELEASE, frozenset()))
+
+    def _ask(self, job: Job, committed: Mapping[str, Decimal]) -> Verdict:
+        guess = estimate(job, self.prices)
+        if isinstance(guess, str):
+            return Verdict(False, guess)
+        if guess == 0:
+            return Verdict(True, "costs nothing", guess)
+        uid = uid_of(job)
+        if uid is None:
+            return self._unreachable(f"no uid for user {job.user}", guess)
+        total = guess + committed.get(job.account or "", Decimal(0))
+        reply = self.client.get(f"/can_submit_job/{total}/{uid}/{job.account}/")
+        body = reply.body if isinstance(reply.body, Mapping) else {}
+        if reply.ok and isinstance(body.get("success"), bool):
+            message = str(body.get("message") or "")
+            if body["success"]:
+                return Verdict(True, f"{guess} SU approved", guess)
+            others = f" (with {total - guess} SU pending)" if total > guess else ""
+            said = f": {message}" if message else ""
+            return Verdict(False, f"account {job.account} cannot pay {guess} SU{others}{said}",
+                           guess)
+        if reply.status == 400:
+            return Verdict(False, f"the service refuses the request: {reply.describe()}", guess)
+        return self._unreachable(reply.describe(), guess)
+
+    def _unreachable(self, why: str, guess: Decimal) -> Verdict:
+        verdict = "approved (fail_open)" if self.fail_open else "refused (fail_closed)"
+        log.warning("allocation service not answering: %s", verdict,
+                    extra={"fields": {"connector": self.name, "error": why}})
+        return Verdict(self.fail_open, f"service unreachable, {verdict}: {why}", guess)
+
+    # -- plan (pure over the view, the snapshot and the verdicts)
+
+    def plan(
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+    ) -> list[Action]:
+        actions: list[Action] = []
+        if direction.includes(Direction.START):
+            actions += self._plan_checks(view, snapshot, scope)
+            actions += self._plan_starts(view, snapshot, scope)
+        if direction.includes(Direction.STOP):
+            actions += self._plan_ends(view, snapshot, scope)
+        return actions
+
+    def _plan_checks(self, view: View, snapshot: Snapshot, scope: Scope) -> list[Action]:
+        actions = []
+        for job in view.active:
+            key = check_key(job)
+            verdict = self._verdicts.get(key)
+            if verdict is None or not scope.covers(job):
+                continue
+            held = self._held_by_us(job, snapshot)
+            if verdict.ok:
+                actions.append(Action(self.name, APPROVE, key,
+                                      {"job_id": job.job_id, "estimate": str(verdict.estimate)},
+                                      verdict.reason))
+                if held:
+                    actions.append(Action(self.name, RELEASE, key, {"job_id": job.job_id},
+                                          "funds allow it now"))
+            elif self.mode == "hold" and not held:
+                actions.append(Action(self.name, HOLD, key, {
+                    "job_id": job.job_id, "comment": f"{HOLD_MARK} {verdict.reason}"},
+                    verdict.reason))
+            elif self.mode == "report" and not snapshot.done("deny", key):
+                log.warning("would hold (mode report)", extra={"fields": {
+                    "connector": self.name, "job": job.display_id, "why": verdict.reason}})
+        return actions
+
+    def _runs(self, view: View, scope: Scope) -> dict[str, Job]:
+        runs: dict[str, Job] = {}
+        for job in (*view.active, *view.ended):
+            if job.start_time and job.hosts and scope.covers(job):
+                runs.setdefault(delivery_key(job), job)
+        return runs
+
+    def _plan_starts(self, view: View, snapshot: Snapshot, scope: Scope) -> list[Action]:
+        actions = []
+        for key, job in self._runs(view, scope).items():
+            if snapshot.done(START, key):
+                continue
+            uid = uid_of(job)
+            amount = estimate(job, self.prices)
+            if uid is None or isinstance(amount, str):
+                why = f"no uid for user {job.user}" if uid is None else str(amount)
+                actions.append(Action(self.name, START, key, {"skip": why}, why))
+                continue
+            actions.append(Action(self.name, START, key,
+                                  {"record": job_record(job, amount, uid, ended=False)},
+                                  f"started; estimate {amount} SU"))
+        return actions
+
+    def _plan_ends(self, view: View, snapshot: Snapshot, scope: Scope) -> list[Action]:
+        actions = []
+        ends: dict[str, Job] = {}
+        for job in view.ended:
+            if (job.source == "sacct" and job.state.finished and job.start_time and job.hosts
+                    and scope.covers(job)):
+                ends.setdefault(delivery_key(job), job)
+        for key, job in ends.items():
+            if snapshot.done(STOP, key):
+                continue
+            uid = uid_of(job)
+            amount = actual_cost(job, self.prices)
+            if uid is None or isinstance(amount, str):
+                why = f"no uid for user {job.user}" if uid is None else str(amount)
+                actions.append(Action(self.name, STOP, key, {"skip": why}, why))
+                continue
+            actions.append(Action(self.name, STOP, key,
+                                  {"record": job_record(job, amount, uid, ended=True)},
+                                  f"ended {job.state.value.lower()}; {amount} SU"))
+        return actions
+
+    # -- apply
+
+    def apply(self, action: Action) -> Outcome:
+        if action.kind == APPROVE:
+            return Outcome.done(action, action.reason)
+        if "skip" in action.payload:
+            return Outcome.permanent(action, f"not reported: {action.payload['skip']}")
+        if action.kind == START:
+            reply = self.client.post("/jobs/", json=dict(action.payload["record"]))
+            body = reply.body if isinstance(reply.body, Mapping) else {}
+            if reply.status == 400 and "already exists" in str(body.get("jobslurmid", "")):
+                return Outcome.already_done(action, "the service has this job already")
+        elif action.kind == STOP:
+            record = dict(action.payload["record"])
+            reply = self.client.put(f"/jobs/{record['jobslurmid']}/", json=record)
+        else:
+            return self.apply_many([action])[0]
+        status = classify(reply)
+        if status is Status.DONE:
+            return Outcome.done(action, f"HTTP {reply.status}")
+        if status is Status.TRANSIENT:
+            return Outcome.transient(action, reply.describe(), reply.retry_after)
+        return Outcome.permanent(action, reply.describe())
+
+    def apply_many(self, actions: Sequence[Action]) -> list[Outcome]:
+        if self.control is None:
+            return [Outcome.transient(a, "not bound to Slurm") for a in actions]
+        kinds = {a.kind for a in actions}
+        if kinds - {HOLD, RELEASE}:
+            return [self.apply(a) for a in actions]
+        outcomes: dict[str, Outcome] = {}
+        for kind in (HOLD, RELEASE):
+            group = [a for a in actions if a.kind == kind]
+            if not group:
+                continue
+            try:
+                if kind == HOLD:
+                    for action in group:  # each its own comment
+                        self.control.hold([int(action.payload["job_id"])],
+                                          comment=str(action.payload["comment"]))
+                        outcomes[action.key] = Outcome.done(action, "held")
+                else:
+                    self.control.release([int(a.payload["job_id"]) for a in group])
+                    outcomes.update({a.key: Outcome.done(a, "released") for a in group})
+            except (SlurmError, ValueError) as exc:
+                for action in group:
+                    outcomes.setdefault(action.key, Outcome.transient(action, f"scontrol: {exc}"))
+        return [outcomes[a.key] for a in actions]
+
+    def check(self) -> list[str]:
+        reply = self.client.get("/jobs/0/")
+        if reply.status in (200, 404):
+            return []
+        return [f"allocation service: {reply.describe()}"]
+
+
+def reconcile_actions(jobs: Iterable[Job], prices: Prices) -> list[Action]:
+    """``slurm-sync bank reconcile``: a PUT of the actual amount for every ended run in
+    ``jobs`` (sacct over the period asked for); the service's PUT is an idempotent upsert."""
+    out = []
+    for job in jobs:
+        if not (job.state.finished and job.start_time and job.hosts):
+            continue
+        uid = uid_of(job)
+        amount = actual_cost(job, prices)
+        if uid is None or isinstance(amount, str):
+            continue
+        out.append(Action("bank", STOP, delivery_key(job),
+                          {"record": job_record(job, amount, uid, ended=True)}, "reconcile"))
+    return out
