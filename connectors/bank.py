@@ -84,6 +84,8 @@ _SCHEMA: dict[str, Any] = {
                      "description": "what a partition without a price costs: nothing, or the "
                                     "job is refused (held in mode hold)"},
         "mode": {"enum": ["report", "hold"]},
+        "accounts": {"type": "array", "items": {"type": "string", "minLength": 1},
+                     "description": "the Slurm accounts the bank manages (default: all)"},
         "on_unreachable": {"enum": ["fail_open", "fail_closed"]},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 120},
     },
@@ -222,6 +224,7 @@ class BankConnector(Connector):
         self.prices = Prices(dict(settings["prices"]), str(settings["unpriced"]))
         self.mode = str(settings.get("mode", "report"))
         self.fail_open = settings.get("on_unreachable", "fail_open") == "fail_open"
+        self.accounts = frozenset(settings.get("accounts", ()))
         token = self.secret("token").reveal()
         self.client = ServiceClient(str(settings["url"]),
                                     headers={"Authorization": f"Token {token}"},
@@ -231,6 +234,10 @@ class BankConnector(Connector):
 
     def bind(self, slurm: SlurmContext) -> None:
         self.control = SlurmControl(slurm.reader.runner, slurm.reader)
+
+    def manages(self, job: Job) -> bool:
+        """Whether the job's account is one the bank keeps (``accounts``; all by default)."""
+        return not self.accounts or (job.account or "") in self.accounts
 
     def needs(self) -> SlurmNeeds:
         # Pending jobs to check, running ones to report; the window for every start and end.
@@ -244,7 +251,7 @@ class BankConnector(Connector):
     def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
         self._verdicts = {}
         approved = snapshot.delivered.get(APPROVE, frozenset())
-        pending = [j for j in view.active if j.state is JobState.PENDING]
+        pending = [j for j in view.active if j.state is JobState.PENDING and self.manages(j)]
         committed: dict[str, Decimal] = defaultdict(Decimal)
         for job in pending:
             guess = estimate(job, self.prices)
@@ -335,7 +342,7 @@ class BankConnector(Connector):
     def _runs(self, view: View, scope: Scope) -> dict[str, Job]:
         runs: dict[str, Job] = {}
         for job in (*view.active, *view.ended):
-            if job.start_time and job.hosts and scope.covers(job):
+            if job.start_time and job.hosts and scope.covers(job) and self.manages(job):
                 runs.setdefault(delivery_key(job), job)
         return runs
 
@@ -360,7 +367,7 @@ class BankConnector(Connector):
         ends: dict[str, Job] = {}
         for job in view.ended:
             if (job.source == "sacct" and job.state.finished and job.start_time and job.hosts
-                    and scope.covers(job)):
+                    and scope.covers(job) and self.manages(job)):
                 ends.setdefault(delivery_key(job), job)
         for key, job in ends.items():
             if snapshot.done(STOP, key):
@@ -432,12 +439,15 @@ class BankConnector(Connector):
         return [f"allocation service: {reply.describe()}"]
 
 
-def reconcile_actions(jobs: Iterable[Job], prices: Prices) -> list[Action]:
+def reconcile_actions(jobs: Iterable[Job], prices: Prices,
+                      accounts: frozenset[str] = frozenset()) -> list[Action]:
     """``slurm-sync bank reconcile``: a PUT of the actual amount for every ended run in
     ``jobs`` (sacct over the period asked for); the service's PUT is an idempotent upsert."""
     out = []
     for job in jobs:
         if not (job.state.finished and job.start_time and job.hosts):
+            continue
+        if accounts and (job.account or "") not in accounts:
             continue
         uid = uid_of(job)
         amount = actual_cost(job, prices)

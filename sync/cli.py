@@ -473,7 +473,7 @@ def _cmd_bank_reconcile(
     assert isinstance(connector, BankConnector)
     window = SacctWindow(int(since), int(until) + 1)
     ended = reader.sacct(window, JobFilter(states=("all",))).jobs
-    actions = [a for a in reconcile_actions(ended, connector.prices)
+    actions = [a for a in reconcile_actions(ended, connector.prices, connector.accounts)
                if (e := a.payload["record"].get("enddate")) and since <= dates.parse(e).timestamp()
                <= until]
     failed = 0

@@ -1,0 +1,123 @@
+"""The Bank connector end to end: real Slurm 22.05, 24.11 and 26.05 with accounting, ``slurm-sync``
+as cron would run it, and the allocation-service emulator over real HTTP, in mode hold.
+
+An account with a small allocation and two users: jobs within budget run and are charged
+exactly what sacct says they used; of two jobs that together would overdraw only one gets
+through, and the other is held (an admin hold with a comment its owner sees) until the
+allocation is raised; the service down for several cycles loses no usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import pytest
+
+from tests.emulators.bank import Bank
+from tests.lab.conftest import LabCluster
+
+pytestmark = pytest.mark.lab
+
+TOKEN = "lab-bank-token"
+PRICE = Decimal(60)  # SU per CPU-hour: one CPU for one minute is 1.00 SU
+
+
+@pytest.fixture
+def bank(lab: LabCluster) -> Iterator[Bank]:
+    with Bank(token=TOKEN) as emu:
+        for user, uid in lab.info["users"].items():
+            emu.add_user(user, uid)
+        emu.set_allocation("lab", "3.00")
+        for user in lab.info["users"]:
+            emu.set_user_allocation("lab", user, "3.00")
+        yield emu  # type: ignore[misc]
+
+
+def _config(lab: LabCluster, tmp_path: Path, emu: Bank) -> Path:
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"), "first_window_seconds": 5,
+        "retry_base_seconds": 1,
+        "slurm": {"bin_dir": lab.bin_dir},
+        "connectors": {"bank": {"url": emu.url, "token": {"file": str(token)},
+                                "prices": {"main": str(PRICE)}, "unpriced": "refuse",
+                                "mode": "hold", "accounts": ["lab"]}},
+    }))
+    return config
+
+
+def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def _sacct_cost(lab: LabCluster, job_id: int) -> Decimal | None:
+    """What sacct says the job used, priced: AllocCPUS x Elapsed, half-up to cents."""
+    out = lab.cmd("sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "AllocCPUS,ElapsedRaw,End")
+    line = out.strip().splitlines()[0] if out.strip() else ""
+    cpus, elapsed, end = [*line.split("|"), "", "", ""][:3]
+    if not end or end == "Unknown":
+        return None
+    hours = Decimal(elapsed) / Decimal(3600)
+    return (PRICE * int(cpus) * hours).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def test_budget_holds_release_and_an_outage_loses_no_usage(
+    lab: LabCluster, tmp_path: Path, bank: Bank
+) -> None:
+    config = _config(lab, tmp_path, bank)
+    # the node is full, so the next jobs wait in the queue until the test lets them run
+    blocker = lab.submit("#!/bin/sh\nsleep 600\n", "--job-name=blocker", "-n4", user=None)
+    lab.wait_state(blocker, "RUNNING")
+    two = "#!/bin/sh\nsleep 3\n"
+    first = lab.submit(two, "--job-name=first", "-A", "lab", "-p", "main", "--time=2",
+                       user="alice")
+    second = lab.submit(two, "--job-name=second", "-A", "lab", "-p", "main", "--time=2",
+                        user="bob")
+    for job in (first, second):
+        lab.wait_state(job, "PENDING")
+    result = _sync(config, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # 2.00 SU each against 3.00: the first is approved, the second held with a reason
+    shown = lab.show(second)
+    assert "JobHeldAdmin" in shown or "Reason=JobHeldAdmin" in shown, shown
+    assert "slurm-sync bank: account lab cannot pay 2.00 SU" in lab.cmd(
+        "squeue", "-h", "-j", str(second), "-o", "%k")
+
+    lab.cmd("scancel", str(blocker))
+    lab.wait_state(first, "COMPLETED")
+    assert "JobHeldAdmin" in lab.show(second)  # still held: it cannot be paid
+    # the service is down while the first job's end is reported: it waits in the outbox
+    bank.down = True
+    for _ in range(2):
+        assert _sync(config, "-q").returncode in (0, 1)
+    bank.down = False
+    lab.wait("the first job's charge", lambda: (
+        _sync(config, "-q").returncode in (0, 1)
+        and (bank.job(first) or {}).get("jobstatus") == "COMPLETED"), timeout=60)
+    assert Decimal(bank.job(first)["amount"]) == _sacct_cost(lab, first)
+
+    # more funds: the held job is released and runs, and is charged what it used
+    bank.set_allocation("lab", "10.00")
+    bank.set_user_allocation("lab", "bob", "10.00")
+    assert _sync(config, "-q").returncode == 0
+    lab.wait_state(second, "RUNNING", "COMPLETED")
+    lab.wait_state(second, "COMPLETED")
+    deadline = time.monotonic() + 60
+    while (bank.job(second) or {}).get("jobstatus") != "COMPLETED" and time.monotonic() < deadline:
+        _sync(config, "-q")
+        time.sleep(2)
+    assert Decimal(bank.job(second)["amount"]) == _sacct_cost(lab, second)
+    charged = Decimal(bank.job(first)["amount"]) + Decimal(bank.job(second)["amount"])
+    assert bank.usage("lab") == charged
