@@ -495,13 +495,15 @@ class ClusterCockpitConnector(Connector):
         runs: dict[str, Job] = {}
         ends: dict[str, Job] = {}
         # squeue first: while a job runs it knows the cores and GPUs; sacct fills in the rest.
-        # sacct is asked after squeue, so its word that a run ended wins for the stop.
         for job in (*view.active, *view.ended, *self._looked_up):
             if job.start_time and scope.covers(job):
-                key = delivery_key(job)
-                runs.setdefault(key, job)
-                if job.source == "sacct" and job.state.finished:
-                    ends.setdefault(key, job)
+                runs.setdefault(delivery_key(job), job)
+        # sacct is asked after squeue, so its word that a run ended wins for the stop; a run
+        # squeue still holds as ended (MinJobAge) but that ended before the window has only
+        # squeue's word, and is stopped on it, or its record would stay running for ever.
+        for job in (*view.ended, *self._looked_up, *view.active):
+            if job.start_time and job.end_time and job.state.finished and scope.covers(job):
+                ends.setdefault(delivery_key(job), job)
         remote = {(r.job_id, r.start_time) for r in (self._remote or ())}
         runs_of = _runs_by_job(snapshot.delivered.get(START, frozenset()), runs)
         starts: list[Action] = []

@@ -170,3 +170,14 @@ def test_a_short_job_still_in_squeue_gets_its_cores_from_there(tmp_path: Path) -
     assert stop.payload["jobState"] == "failed" and stop.payload["stopTime"] == 1795321839
     asked = connector.needs().squeue
     assert asked is not None and "PD" not in asked.states and "CD" in asked.states
+
+
+def test_a_run_that_ended_before_the_window_is_stopped_on_squeues_word(tmp_path: Path) -> None:
+    """squeue still holds ended jobs for MinJobAge; one that ended before the sacct window
+    must get its stop from squeue, or its record stays running."""
+    connector = _connector(tmp_path)
+    finished = tuple(_squeue("squeue-finished.json").values())
+    view = View(now=1795321999, active=finished, ended=(), squeue_ok=True, sacct_ok=True)
+    plan = connector.plan(view, Snapshot(), Direction.BOTH, Scope(job_ids=(16,)))
+    assert [(a.kind, a.payload.get("jobState")) for a in plan] == [
+        ("start", None), ("stop", "failed")]
