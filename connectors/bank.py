@@ -352,14 +352,19 @@ class BankConnector(Connector):
             if snapshot.done(START, key):
                 continue
             uid = uid_of(job)
-            amount = estimate(job, self.prices)
-            if uid is None or isinstance(amount, str):
-                why = f"no uid for user {job.user}" if uid is None else str(amount)
+            if uid is None:
+                why = f"no uid for user {job.user}"
                 actions.append(Action(self.name, START, key, {"skip": why}, why))
                 continue
+            guess = estimate(job, self.prices)
+            # A run without an estimate (no time limit) is still reported, at 0: its end
+            # carries the actual amount, and the service moves usage by the difference.
+            amount = guess if isinstance(guess, Decimal) else Decimal("0.00")
+            why = (f"estimate {amount} SU" if isinstance(guess, Decimal)
+                   else f"0 SU for now: {guess}")
             actions.append(Action(self.name, START, key,
                                   {"record": job_record(job, amount, uid, ended=False)},
-                                  f"started; estimate {amount} SU"))
+                                  f"started; {why}"))
         return actions
 
     def _plan_ends(self, view: View, snapshot: Snapshot, scope: Scope) -> list[Action]:

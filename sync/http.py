@@ -62,11 +62,21 @@ class Reply:
             return f"{what}: no answer ({self.error}) after {self.attempts} attempt(s)"
         message = ""
         if isinstance(self.body, Mapping):
-            message = str(self.body.get("error") or self.body.get("message") or "")
+            message = str(self.body.get("error") or self.body.get("message")
+                          or self.body.get("detail") or _field_errors(self.body))
         if not message:
             message = self.text.strip().splitlines()[0][:200] if self.text.strip() else ""
         tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
         return f"{what}: HTTP {self.status}{': ' + message if message else ''}{tries}"
+
+
+def _field_errors(body: Mapping[str, Any]) -> str:
+    """Django REST framework's ``{field: [message, ...]}`` as ``field: message; ...``."""
+    parts = []
+    for field, value in list(body.items())[:3]:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            parts.append(f"{field}: {value[0]}")
+    return "; ".join(parts)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

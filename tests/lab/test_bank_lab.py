@@ -78,7 +78,8 @@ def test_budget_holds_release_and_an_outage_loses_no_usage(
 ) -> None:
     config = _config(lab, tmp_path, bank)
     # the node is full, so the next jobs wait in the queue until the test lets them run
-    blocker = lab.submit("#!/bin/sh\nsleep 600\n", "--job-name=blocker", "-n4", user=None)
+    blocker = lab.submit("#!/bin/sh\nsleep 600\n", "--job-name=blocker", "-n4", "-A", "root",
+                         user=None)
     lab.wait_state(blocker, "RUNNING")
     two = "#!/bin/sh\nsleep 3\n"
     first = lab.submit(two, "--job-name=first", "-A", "lab", "-p", "main", "--time=2",
