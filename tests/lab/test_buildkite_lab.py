@@ -104,9 +104,10 @@ def _environments(lab: LabCluster) -> str:
                    .read_bytes().decode(errors="replace") for i in ids)
 
 
-def _logs(shared: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
-                     for p in sorted((shared / "logs").iterdir()))
+def _logs(shared: Path, job: str) -> str:
+    """The Slurm output of the job that ran Buildkite job ``job`` (for a failure message)."""
+    texts = [p.read_text(errors="replace") for p in sorted((shared / "logs").iterdir())]
+    return "\n".join(t[-3000:] for t in texts if job in t)
 
 
 def _ours(lab: LabCluster) -> list[str]:
@@ -183,7 +184,8 @@ def test_a_build_runs_once_each_and_cancels_leave_nothing(
     for job in (a, b, c):
         assert kite.job_state(job) == "passed", (job, kite.job_history(job))
         assert kite.job_history(job).count("accepted") == 1  # acquired exactly once
-    assert kite.job_state(run) in ("canceled", "failed"), (kite.job_history(run), _logs(shared))
+    assert kite.job_state(run) in ("canceled", "failed"), (kite.job_history(run),
+                                                        _logs(shared, run))
     assert kite.job_state(tout) != "running"
     assert kite.job_state(pend) == "canceled" and "accepted" not in kite.job_history(pend)
     assert list((shared / "builds").iterdir()) == []  # each job's build path was removed
