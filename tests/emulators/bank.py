@@ -300,6 +300,11 @@ class Bank(Emulator):
         with self.lock:
             return self._member(account, user_or_uid).usage
 
+    def job_ids(self) -> list[str]:
+        """Every jobslurmid with a record."""
+        with self.lock:
+            return sorted(self._jobs)
+
     def job(self, jobslurmid: str | int) -> dict[str, Any] | None:
         """The stored record of a job, as the API returns it, or None."""
         with self.lock:
