@@ -164,3 +164,46 @@ def test_buildkite_secret_commands_round_trip(
     monkeypatch.setenv("BUILDKITE_REPO", "https://github.com/org/repo")
     assert main(["buildkite", "decrypt-env", str(private)]) == 0
     assert capsys.readouterr().out.strip() == "export CODECOV_TOKEN='s3cr3t v'"
+
+
+def test_bank_reconcile_resends_a_period_from_sacct(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every run that ended in the period is PUT with its actual amount; others are not."""
+    from decimal import Decimal
+
+    from tests.emulators.bank import Bank
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "slurm" / "24.11"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\ncat {fixture / 'sacct.json'}\n")
+    (bin_dir / "squeue").write_text("#!/bin/sh\necho 'slurm 24.11.5'\n")
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    token.chmod(0o600)
+    with Bank(token="t") as bank:
+        bank.add_user("alice", 5001)
+        bank.add_user("bob", 5002)
+        bank.set_allocation("lab", "1000")
+        bank.set_user_allocation("lab", "alice", "1000")
+        bank.set_user_allocation("lab", "bob", "1000")
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({
+            "slurm": {"bin_dir": str(bin_dir)},
+            "connectors": {"bank": {"url": bank.url, "token": {"file": str(token)},
+                                    "prices": {"main": "3600"}, "unpriced": "free"}}}))
+        # the capture's jobs 14-17 ended at 1795321839 (2026-11-22 04:30:39 UTC)
+        args = ["-c", str(config), "bank", "reconcile", "--since", "2026-11-22T04:30:39Z",
+                "--until", "2026-11-22T04:30:40Z"]
+        assert main([*args, "--dry-run"]) == 0
+        assert bank.job_ids() == [] and "would re-send 4 ended jobs" in capsys.readouterr().out
+        if not {"alice", "bob"} <= {p.pw_name for p in __import__("pwd").getpwall()}:
+            pytest.skip("sacct's JSON has no uid; this machine has no alice and bob (the lab's)")
+        assert main(args) == 0
+        assert bank.job_ids() == ["14", "15", "16", "17"]
+        # 1 cpu for 1 s at 3600 SU/h
+        assert [bank.job(j)["amount"] for j in bank.job_ids()] == ["1.00"] * 4
+        assert bank.usage("lab") == Decimal("4.00")
