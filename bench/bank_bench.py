@@ -29,8 +29,8 @@ from sync.engine import CycleOptions, run_cycle  # noqa: E402
 from sync.slurm.reader import SlurmReader  # noqa: E402
 from sync.slurm.run import Runner, SlurmCommands  # noqa: E402
 from sync.store import Store  # noqa: E402
-from tests.emulators.base import Faults  # noqa: E402
 from tests.emulators.bank import Bank  # noqa: E402
+from tests.emulators.base import Faults  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "slurm" / "24.11"
 
