@@ -336,7 +336,7 @@ class BuildkiteConnector(Connector):
             self.pipelines = tuple(rest.get("pipelines", ()))
             self.client = ServiceClient(
                 str(rest.get("url", "https://api.buildkite.com")),
-                headers={"Authorization": f"Bearer {self._secret_in('rest', rest)}"},
+                headers={"Authorization": f"Bearer {self.secret('rest.token').reveal()}"},
                 timeout=timeout, retries=1)
         else:
             stacks = settings.get("stacks")
@@ -346,7 +346,7 @@ class BuildkiteConnector(Connector):
             self.reservation = int(stacks.get("reservation_seconds", 900))
             self.client = ServiceClient(
                 str(stacks.get("url", "https://agent.buildkite.com")),
-                headers={"Authorization": f"Token {self._secret_in('stacks', stacks)}",
+                headers={"Authorization": f"Token {self.secret('stacks.token').reveal()}",
                          "Content-Type": "application/json"},
                 timeout=timeout, retries=1)
             self._registered = False
@@ -354,15 +354,6 @@ class BuildkiteConnector(Connector):
         self.cluster: str | None = None
         self._remote = Remote()
         self._batches: dict[str, tuple[Ref, ...]] = {}
-
-    def _secret_in(self, section: str, values: Mapping[str, Any]) -> str:
-        from sync.secrets import SecretRef, resolve_secret
-
-        ref = SecretRef.from_config(values.get("token"),
-                                    key=f"$.connectors.buildkite.{section}.token")
-        secret = resolve_secret(ref)
-        self.warnings.extend(secret.warnings)
-        return secret.reveal()
 
     # -- wiring
 

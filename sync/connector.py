@@ -170,8 +170,12 @@ class Connector(ABC):
 
     def secret(self, key: str) -> Secret:
         """The secret that ``settings[key]`` refers to (``{"file": ...}`` or ``{"env": ...}``),
-        with its warnings added to ``self.warnings``; a ConfigError names what is wrong."""
-        ref = SecretRef.from_config(self.settings.get(key), key=f"$.connectors.{self.name}.{key}")
+        with its warnings added to ``self.warnings``; a ConfigError names what is wrong.
+        ``key`` may be dotted (``rest.token``) for a secret inside a section."""
+        value: Any = self.settings
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        ref = SecretRef.from_config(value, key=f"$.connectors.{self.name}.{key}")
         secret = resolve_secret(ref)
         self.warnings.extend(secret.warnings)
         return secret

@@ -282,3 +282,17 @@ def test_a_connector_keeps_the_warnings_of_its_secrets(tmp_path: Path) -> None:
     assert connector.secret("token").reveal() == "t0ken"
     assert len(connector.warnings) == 1 and str(token) in connector.warnings[0]
     assert "t0ken" not in connector.warnings[0]
+
+
+def test_a_secret_inside_a_section_is_named_by_its_dotted_key(tmp_path: Path) -> None:
+    from connectors.events import EventsConnector
+    from sync.errors import ConfigError
+
+    token = tmp_path / "token"
+    token.write_text("bkua\n")
+    token.chmod(0o640)
+    connector = EventsConnector({"output": "-", "rest": {"token": {"file": str(token)}}})
+    assert connector.secret("rest.token").reveal() == "bkua"
+    assert connector.warnings and "chmod 600" in connector.warnings[0]
+    with pytest.raises(ConfigError, match=r"\$\.connectors\.events\.stacks\.token"):
+        connector.secret("stacks.token")
