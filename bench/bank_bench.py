@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from standins import stand_ins  # noqa: E402
 
 from connectors.bank import BankConnector  # noqa: E402
 from sync.connector import SlurmContext  # noqa: E402
@@ -51,14 +54,7 @@ def _documents(work: Path, jobs: int, now: int) -> Path:
     (work / "sacct.json").write_text(json.dumps({**sacct, "jobs": records}))
     squeue = json.loads((FIXTURES / "squeue-running.json").read_text())
     (work / "squeue.json").write_text(json.dumps({**squeue, "jobs": []}))
-    bin_dir = work / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text(
-        f'#!/bin/sh\ncase "$1" in --version) echo "slurm 24.11.5";; '
-        f'*) cat {work / "squeue.json"};; esac\n')
-    (bin_dir / "sacct").write_text(f"#!/bin/sh\ncat {work / 'sacct.json'}\n")
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
+    bin_dir = stand_ins(work, squeue=work / "squeue.json", sacct=work / "sacct.json")
     return bin_dir
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from standins import stand_ins  # noqa: E402
 
 from connectors.buildkite import BuildkiteConnector  # noqa: E402
 from sync.connector import SlurmContext  # noqa: E402
@@ -37,20 +40,12 @@ SHAPES = [[], ["slurm_cpus_per_task=2"], ["slurm_time=00:20:00"], ["slurm_mem=1G
 
 
 def _stand_ins(work: Path) -> Path:
-    bin_dir = work / "bin"
-    bin_dir.mkdir()
     empty = json.loads((ROOT / "tests/fixtures/slurm/24.11/sacct.json").read_text())
     (work / "empty.json").write_text(json.dumps({**empty, "jobs": []}))
-    (bin_dir / "squeue").write_text(
-        f'#!/bin/sh\ncase "$1" in --version) echo "slurm 24.11.5";; '
-        f'*) cat {work / "empty.json"};; esac\n')
-    (bin_dir / "sacct").write_text(f"#!/bin/sh\ncat {work / 'empty.json'}\n")
-    (bin_dir / "sbatch").write_text(
-        "#!/bin/sh\ncat > /dev/null\nn=$(cat " + str(work / "n") + " 2>/dev/null || echo 100)\n"
-        "echo $((n + 1)) > " + str(work / "n") + "\necho \"$n;bench\"\n")
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
-    return bin_dir
+    n = work / "n"
+    return stand_ins(work, squeue=work / "empty.json", sacct=work / "empty.json", extra={
+        "sbatch": f'cat > /dev/null; n=$(cat {n} 2>/dev/null || echo 100); '
+                  f'echo $((n + 1)) > {n}; echo "$n;bench"'})
 
 
 def _cycle(mode: str, jobs: int, shapes: int, bin_dir: str, work: Path,

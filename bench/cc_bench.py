@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gen import generate  # noqa: E402
+from standins import stand_ins  # noqa: E402
 
 from connectors.clustercockpit import ClusterCockpitConnector  # noqa: E402
 from sync.connector import SlurmContext  # noqa: E402
@@ -45,16 +46,8 @@ def _stand_ins(work: Path, jobs: int) -> tuple[Path, Path, list[int]]:
     squeue_doc.write_text(json.dumps(document))
     sacct = json.loads((ROOT / "tests/fixtures/slurm/24.11/sacct.json").read_text())
     (work / "sacct.json").write_text(json.dumps({**sacct, "jobs": []}))
-    bin_dir = work / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text(
-        f'#!/bin/sh\ncase "$1" in --version) echo "slurm 24.11.5";; '
-        f'*) exec cat {squeue_doc};; esac\n')
-    (bin_dir / "sacct").write_text(f"#!/bin/sh\nexec cat {work / 'sacct.json'}\n")
-    (bin_dir / "scontrol").write_text("#!/bin/sh\necho '#!/bin/sh'; echo 'srun ./app'\n")
-    (bin_dir / "sinfo").write_text("#!/bin/sh\nexit 0\n")
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
+    bin_dir = stand_ins(work, squeue=squeue_doc, sacct=work / "sacct.json", extra={
+        "scontrol": "echo '#!/bin/sh'; echo 'srun ./app'", "sinfo": "exit 0"})
     state = work / "statesave"
     ids = [int(r["job_id"]) for r in document["jobs"]]
     for job_id in ids:

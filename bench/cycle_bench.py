@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gen import generate  # noqa: E402
+from standins import stand_ins  # noqa: E402
 
 from connectors.events import EventsConnector  # noqa: E402
 from sync.engine import CycleOptions, run_cycle  # noqa: E402
@@ -41,14 +42,7 @@ def main() -> int:
     squeue_doc.write_text(json.dumps(generate("24.11", args.jobs, running_every=1), indent=2))
     sacct = json.loads((ROOT / "tests/fixtures/slurm/24.11/sacct.json").read_text())
     (work / "sacct.json").write_text(json.dumps({**sacct, "jobs": []}))
-    bin_dir = work / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text(
-        f'#!/bin/sh\ncase "$1" in --version) echo "slurm 24.11.5";; '
-        f'*) exec cat {squeue_doc};; esac\n')
-    (bin_dir / "sacct").write_text(f"#!/bin/sh\nexec cat {work / 'sacct.json'}\n")
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
+    bin_dir = stand_ins(work, squeue=squeue_doc, sacct=work / "sacct.json")
 
     def cycle(store: Store) -> tuple[float, int]:
         reader = SlurmReader(Runner(SlurmCommands(bin_dir=str(bin_dir))))
