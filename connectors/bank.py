@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar
 
-from sync.actions import Action, Outcome, Status
+from sync.actions import Action, Outcome
 from sync.connector import (
     Connector,
     Direction,
@@ -53,7 +53,7 @@ from sync.connector import (
     delivery_key,
 )
 from sync.errors import ConfigError, SlurmError
-from sync.http import ServiceClient, classify
+from sync.http import ServiceClient, outcome_of
 from sync.secrets import SECRET_REF_SCHEMA
 from sync.slurm.control import SlurmControl
 from sync.slurm.model import Job, JobState
@@ -405,12 +405,7 @@ class BankConnector(Connector):
             reply = self.client.put(f"/jobs/{record['jobslurmid']}/", json=record)
         else:
             return self.apply_many([action])[0]
-        status = classify(reply)
-        if status is Status.DONE:
-            return Outcome.done(action, f"HTTP {reply.status}")
-        if status is Status.TRANSIENT:
-            return Outcome.transient(action, reply.describe(), reply.retry_after)
-        return Outcome.permanent(action, reply.describe())
+        return outcome_of(action, reply)
 
     def apply_many(self, actions: Sequence[Action]) -> list[Outcome]:
         if self.control is None:

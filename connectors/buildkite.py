@@ -57,7 +57,7 @@ from sync.connector import (
     View,
 )
 from sync.errors import ConfigError, SlurmError
-from sync.http import Reply, ServiceClient, classify
+from sync.http import Reply, ServiceClient, classify, outcome_of
 from sync.secrets import SECRET_REF_SCHEMA
 from sync.slurm.control import SlurmControl, SubmitRequest
 from sync.slurm.model import Job, JobState
@@ -771,12 +771,7 @@ class BuildkiteConnector(Connector):
         reply = self.client.post(f"/v3/stacks/{self.stack_key}/notifications", json={
             "notifications": [{"job_uuid": a.payload["job"],
                                "detail": str(a.payload["detail"])[:256]} for a in actions]})
-        status = classify(reply)
-        if status is Status.DONE:
-            return [Outcome.done(a) for a in actions]
-        if status is Status.TRANSIENT:
-            return [Outcome.transient(a, reply.describe(), reply.retry_after) for a in actions]
-        return [Outcome.permanent(a, reply.describe()) for a in actions]
+        return [outcome_of(a, reply) for a in actions]
 
     # -- check
 

@@ -47,7 +47,7 @@ from sync.connector import (
     delivery_key,
 )
 from sync.errors import ConfigError, SlurmError
-from sync.http import Reply, ServiceClient, classify
+from sync.http import ServiceClient, outcome_of
 from sync.secrets import SECRET_REF_SCHEMA
 from sync.slurm.model import Job, JobState, NodeAllocation
 from sync.slurm.query import JobFilter, SacctWindow
@@ -574,23 +574,14 @@ class ClusterCockpitConnector(Connector):
                 f"requeued job cannot be recorded (422)"))
         if reply.status == 422:
             return Outcome.already_done(action, "cc-backend has it (422)")
-        return self._outcome(action, reply)
+        return outcome_of(action, reply)
 
     def _apply_stop(self, action: Action) -> Outcome:
         reply = self.client.post("/api/jobs/stop_job/", json=dict(action.payload))
         if reply.status in (404, 422):
             return Outcome.already_done(action, f"already stopped or unknown "
                                                 f"({reply.describe()})")
-        return self._outcome(action, reply)
-
-    @staticmethod
-    def _outcome(action: Action, reply: Reply) -> Outcome:
-        status = classify(reply)
-        if status is Status.DONE:
-            return Outcome.done(action, f"HTTP {reply.status}")
-        if status is Status.TRANSIENT:
-            return Outcome.transient(action, reply.describe(), reply.retry_after)
-        return Outcome.permanent(action, reply.describe())
+        return outcome_of(action, reply)
 
     def _with_files(self, meta: dict[str, str], files: Mapping[str, Any]) -> dict[str, str]:
         """metaData with the job script (and the environment when asked), as strings."""

@@ -29,9 +29,9 @@ from typing import Any
 import requests
 
 from sync import __version__
-from sync.actions import Status
+from sync.actions import Action, Outcome, Status
 
-__all__ = ["Reply", "ServiceClient", "classify", "parse_retry_after"]
+__all__ = ["Reply", "ServiceClient", "classify", "outcome_of", "parse_retry_after"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -108,6 +108,17 @@ def classify(reply: Reply) -> Status:
 
 
 _FIX_CONFIG = frozenset({401, 403, 404, 407, 408})
+
+
+def outcome_of(action: Action, reply: Reply) -> Outcome:
+    """`outcome_of(action, reply)`: the Outcome ``classify`` gives, with the reply's words (and
+    its Retry-After for a transient one)."""
+    status = classify(reply)
+    if status is Status.DONE:
+        return Outcome.done(action, f"HTTP {reply.status}")
+    if status is Status.TRANSIENT:
+        return Outcome.transient(action, reply.describe(), reply.retry_after)
+    return Outcome.permanent(action, reply.describe())
 
 
 class ServiceClient:
