@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar
 
+from connectors.bank_service import SERVICES, AllocationService
 from sync.actions import Action, Outcome
 from sync.connector import (
     Connector,
@@ -53,7 +54,7 @@ from sync.connector import (
     delivery_key,
 )
 from sync.errors import ConfigError, SlurmError
-from sync.http import ServiceClient, outcome_of
+from sync.http import ServiceClient
 from sync.secrets import SECRET_REF_SCHEMA
 from sync.slurm.control import SlurmControl
 from sync.slurm.model import Job, JobState
@@ -73,6 +74,7 @@ _SCHEMA: dict[str, Any] = {
     "required": ["url", "token", "prices", "unpriced"],
     "properties": {
         "url": {"type": "string", "pattern": "^https?://"},
+        "api": {"enum": sorted(SERVICES), "description": "the service's API (default mybrc)"},
         "token": SECRET_REF_SCHEMA,
         "prices": {
             "type": "object",
@@ -226,9 +228,10 @@ class BankConnector(Connector):
         self.fail_open = settings.get("on_unreachable", "fail_open") == "fail_open"
         self.accounts = frozenset(settings.get("accounts", ()))
         token = self.secret("token").reveal()
-        self.client = ServiceClient(str(settings["url"]),
-                                    headers={"Authorization": f"Token {token}"},
-                                    timeout=float(settings.get("timeout", 5)), retries=1)
+        client = ServiceClient(str(settings["url"]),
+                               headers={"Authorization": f"Token {token}"},
+                               timeout=float(settings.get("timeout", 5)), retries=1)
+        self.service: AllocationService = SERVICES[str(settings.get("api", "mybrc"))](client)
         self.control: SlurmControl | None = None
         self._verdicts: dict[str, Verdict] = {}
 
@@ -244,7 +247,7 @@ class BankConnector(Connector):
         return SlurmNeeds(squeue=JobFilter(states=("PD", "R", "CG", "S")), sacct=True)
 
     def close(self) -> None:
-        self.client.close()
+        self.service.close()
 
     # -- observe: ask the service about pending jobs (read only)
 
@@ -282,19 +285,17 @@ class BankConnector(Connector):
         if uid is None:
             return self._unreachable(f"no uid for user {job.user}", guess)
         total = guess + committed.get(job.account or "", Decimal(0))
-        reply = self.client.get(f"/can_submit_job/{total}/{uid}/{job.account}/")
-        body = reply.body if isinstance(reply.body, Mapping) else {}
-        if reply.ok and isinstance(body.get("success"), bool):
-            message = str(body.get("message") or "")
-            if body["success"]:
-                return Verdict(True, f"{guess} SU approved", guess)
+        answer = self.service.can_pay(total, uid, job.account or "")
+        if answer.ok:
+            return Verdict(True, f"{guess} SU approved", guess)
+        if answer.refused:
+            return Verdict(False, f"the service refuses the request: {answer.message}", guess)
+        if answer.ok is False:
             others = f" (with {total - guess} SU pending)" if total > guess else ""
-            said = f": {message}" if message else ""
+            said = f": {answer.message}" if answer.message else ""
             return Verdict(False, f"account {job.account} cannot pay {guess} SU{others}{said}",
                            guess)
-        if reply.status == 400:
-            return Verdict(False, f"the service refuses the request: {reply.describe()}", guess)
-        return self._unreachable(reply.describe(), guess)
+        return self._unreachable(answer.message, guess)
 
     def _unreachable(self, why: str, guess: Decimal) -> Verdict:
         verdict = "approved (fail_open)" if self.fail_open else "refused (fail_closed)"
@@ -396,16 +397,10 @@ class BankConnector(Connector):
         if "skip" in action.payload:
             return Outcome.permanent(action, f"not reported: {action.payload['skip']}")
         if action.kind == START:
-            reply = self.client.post("/jobs/", json=dict(action.payload["record"]))
-            body = reply.body if isinstance(reply.body, Mapping) else {}
-            if reply.status == 400 and "already exists" in str(body.get("jobslurmid", "")):
-                return Outcome.already_done(action, "the service has this job already")
-        elif action.kind == STOP:
-            record = dict(action.payload["record"])
-            reply = self.client.put(f"/jobs/{record['jobslurmid']}/", json=record)
-        else:
-            return self.apply_many([action])[0]
-        return outcome_of(action, reply)
+            return self.service.report_start(action, action.payload["record"])
+        if action.kind == STOP:
+            return self.service.report_end(action, action.payload["record"])
+        return self.apply_many([action])[0]
 
     def apply_many(self, actions: Sequence[Action]) -> list[Outcome]:
         if self.control is None:
@@ -433,10 +428,7 @@ class BankConnector(Connector):
         return [outcomes[a.key] for a in actions]
 
     def check(self) -> list[str]:
-        reply = self.client.get("/jobs/0/")
-        if reply.status in (200, 404):
-            return []
-        return [f"allocation service: {reply.describe()}"]
+        return self.service.check()
 
 
 def reconcile_actions(jobs: Iterable[Job], prices: Prices,

@@ -3,9 +3,11 @@ HTTP (approve, hold, release, fail open or closed, reports that survive an outag
 
 from __future__ import annotations
 
+import pwd
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -154,9 +156,17 @@ def test_report_mode_never_touches_jobs(tmp_path: Path, bank: Bank) -> None:
     assert control.held == [] and control.released == []
 
 
+def _only_alice(name: str) -> SimpleNamespace:
+    if name != "alice":
+        raise KeyError(name)
+    return SimpleNamespace(pw_uid=5001)
+
+
 def test_starts_and_ends_are_charged_and_an_outage_loses_nothing(
-    tmp_path: Path, bank: Bank
+    tmp_path: Path, bank: Bank, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # sacct's JSON has no uid: the owner is looked up by name, here without a real alice
+    monkeypatch.setattr(pwd, "getpwnam", _only_alice)
     connector, _ = _connector(tmp_path, bank)
     slurm = Slurm()
     run = Job(job_id=7, state=JobState.RUNNING, user="alice", uid=5001, account="lab",
