@@ -10,15 +10,16 @@ knows its own wire format. Adding a ColdFront-style service is one more class wi
 methods, and one more value of the connector's ``api`` setting.
 
 myBRC (ucb-rit's ColdFront fork, the API slurm-banking-plugins speak) has no call that tells a
-balance: ``balance`` finds it by bisecting ``can_submit_job`` to the cent, starting from the
-last balance seen, so an unchanged balance costs two requests.
+balance: ``balance`` finds it by searching ``can_submit_job`` (galloping from the last balance
+seen, then bisecting), to the cent or the resolution asked for; an unchanged balance costs two
+requests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal
 from typing import Any, Protocol
 
 from sync.actions import Action, Outcome
@@ -53,9 +54,11 @@ class AllocationService(Protocol):
     def can_pay(self, amount: Decimal, uid: int, account: str) -> Answer:
         """Whether ``uid`` may spend ``amount`` more service units in ``account``."""
 
-    def balance(self, account: str, uid: int, hint: Decimal | None = None) -> Decimal | None:
-        """What ``uid`` may still spend in ``account`` (None: no limit); raises
-        ``Unanswered``. ``hint`` is the last balance seen, to ask less."""
+    def balance(self, account: str, uid: int, hint: Decimal | None = None,
+                resolution: Decimal = CENT) -> Decimal | None:
+        """What ``uid`` may still spend in ``account``, to within ``resolution`` and never
+        more (None: no limit); raises ``Unanswered``. ``hint`` is the last balance seen, so
+        an unchanged one costs few requests."""
 
     def report_start(self, action: Action, record: Mapping[str, Any]) -> Outcome:
         """Record a run that started, charged its estimate."""
@@ -85,43 +88,55 @@ class MybrcService:
             return Answer(False, reply.describe(), refused=True)
         return Answer(None, reply.describe())
 
-    def balance(self, account: str, uid: int, hint: Decimal | None = None) -> Decimal | None:
-        def pays(amount: Decimal) -> bool:
-            answer = self.can_pay(amount, uid, account)
+    def balance(self, account: str, uid: int, hint: Decimal | None = None,
+                resolution: Decimal = CENT) -> Decimal | None:
+        step_su = max(resolution.quantize(CENT, rounding=ROUND_UP), CENT)
+        top = int(MYBRC_MAX / step_su)
+
+        def pays(k: int) -> bool:
+            answer = self.can_pay(min(k * step_su, MYBRC_MAX), uid, account)
             if answer.ok is None:
                 raise Unanswered(answer.message)
             return answer.ok
 
+        # find lo (pays) and hi (does not), in steps of step_su, galloping from the hint
         if hint is not None and hint >= 0:
-            if pays(hint):
-                if hint >= MYBRC_MAX or not pays(hint + CENT):
-                    return hint  # unchanged: two requests
-                low, high = hint + CENT, None
-            else:
-                low, high = Decimal("0.00"), hint
-        else:
-            low, high = Decimal("0.00"), None
-        if high is None:  # grow until a cost is refused
-            step = max(low, Decimal(1))
-            while True:
-                probe = min(low + step, MYBRC_MAX)
-                if not pays(probe):
-                    high = probe
-                    break
-                if probe >= MYBRC_MAX:
+            k = min(int(hint / step_su), top)
+            if pays(k):
+                if k >= top:
                     return None
-                low, step = probe, step * 2
-        elif not pays(low):
-            return Decimal("0.00")  # cannot pay even nothing: no allocation, not a member
-        # low pays, high does not: bisect in cents
-        lo, hi = int(low / CENT), int(high / CENT)
+                if not pays(k + 1):
+                    return k * step_su  # unchanged: two requests
+                lo, hi, stride = k + 1, None, 2
+            else:
+                hi, stride = k, 1
+                while True:  # down
+                    probe = max(hi - stride, 0)
+                    if pays(probe):
+                        lo = probe
+                        break
+                    if probe == 0:
+                        return Decimal("0.00")  # cannot pay even nothing
+                    hi, stride = probe, stride * 2
+        else:
+            lo, hi, stride = 0, None, max(1, int(Decimal(1) / step_su))
+        while hi is None:  # up
+            probe = min(lo + stride, top)
+            if not pays(probe):
+                hi = probe
+            elif probe >= top:
+                return None  # pays the most the API can ask: unlimited
+            else:
+                lo, stride = probe, stride * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if pays(mid * CENT):
+            if pays(mid):
                 lo = mid
             else:
                 hi = mid
-        return lo * CENT
+        if lo == 0 and not pays(0):
+            return Decimal("0.00")
+        return (lo * step_su).quantize(CENT)
 
     def report_start(self, action: Action, record: Mapping[str, Any]) -> Outcome:
         reply = self.client.post("/jobs/", json=dict(record))

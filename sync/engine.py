@@ -52,7 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DESTRUCTIVE = frozenset({"stop", "cancel", "signal", "hold"})
-START_KINDS = frozenset({"start", "submit", "report", "release", "notify", "approve"})
+START_KINDS = frozenset({"start", "submit", "report", "release", "notify", "approve", "limit"})
 BASE_KINDS = ("start", "stop", "submit", "cancel", "signal", "hold", "release", "report",
               "notify")
 

@@ -125,3 +125,97 @@ def test_budget_holds_release_and_an_outage_loses_no_usage(
     charged = sum((Decimal(bank.job(j)["amount"]) for j in bank.job_ids()
                    if bank.job(j)["accountid"] == "lab"), Decimal(0))
     assert bank.usage("lab") == charged
+
+
+# --- mode native: Slurm itself holds the job -----------------------------------------------------
+
+ACCOUNT = "bank"  # an account of its own, so its QOS never touches other tests' jobs
+QOS = "bank_bank"
+
+
+def _drop_account(lab: LabCluster) -> None:
+    """Remove the test's account and QOS (what an earlier, interrupted run may have left)."""
+    names = lab.cmd("sacctmgr", "-n", "-P", "show", "account", "format=account").split()
+    if ACCOUNT in names:
+        lab.cmd("sacctmgr", "-i", "delete", "account", ACCOUNT)
+    if QOS in lab.cmd("sacctmgr", "-n", "-P", "show", "qos", "format=name").split():
+        lab.cmd("sacctmgr", "-i", "delete", "qos", QOS)
+
+
+@pytest.fixture
+def bank_account(lab: LabCluster) -> Iterator[str]:
+    _drop_account(lab)
+    lab.cmd("sacctmgr", "-i", "add", "account", ACCOUNT, "Description=bank",
+            "Organization=bank")
+    lab.cmd("sacctmgr", "-i", "add", "user", "alice,bob", f"Account={ACCOUNT}")
+    yield ACCOUNT
+    lab.cancel_all()
+    _drop_account(lab)
+
+
+def _limit(lab: LabCluster) -> str:
+    out = lab.cmd("scontrol", "show", "assoc_mgr", "flags=qos", f"qos={QOS}")
+    return next(t for t in out.split() if t.startswith("GrpTRESMins=")).split(",")[0]
+
+
+def test_native_mode_makes_slurm_hold_what_the_balance_cannot_pay(
+    lab: LabCluster, tmp_path: Path, bank: Bank, bank_account: str
+) -> None:
+    bank.set_allocation(ACCOUNT, "3.00")
+    for user in lab.info["users"]:
+        bank.set_user_allocation(ACCOUNT, user, "3.00")
+    config = _config(lab, tmp_path, bank)
+    settings = json.loads(config.read_text())
+    settings["connectors"]["bank"].update({
+        "mode": "native", "accounts": [ACCOUNT],
+        # 1 SU is one CPU-minute at the lab's price, so the limit is on cpu
+        "native": {"tres": "cpu", "su_per_tres_hour": str(PRICE)}})
+    config.write_text(json.dumps(settings))
+
+    plan = _sync(config, "--dry-run")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"create QOS {QOS}" in plan.stdout and "cpu=3" in plan.stdout, plan.stdout
+    assert QOS not in lab.cmd("sacctmgr", "-n", "-P", "show", "qos", "format=name").split()
+
+    result = _sync(config, "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _limit(lab) == "GrpTRESMins=cpu=3(0)"
+    assoc = lab.cmd("sacctmgr", "-n", "-P", "show", "assoc", f"account={ACCOUNT}",
+                    "format=user,defaultqos")
+    assert {line.split("|")[1] for line in assoc.split()} == {QOS}, assoc
+
+    # 2 CPU-minutes of a 3-minute balance: runs; a second 2-minute job does not fit
+    first = lab.submit("#!/bin/sh\nsleep 300\n", "--job-name=first", "-A", ACCOUNT,
+                       "-p", "main", "--time=2", user="alice")
+    lab.wait_state(first, "RUNNING")
+    second = lab.submit("#!/bin/sh\nsleep 5\n", "--job-name=second", "-A", ACCOUNT,
+                        "-p", "main", "--time=2", user="bob")
+    lab.wait("Slurm's reason for the second job", lambda: "QOSGrpCPUMinutesLimit" in lab.cmd(
+        "squeue", "-h", "-j", str(second), "-o", "%r"), timeout=30)
+    assert lab.cmd("squeue", "-h", "-j", str(second), "-o", "%q").strip() == QOS
+
+    # the first job's start is charged (2.00 of 3.00): the limit does not move
+    assert _sync(config, "-q").returncode == 0
+    assert lab.state(first) == "RUNNING"
+    assert bank.usage(ACCOUNT) == Decimal("2.00")
+    assert _limit(lab).startswith("GrpTRESMins=cpu=3(")
+    assert lab.state(second) == "PENDING"
+
+    # more funds: the limit is raised and Slurm starts the job by itself
+    bank.set_allocation(ACCOUNT, "10.00")
+    bank.set_user_allocation(ACCOUNT, "bob", "10.00")
+    bank.set_user_allocation(ACCOUNT, "alice", "10.00")
+    assert _sync(config, "-q").returncode == 0
+    assert _limit(lab).startswith("GrpTRESMins=cpu=10("), _limit(lab)
+    lab.wait_state(second, "RUNNING", "COMPLETED", timeout=60)
+    lab.wait_state(second, "COMPLETED", timeout=60)
+    lab.cmd("scancel", str(first))
+    lab.wait_state(first, "CANCELLED", timeout=60)
+    lab.wait("both charges", lambda: (
+        _sync(config, "-q").returncode == 0
+        and [(bank.job(j) or {}).get("jobstatus") for j in (first, second)]
+        == ["CANCELLED", "COMPLETED"]), timeout=90)
+    for job_id in (first, second):
+        assert Decimal(bank.job(job_id)["amount"]) == _sacct_cost(lab, job_id)
+    assert bank.usage(ACCOUNT) == sum((_sacct_cost(lab, j) or Decimal(0)
+                                       for j in (first, second)), Decimal(0))

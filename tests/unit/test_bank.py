@@ -12,12 +12,23 @@ from typing import Any
 
 import pytest
 
-from connectors.bank import BankConnector, Prices, actual_cost, cost, estimate
+from connectors.bank import (
+    BankConnector,
+    Limit,
+    NativeSettings,
+    Prices,
+    actual_cost,
+    cost,
+    estimate,
+    unsettled_su,
+)
 from sync.actions import Action, Outcome, Status
-from sync.connector import SlurmContext
+from sync.connector import SlurmContext, Snapshot, View, delivery_key
 from sync.engine import CycleOptions, run_cycle
+from sync.errors import ConfigError, SlurmCommandError
 from sync.slurm.model import Job, JobState
 from sync.slurm.parse import ParseResult
+from sync.slurm.qos import AccountQos, Enforcement, QosAdmin, QosUsage
 from sync.slurm.query import JobFilter, SacctWindow
 from sync.slurm.reader import SlurmReader
 from sync.slurm.run import Runner
@@ -200,3 +211,146 @@ def test_a_resent_start_is_already_there(tmp_path: Path, bank: Bank) -> None:
     again: Outcome = connector.apply(action)
     assert (first.status, again.status) == (Status.DONE, Status.ALREADY_DONE)
     assert bank.usage("lab") == Decimal("1.00")
+
+
+# --- mode native ---------------------------------------------------------------------------------
+
+
+class FakeQos(QosAdmin):
+    """Slurm's QOS side in memory: what sacctmgr would write and assoc_mgr would show."""
+
+    def __init__(self, users: tuple[str, ...] = ("alice", "bob")) -> None:
+        super().__init__(Runner())
+        self.qos: dict[str, QosUsage] = {}
+        self.default = ""
+        self.users = users
+        self.writes: list[tuple[str, ...]] = []
+        self.broken = False
+
+    def enforcement(self) -> Enforcement:
+        if self.broken:
+            raise SlurmCommandError(["scontrol"], 1, "slurmctld down")
+        return Enforcement(frozenset({"associations", "limits", "qos", "safe"}),
+                           "priority/multifactor", "c")
+
+    def usage(self, names: Any) -> dict[str, QosUsage]:
+        return {n: u for n, u in self.qos.items() if n in set(names)}
+
+    def accounts(self, accounts: Any) -> dict[str, AccountQos]:
+        qos = frozenset({self.default, "normal"} - {""})
+        return {a: AccountQos(a, qos, self.default, self.users) for a in accounts}
+
+    def create(self, name: str, tres: str, minutes: int | None) -> None:
+        self.writes.append(("create", name, f"{tres}={minutes}"))
+        self.qos[name] = QosUsage(name, {tres: minutes}, {tres: 0}, {tres: 0})
+
+    def set_limit(self, name: str, tres: str, minutes: int | None) -> None:
+        self.writes.append(("set", name, f"{tres}={minutes}"))
+        old = self.qos[name]
+        self.qos[name] = QosUsage(name, {tres: minutes}, old.used, old.running)
+
+    def attach(self, name: str, account: str, users: Any = ()) -> None:
+        self.writes.append(("attach", name, account))
+        self.default = name
+
+
+def _native(tmp_path: Path, emu: Bank) -> tuple[BankConnector, FakeQos]:
+    connector, _ = _connector(tmp_path, emu, mode="native", accounts=["lab"],
+                              native={"tres": "cpu", "su_per_tres_hour": "60"})
+    qos = FakeQos()
+    connector.qos_admin = qos
+    return connector, qos
+
+
+def _running(job_id: int, minutes: int = 2, user: str = "alice") -> Job:
+    return Job(job_id=job_id, state=JobState.RUNNING, user=user,
+               uid={"alice": 5001, "bob": 5002}[user], account="lab", partition="main",
+               time_limit=minutes, cpus=1, submit_time=NOW - 100, start_time=NOW - 90,
+               hosts=("n1",), cluster="c", node_count=1)
+
+
+def test_native_needs_its_accounts_listed_and_its_section_only_in_mode_native(
+    tmp_path: Path, bank: Bank
+) -> None:
+    with pytest.raises(ConfigError, match=r"\$\.connectors\.bank\.accounts: mode native"):
+        _connector(tmp_path, bank, mode="native")
+    with pytest.raises(ConfigError, match=r"\$\.connectors\.bank\.native: only read"):
+        _connector(tmp_path, bank, mode="hold", native={"tres": "cpu"})
+
+
+def test_native_limit_is_usage_plus_running_plus_what_the_balance_pays() -> None:
+    native = NativeSettings(qos="bank_{account}", tres="cpu", su_per_hour=Decimal(60))
+    assert native.qos_of("Lab") == "bank_lab" and native.minutes(Decimal("2.99")) == 2
+    usage = QosUsage("bank_lab", {"cpu": 30}, {"cpu": 5}, {"cpu": 4})
+    assoc = AccountQos("lab", frozenset({"bank_lab"}), "bank_lab", ("alice",))
+    limit = Limit.of("lab", "bank_lab", native, Decimal("3.00"), Decimal("-1.00"), usage, assoc)
+    assert (limit.minutes, limit.current, limit.needs_write) == (11, 30, True)
+    action = limit.action()
+    assert action.kind == "limit" and action.payload["set"] and not action.payload["create"]
+    assert "GrpTRESMins 30 -> cpu=11" in action.reason
+    # within the slack of rounded-down usage: left alone
+    same = Limit.of("lab", "bank_lab", native, Decimal("23.00"), Decimal(0), usage, assoc)
+    assert (same.minutes, same.needs_write) == (32, False)
+    # unlimited clears the limit; a missing QOS is created and attached
+    free = Limit.of("lab", "bank_lab", native, None, Decimal(0), None, AccountQos("lab"))
+    assert free.minutes is None and free.needs_write
+    assert free.action().payload | {"users": []} == {
+        "account": "lab", "qos": "bank_lab", "tres": "cpu", "minutes": None, "create": True,
+        "set": False, "attach": True, "users": []}
+
+
+def test_unsettled_is_what_the_service_has_not_been_told_yet() -> None:
+    prices = Prices({"main": "60"}, "refuse")
+    started = _running(1, minutes=3)  # estimate 3.00, not reported
+    reported = _running(2, minutes=3)
+    ended = Job(**{**reported.__dict__, "state": JobState.COMPLETED, "end_time": NOW,
+                   "source": "sacct"})  # 90 s: 1.50 of a 3.00 estimate
+    silent = Job(**{**_running(3).__dict__, "state": JobState.FAILED, "end_time": NOW - 30,
+                    "source": "sacct"})  # 60 s: 1.00, never reported at all
+    snapshot = Snapshot(delivered={"start": frozenset({delivery_key(reported)})})
+    view = View(now=NOW, active=(started, reported), ended=(ended, silent),
+                squeue_ok=True, sacct_ok=True)
+    assert unsettled_su(view, snapshot, prices) == {"lab": Decimal("-3.00") + Decimal("1.50")
+                                                    - Decimal("1.00")}
+
+
+def test_native_writes_the_balance_into_slurm_and_leaves_it_alone_when_unsure(
+    tmp_path: Path, bank: Bank, caplog: pytest.LogCaptureFixture
+) -> None:
+    connector, qos = _native(tmp_path, bank)
+    slurm = Slurm()
+    store = Store.memory()
+    _cycle(connector, store, slurm)
+    assert qos.writes == [("create", "bank_lab", "cpu=3"), ("attach", "bank_lab", "lab")]
+    first_asks = bank.count("GET", "/can_submit_job/.*")
+    # nothing changed: two questions per user, no write
+    _cycle(connector, store, slurm, NOW + 60)
+    assert len(qos.writes) == 2
+    assert bank.count("GET", "/can_submit_job/.*") - first_asks == 4
+    # a job starts (2 cpu-minutes held by Slurm); its estimate is charged in the same cycle:
+    # the balance falls by what Slurm already counts, so the limit stays
+    slurm.active = [_running(7, minutes=2)]
+    qos.qos["bank_lab"] = QosUsage("bank_lab", {"cpu": 3}, {"cpu": 0}, {"cpu": 2})
+    _cycle(connector, store, slurm, NOW + 120)
+    assert bank.usage("lab") == Decimal("2.00") and len(qos.writes) == 2
+    _cycle(connector, store, slurm, NOW + 180)
+    assert len(qos.writes) == 2
+    # funds raised: the limit follows
+    bank.set_allocation("lab", "10.00")
+    bank.set_user_allocation("lab", "alice", "10.00")
+    _cycle(connector, store, slurm, NOW + 240)
+    assert qos.writes[-1] == ("set", "bank_lab", "cpu=10")
+    # the service down, or Slurm unreadable: the limit is left as it is, and that is logged
+    bank.set_allocation("lab", "1.00")
+    bank.down = True
+    _cycle(connector, store, slurm, NOW + 300)
+    bank.down = False
+    qos.broken = True
+    _cycle(connector, store, slurm, NOW + 360)
+    assert qos.writes[-1] == ("set", "bank_lab", "cpu=10")
+    said = caplog.text
+    assert "balance of account lab unknown, its QOS limit left as it is" in said
+    assert "QOS limits left as they are" in said and "slurmctld down" in said
+    qos.broken = False
+    _cycle(connector, store, slurm, NOW + 420)
+    assert qos.writes[-1] == ("set", "bank_lab", "cpu=2")  # 0 used + 2 running + 0 left

@@ -78,3 +78,18 @@ def test_balance_of_an_infinite_allocation_is_unlimited_and_an_outage_raises(
     bank.down = True
     with pytest.raises(Unanswered, match="503"):
         service.balance("lab", 5001, hint=Decimal("5.00"))
+
+
+def test_balance_to_a_coarser_resolution_is_never_above_the_real_one(bank: Bank) -> None:
+    service = _service(bank)
+    bank.set_usage("lab", "12.34")  # 87.66 left
+    assert service.balance("lab", 5001, resolution=Decimal(1)) == Decimal("87.00")
+    # a hint a little off (a limit in whole minutes) costs a few requests, not a full search
+    before = _asks(bank)
+    assert service.balance("lab", 5001, hint=Decimal("85.40"),
+                           resolution=Decimal(1)) == Decimal("87.00")
+    assert _asks(bank) - before <= 6
+    before = _asks(bank)
+    assert service.balance("lab", 5001, hint=Decimal("87.00"),
+                           resolution=Decimal(1)) == Decimal("87.00")
+    assert _asks(bank) - before == 2
