@@ -37,6 +37,7 @@ import logging
 import pwd
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar
@@ -456,21 +457,27 @@ class BankConnector(Connector):
         for problem in enforcement.problems():
             log.warning("mode native: %s", problem, extra={"fields": {"connector": self.name}})
         unsettled = unsettled_su(view, snapshot, self.prices)
-        limits = []
+        asked = {}
         for account, qos in names.items():
             assoc = assocs.get(account)
             if assoc is None or not assoc.users:
                 log.warning("account %s has no users in Slurm: no QOS limit written", account,
                             extra={"fields": {"connector": self.name}})
                 continue
-            current = usage.get(qos)
-            found = self._balance(account, assoc.users, current)
+            asked[account] = (qos, assoc)
+        # accounts in parallel (a balance is a few requests per user), each one in order
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            balances = dict(zip(asked, pool.map(
+                lambda a: self._balance(a, asked[a][1].users, usage.get(asked[a][0])), asked)))
+        limits = []
+        for account, (qos, assoc) in asked.items():
+            found = balances[account]
             if isinstance(found, str):
                 log.warning("balance of account %s unknown, its QOS limit left as it is: %s",
                             account, found, extra={"fields": {"connector": self.name}})
                 continue
             limits.append(Limit.of(account, qos, self.native, found,
-                                   unsettled.get(account, Decimal(0)), current, assoc))
+                                   unsettled.get(account, Decimal(0)), usage.get(qos), assoc))
         return limits
 
     def _balance(self, account: str, users: Sequence[str],

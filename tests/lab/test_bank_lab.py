@@ -184,6 +184,15 @@ def test_native_mode_makes_slurm_hold_what_the_balance_cannot_pay(
                     "format=user,defaultqos")
     assert {line.split("|")[1] for line in assoc.split()} == {QOS}, assoc
 
+    # sacctmgr's change reaches slurmctld a moment later: until then a job would get the old
+    # default QOS (a first cycle's race that costs nothing, but would make this test flaky)
+    def takes_bank_qos() -> bool:
+        probe = lab.submit("#!/bin/sh\ntrue\n", "--hold", "-A", ACCOUNT, user="alice")
+        qos = lab.cmd("squeue", "-h", "-j", str(probe), "-o", "%q").strip()
+        lab.cmd("scancel", str(probe))
+        return qos == QOS
+    lab.wait("the account's new default QOS in slurmctld", takes_bank_qos, timeout=30)
+
     # 2 CPU-minutes of a 3-minute balance: runs; a second 2-minute job does not fit
     first = lab.submit("#!/bin/sh\nsleep 300\n", "--job-name=first", "-A", ACCOUNT,
                        "-p", "main", "--time=2", user="alice")

@@ -354,3 +354,14 @@ def test_native_writes_the_balance_into_slurm_and_leaves_it_alone_when_unsure(
     qos.broken = False
     _cycle(connector, store, slurm, NOW + 420)
     assert qos.writes[-1] == ("set", "bank_lab", "cpu=2")  # 0 used + 2 running + 0 left
+
+
+def test_check_names_what_slurm_lacks_for_mode_native(tmp_path: Path, bank: Bank) -> None:
+    connector, qos = _native(tmp_path, bank)
+    assert connector.check() == []
+    qos.enforcement = lambda: Enforcement(  # type: ignore[method-assign]
+        frozenset({"associations", "limits"}), "priority/basic", "c")
+    problems = connector.check()
+    assert any("has no safe" in p for p in problems)
+    assert any("PriorityType is priority/basic" in p for p in problems)
+    assert all(p.startswith("mode native: ") for p in problems)
