@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,7 +60,7 @@ from sync.connector import (
 from sync.errors import ConfigError, SlurmError
 from sync.http import Reply, ServiceClient, classify, outcome_of
 from sync.secrets import SECRET_REF_SCHEMA
-from sync.slurm.control import SlurmControl, SubmitRequest
+from sync.slurm.control import SlurmControl, SubmitRequest, coarse_state
 from sync.slurm.model import Job, JobState
 from sync.slurm.query import JobFilter
 
@@ -68,6 +69,12 @@ __all__ = ["BKJob", "BuildkiteConnector", "Ref", "Remote", "job_script"]
 log = logging.getLogger(__name__)
 
 SUBMIT, CANCEL, SIGNAL, NOTIFY = "submit", "cancel", "signal", "notify"
+PRUNE = "prune"
+#: a per-job build path is removed only when its Slurm job is gone and the folder has not
+#: changed for this long (a job that started after this cycle's squeue has a newer one)
+PRUNE_AGE_SECONDS = 600
+PRUNE_MAX = 100  # folders removed per cycle at most
+JOB_PATH = re.compile(r"^job-(\d+)\Z")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ONE, BATCH = "bk:", "bk-batch:"
@@ -294,6 +301,23 @@ while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
 """
 
 
+def plan_prunes(gone: Mapping[int, float], build_root: str, snapshot: Snapshot,
+                cluster: str | None) -> list[Action]:
+    """A removal for each per-job build path whose Slurm job is gone (``gone``: job id ->
+    the folder's mtime): what is left when Slurm killed a job before its script's cleanup."""
+    actions = []
+    for job_id, mtime in sorted(gone.items()):
+        key = f"{cluster or '-'}/{job_id}/{int(mtime)}"
+        if snapshot.done(PRUNE, key):
+            continue
+        path = os.path.join(build_root.rstrip("/"), f"job-{job_id}")
+        actions.append(Action("buildkite", PRUNE, key, {"path": path},
+                              f"Slurm job {job_id} is gone; its build path is left behind"))
+        if len(actions) >= PRUNE_MAX:
+            break
+    return actions
+
+
 # --- the connector ------------------------------------------------------------------------------
 
 
@@ -304,6 +328,7 @@ class BuildkiteConnector(Connector):
     schema: ClassVar[Mapping[str, Any]] = _SCHEMA
     batch_kinds: ClassVar[frozenset[str]] = frozenset({SUBMIT, CANCEL, SIGNAL, NOTIFY})
     timed_kinds: ClassVar[tuple[str, ...]] = (SIGNAL,)
+    extra_kinds: ClassVar[tuple[str, ...]] = (PRUNE,)
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -354,6 +379,7 @@ class BuildkiteConnector(Connector):
         self.cluster: str | None = None
         self._remote = Remote()
         self._batches: dict[str, tuple[Ref, ...]] = {}
+        self._gone_paths: dict[int, float] = {}
 
     # -- wiring
 
@@ -374,6 +400,7 @@ class BuildkiteConnector(Connector):
 
     def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
         self._batches = self._read_batches(view)
+        self._gone_paths = self._find_gone_paths(view)
         runs = runs_of(view.active, self._batches, self.job_name)
         ended = runs_of(view.ended, self._batches, self.job_name)
         ours = {r.ref.job: r.ref for r in (*runs, *ended)}
@@ -385,6 +412,44 @@ class BuildkiteConnector(Connector):
                         extra={"fields": {"connector": self.name, "error": str(exc)}})
             self._remote = Remote()
         return snapshot
+
+    def _find_gone_paths(self, view: View) -> dict[int, float]:
+        """Per-job build paths whose job Slurm no longer runs. Candidates are folders not
+        touched for PRUNE_AGE_SECONDS whose job this cycle's squeue did not show; squeue is
+        then asked about exactly those ids (whatever their job name), and only an id it does
+        not know, or knows as ended, counts as gone. Any doubt keeps the folder."""
+        if not view.squeue_ok or self.control is None:
+            return {}
+        alive = {j.job_id for j in view.active}
+        candidates = {job_id: mtime for job_id, mtime in self._read_build_paths().items()
+                      if job_id not in alive and view.now - mtime >= PRUNE_AGE_SECONDS}
+        if not candidates:
+            return {}
+        try:
+            states = self.control.status(sorted(candidates))
+        except SlurmError as exc:
+            log.warning("squeue failed; no build path pruned",
+                        extra={"fields": {"connector": self.name, "error": str(exc)}})
+            return {}
+        return {job_id: mtime for job_id, mtime in candidates.items()
+                if coarse_state(states.get(job_id)) in ("gone", "finished", "failed", "cancelled")}
+
+    def _read_build_paths(self) -> dict[int, float]:
+        """Per-job build paths under build_root (``job-<slurm id>``) and when each last
+        changed; none in mode build_path_per build, whose paths are meant to outlive jobs."""
+        if self.per_build:
+            return {}
+        found = {}
+        try:
+            with os.scandir(self.build_root) as entries:
+                for entry in entries:
+                    match = JOB_PATH.match(entry.name)
+                    if match and entry.is_dir(follow_symlinks=False):
+                        found[int(match[1])] = entry.stat(follow_symlinks=False).st_mtime
+        except OSError as exc:
+            log.warning("cannot list the build root; nothing pruned",
+                        extra={"fields": {"path": self.build_root, "error": exc.strerror}})
+        return found
 
     def _read_batches(self, view: View) -> dict[str, tuple[Ref, ...]]:
         ids = {j.comment.strip()[len(BATCH):] for j in (*view.active, *view.ended)
@@ -493,11 +558,15 @@ class BuildkiteConnector(Connector):
         self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
     ) -> list[Action]:
         remote = self._remote
-        if not (view.squeue_ok and remote.complete):
-            return []  # without both, neither what to submit nor what to cancel is known
+        if not view.squeue_ok:
+            return []  # what runs is unknown: nothing is submitted, cancelled or pruned
+        actions: list[Action] = []
+        if direction.includes(Direction.STOP) and not scope.job_ids:
+            actions += plan_prunes(self._gone_paths, self.build_root, snapshot, self.cluster)
+        if not remote.complete:
+            return actions  # without Buildkite, neither what to submit nor what to cancel
         runs = runs_of(view.active, self._batches, self.job_name)
         ended = runs_of(view.ended, self._batches, self.job_name)
-        actions: list[Action] = []
         if direction.includes(Direction.STOP):
             actions += self._plan_cancels(runs, remote, snapshot, view.now)
         if direction.includes(Direction.START):
@@ -611,6 +680,8 @@ class BuildkiteConnector(Connector):
             return [o for kind in sorted(kinds)
                     for o in self.apply_many([a for a in actions if a.kind == kind])]
         kind = actions[0].kind
+        if kind == PRUNE:
+            return [self._prune(a) for a in actions]
         if self.control is None:
             return [Outcome.transient(a, "not bound to Slurm") for a in actions]
         if kind == SUBMIT:
@@ -620,6 +691,26 @@ class BuildkiteConnector(Connector):
         if kind == NOTIFY:
             return self._notify_all(actions)
         return [Outcome.permanent(a, f"unknown action kind {kind!r}") for a in actions]
+
+    def _prune(self, action: Action) -> Outcome:
+        """Remove one per-job build path left behind by a job Slurm killed before its script
+        could clean up. Only ``job-<id>`` folders right under build_root, never through a
+        symlink (shutil.rmtree's fd-based walk on Linux does not follow them)."""
+        path = str(action.payload["path"])
+        if (os.path.dirname(path) != self.build_root.rstrip("/")
+                or not JOB_PATH.match(os.path.basename(path))):
+            return Outcome.permanent(action, f"{path} is not a build path of build_root")
+        if not shutil.rmtree.avoids_symlink_attacks:
+            return Outcome.permanent(action, "this platform's rmtree may follow symlinks")
+        try:
+            if os.path.islink(path):
+                return Outcome.permanent(action, f"{path} is a symlink; left alone")
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            return Outcome.already_done(action, "already gone")
+        except OSError as exc:
+            return Outcome.permanent(action, f"cannot remove {path}: {exc.strerror}")
+        return Outcome.done(action, f"removed {path}")
 
     def _cancel_all(self, actions: Sequence[Action], *, signal: bool) -> list[Outcome]:
         assert self.control is not None

@@ -193,3 +193,38 @@ def test_a_build_runs_once_each_and_cancels_leave_nothing(
     again = _sync(config, "--json")
     assert again.returncode == 0, again.stderr
     assert [x for x in json.loads(again.stdout)["actions"] if x["kind"] == "submit"] == []
+
+
+def test_a_build_path_left_by_a_job_slurm_killed_is_pruned(
+    lab: LabCluster, tmp_path: Path, shared: Path, kite: Buildkite
+) -> None:
+    """A job killed before its script's cleanup leaves its build path; the next cycles remove
+    it once squeue says the job is gone, and leave a running job's path alone."""
+    config = _config(lab, tmp_path, shared, kite, "rest")
+    builds = shared / "builds"
+    script = (f"#!/bin/sh\nmkdir -p {builds}/job-$SLURM_JOB_ID/src\n"
+              f"touch {builds}/job-$SLURM_JOB_ID/src/file\nsleep 600\n")
+    victim = lab.submit(script, "--job-name=buildkite", "-p", "main", "-o", "/dev/null",
+                        user=None)
+    survivor = lab.submit(script, "--job-name=buildkite", "-p", "main", "-o", "/dev/null",
+                          user=None)
+    for job in (victim, survivor):
+        lab.wait_state(job, "RUNNING")
+        lab.wait(f"job {job}'s build path", (builds / f"job-{job}" / "src" / "file").exists)
+    lab.cmd("scancel", str(victim))
+    lab.wait_state(victim, "CANCELLED")
+    old = time.time() - 3600  # as if both had been left for an hour
+    for job in (victim, survivor):
+        os.utime(builds / f"job-{job}", (old, old))
+
+    plan = _sync(config, "--dry-run")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"Slurm job {victim} is gone" in plan.stdout, plan.stdout
+    assert f"Slurm job {survivor} is gone" not in plan.stdout
+    assert (builds / f"job-{victim}").exists()
+
+    result = _sync(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (builds / f"job-{victim}").exists()
+    assert (builds / f"job-{survivor}" / "src" / "file").exists()
+    assert lab.state(survivor) == "RUNNING"

@@ -3,6 +3,7 @@ submitted (caps, pauses, resubmits, refusals) and what is cancelled (and when)."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from connectors.buildkite import (
     runs_of,
 )
 from sync.connector import Direction, Scope, Snapshot, View
+from sync.errors import SlurmCommandError
 from sync.slurm.model import ExitCode, Job, JobState
 
 NOW = 1_795_500_000.0
@@ -204,3 +206,57 @@ def test_the_job_script_quotes_config_and_checks_the_job_id(tmp_path: Path) -> N
                        batch_file="/b/x.refs")
     assert 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" /b/x.refs' in batch
     assert "rm -rf" not in batch  # a build's shared path is not removed by one of its jobs
+
+
+class _Squeue:
+    """What squeue says of the ids asked (a missing id: squeue does not know it)."""
+
+    def __init__(self, known: dict[int, JobState], fail: bool = False) -> None:
+        self.known, self.fail, self.asked = known, fail, []  # type: ignore[var-annotated]
+
+    def status(self, ids: Any) -> dict[int, Job | None]:
+        self.asked.append(sorted(ids))
+        if self.fail:
+            raise SlurmCommandError(["squeue"], 1, "slurmctld down")
+        return {i: (Job(job_id=i, state=self.known[i]) if i in self.known else None)
+                for i in ids}
+
+
+def test_build_paths_of_jobs_slurm_no_longer_runs_are_pruned_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "builds"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    for name in ("job-1", "job-2", "job-3", "job-4", "job-5", "cache", "job-7x"):
+        (root / name / "src").mkdir(parents=True)
+    (root / "job-6").symlink_to(outside)
+    for name in ("job-1", "job-2", "job-4", "job-5", "cache", "job-7x"):
+        os.utime(root / name, (NOW - 3600, NOW - 3600))
+    os.utime(root / "job-3", (NOW - 60, NOW - 60))  # may belong to a job that just started
+    connector = _connector(tmp_path, agent={"config": "/etc/bk.cfg", "build_root": str(root)})
+    # job 4 runs under another name (squeue of this cycle did not show it), job 5 has ended
+    squeue = _Squeue({4: JobState.RUNNING, 5: JobState.COMPLETED})
+    connector.control = squeue  # type: ignore[assignment]
+    alive = (_slurm(1, Ref("app", 1, _id(1))),)
+    view = View(now=NOW, active=alive, squeue_ok=True, sacct_ok=True)
+    connector._gone_paths = connector._find_gone_paths(view)
+    assert squeue.asked == [[2, 4, 5]]
+    actions = [a for a in _plan(connector, Remote(), active=alive) if a.kind == "prune"]
+    assert [a.payload["path"] for a in actions] == [str(root / "job-2"), str(root / "job-5")]
+    outcomes = connector.apply_many(actions)
+    assert [o.status.value for o in outcomes] == ["done", "done"]
+    assert sorted(p.name for p in root.iterdir()) == ["cache", "job-1", "job-3", "job-4",
+                                                      "job-6", "job-7x"]
+    assert (outside / "keep").exists()
+    # squeue failing, or not read this cycle, prunes nothing
+    failing = _Squeue({}, fail=True)
+    connector.control = failing  # type: ignore[assignment]
+    assert connector._find_gone_paths(view) == {}
+    unread = View(now=NOW, active=(), squeue_ok=False)
+    assert connector._find_gone_paths(unread) == {}
+    # a path outside build_root is refused even if an action names it
+    bad = actions[0].__class__("buildkite", "prune", "k", {"path": str(outside)}, "")
+    assert connector.apply_many([bad])[0].status.value == "permanent"
+    assert (outside / "keep").exists()
