@@ -255,6 +255,10 @@ class NativeSettings:
         """Whole TRES-minutes that ``su`` service units pay for (never more)."""
         return int((max(su, Decimal(0)) * 60 / self.su_per_hour).to_integral_value(ROUND_FLOOR))
 
+    def su(self, minutes: int) -> Decimal:
+        """What ``minutes`` TRES-minutes cost in service units (none below 0)."""
+        return max(Decimal(minutes) * self.su_per_hour / 60, Decimal(0))
+
 
 #: a limit this close to the one Slurm holds is left alone: slurmctld shows used and running
 #: minutes each rounded down, so their sum is up to two below the reservations while jobs run
@@ -294,7 +298,7 @@ class Limit:
         return cls(account, qos, native.tres, balance, minutes,
                    usage.limit.get(native.tres) if usage else None, usage is not None,
                    qos in assoc.qos and assoc.default_qos == qos,
-                   tuple(u for u in assoc.users_without), used, running)
+                   assoc.users_without, used, running)
 
     @property
     def needs_write(self) -> bool:
@@ -488,9 +492,8 @@ class BankConnector(Connector):
         if current is not None:
             left = current.limit.get(self.native.tres)
             if left is not None:
-                spare = (left - current.used.get(self.native.tres, 0)
-                         - current.running.get(self.native.tres, 0))
-                hint = max(Decimal(spare) * self.native.su_per_hour / 60, Decimal(0))
+                hint = self.native.su(left - current.used.get(self.native.tres, 0)
+                                      - current.running.get(self.native.tres, 0))
         best: Decimal | None = Decimal("0.00")
         asked = 0
         for user in users:

@@ -17,7 +17,7 @@ requests.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_UP, Decimal
 from typing import Any, Protocol
@@ -159,5 +159,6 @@ class MybrcService:
         self.client.close()
 
 
-#: the connector's ``api`` setting -> the class that speaks it
-SERVICES: dict[str, type[MybrcService]] = {"mybrc": MybrcService}
+#: the connector's ``api`` setting -> what makes a service of it from an HTTP client (any
+#: class with the methods of AllocationService; it need not derive from MybrcService)
+SERVICES: dict[str, Callable[[ServiceClient], AllocationService]] = {"mybrc": MybrcService}
