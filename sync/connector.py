@@ -161,6 +161,10 @@ class Connector(ABC):
         # Problems found while setting up that do not stop a run (a secret file others can
         # read...): the CLI logs them at every run and ``check`` lists them.
         self.warnings: list[str] = []
+        # Set by ``apply`` when the service says the connector itself is misconfigured (a 400
+        # naming the payload's schema, a wrong API version): the rest of its actions wait in the
+        # outbox, the engine reports this line and the run exits non-zero. Cleared each cycle.
+        self.halted: str | None = None
 
     @property
     def concurrency(self) -> int:
