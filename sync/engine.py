@@ -24,11 +24,19 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
 from sync.actions import Action, Outcome, Status
-from sync.connector import Connector, Direction, Scope, SlurmNeeds, Snapshot, View
+from sync.connector import (
+    Connector,
+    Direction,
+    Scope,
+    SlurmNeeds,
+    Snapshot,
+    View,
+    delivery_key,
+)
 from sync.errors import SlurmError, SyncError
 from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, SacctWindow
@@ -50,6 +58,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+EXIT_SLURM, EXIT_CONNECTOR, EXIT_BEHIND = 3, 4, 5
+# Tracked runs looked up by job id in one sacct call per cycle, at most (the oldest first).
+LOOKUP_CAP = 1000
 
 DESTRUCTIVE = frozenset({"stop", "cancel", "signal", "hold"})
 START_KINDS = frozenset({"start", "submit", "report", "release", "notify", "approve", "limit"})
@@ -110,6 +122,7 @@ class CycleOptions:
     stop_guard_min: int = 10
     sacct_overlap: int = 60
     first_window: int = 3600
+    max_lag: float | None = 3600.0
 
 
 @dataclass
@@ -122,12 +135,24 @@ class CycleReport:
     refused: list[str] = field(default_factory=list)
     slurm_errors: list[str] = field(default_factory=list)
     windows: dict[str, SacctWindow] = field(default_factory=dict)
+    retried: list[Action] = field(default_factory=list)
+    connector_errors: list[str] = field(default_factory=list)
+    lag: dict[str, Lag] = field(default_factory=dict)
+    behind: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        if self.slurm_errors and not self.outcomes:
-            return 3
-        if any(o.status in (Status.TRANSIENT, Status.PERMANENT) for o in self.outcomes):
+        """3 when a Slurm query failed, whatever else went through; 4 when a connector failed
+        or is misconfigured; 5 when a connector is behind more than ``max_lag_seconds``; 1 when
+        an action failed or the guard refused some; else 0."""
+        if self.slurm_errors:
+            return EXIT_SLURM
+        if self.connector_errors:
+            return EXIT_CONNECTOR
+        if self.behind:
+            return EXIT_BEHIND
+        if self.refused or any(o.status in (Status.TRANSIENT, Status.PERMANENT)
+                               for o in self.outcomes):
             return 1
         return 0
 
@@ -181,41 +206,55 @@ def sacct_window(watermark: float | None, now: float, overlap: int, first: int) 
     return SacctWindow(start=min(start, end), end=end)
 
 
+def confirmed_ends(view: View) -> frozenset[str]:
+    """Delivery keys of the runs Slurm's accounting says ended: a finished sacct record (the
+    window's, or the per-job lookup's) with an end time, for a run squeue does not show still
+    active. A stop of such a run rests on Slurm's own record of that very run, not on an absence."""
+    running = {delivery_key(j) for j in view.active if j.state.active}
+    return frozenset(
+        key for j in view.ended
+        if j.source == "sacct" and j.state.finished and j.end_time and j.start_time
+        and (key := delivery_key(j)) not in running
+    )
+
+
 def guard(
     actions: Sequence[Action], view: View, tracked: frozenset[str] | set[str], share: float,
     force: bool, floor: int = 0,
 ) -> tuple[list[Action], list[str]]:
     """Drop destructive actions a cycle must not take; return (kept, reasons).
 
-    ``tracked`` are the keys started earlier and not stopped. The share guard counts only stops
-    of those: a job that started and ended between two cycles gets its start and its stop in
-    one cycle, and that stop takes nothing away that was tracked. Nor does it refuse a cycle
-    that stops at most ``floor`` tracked jobs: on a quiet cluster two of three jobs ending in
-    the same minute is normal.
+    The guard is there for a Slurm that lies (a failed, empty or truncated answer), not for a
+    backlog. So:
+    - a failed query, or an empty answer while jobs are tracked, refuses every destructive action;
+    - a stop of a run sacct reports ended (``confirmed_ends``) always passes: a backlog of ended
+      jobs, however large, is Slurm's word run by run;
+    - the share guard counts only the other, unconfirmed stops of ``tracked`` keys (started
+      earlier and not stopped) and refuses those alone when they are more than ``share`` of the
+      tracked jobs (and more than ``floor``), unless forced. An unconfirmed stop becomes
+      confirmed once sacct has the run (the engine looks tracked runs up by job id every cycle),
+      so no state the guard leaves refuses for ever.
     """
     destructive = [a for a in actions if a.kind in DESTRUCTIVE]
     if not destructive:
         return list(actions), []
-    reasons = []
-    of_tracked = [a for a in destructive if a.key in tracked]
     if not view.slurm_ok:
-        reasons.append(
-            f"{len(destructive)} stop/cancel action(s) not taken: a Slurm query failed this cycle"
-        )
-    elif tracked and not view.active and not view.ended:
-        reasons.append(
+        return [a for a in actions if a.kind not in DESTRUCTIVE], [
+            f"{len(destructive)} stop/cancel action(s) not taken: a Slurm query failed this "
+            f"cycle"]
+    if tracked and not view.active and not view.ended:
+        return [a for a in actions if a.kind not in DESTRUCTIVE], [
             f"{len(destructive)} stop/cancel action(s) not taken: Slurm returned no jobs while "
-            f"{len(tracked)} are tracked"
-        )
-    elif len(of_tracked) > max(share * len(tracked), floor) and not force:
-        reasons.append(
-            f"{len(destructive)} stop/cancel action(s) not taken: {len(of_tracked)} of them stop "
-            f"more than {share:.0%} of the {len(tracked)} tracked jobs; run with --force if "
-            f"this is right"
-        )
-    if not reasons:
+            f"{len(tracked)} are tracked"]
+    confirmed = confirmed_ends(view)
+    doubtful = [a for a in destructive if a.key in tracked and a.key not in confirmed]
+    if force or len(doubtful) <= max(share * len(tracked), floor):
         return list(actions), []
-    return [a for a in actions if a.kind not in DESTRUCTIVE], reasons
+    dropped = {id(a) for a in doubtful}
+    return [a for a in actions if id(a) not in dropped], [
+        f"{len(doubtful)} stop/cancel action(s) not taken: they stop more than {share:.0%} of "
+        f"the {len(tracked)} tracked jobs and sacct does not confirm those runs ended; run "
+        f"with --force if this is right"]
 
 
 def limit(actions: Sequence[Action], cap: int | None) -> tuple[list[Action], list[Action]]:
@@ -353,6 +392,80 @@ def _snapshot(store: Store, name: str, kinds: Iterable[str],
     )
 
 
+def run_key(key: str) -> tuple[int, int] | None:
+    """`run_key("c1/42/1790000000")` is ``(42, 1790000000)``: the job id and start time of a
+    delivery key (``cluster/job_id/start_time``), None for a key of another form."""
+    parts = key.split("/")
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()
+                               and parts[2].isascii() and parts[2].isdigit()):
+        return None
+    job_id, start = int(parts[1]), int(parts[2])
+    return (job_id, start) if job_id > 0 and start > 0 else None
+
+
+def unseen_runs(tracked: Iterable[str], view: View, cap: int = LOOKUP_CAP) -> dict[str, int]:
+    """Tracked runs this cycle's answers say nothing about: {key: start time}, oldest first,
+    at most ``cap``. Their job ended before the sacct window (a start that waited in the outbox,
+    a syncer that was down) or Slurm lost them; the engine asks sacct about them by job id."""
+    seen = {delivery_key(j) for j in (*view.active, *view.ended)}
+    found = {k: r for k in tracked if k not in seen and (r := run_key(k)) is not None}
+    oldest = sorted(found.items(), key=lambda kv: (kv[1][1], kv[0]))[:cap]
+    return {k: r[1] for k, r in oldest}
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far one connector is behind Slurm after a cycle: tracked runs Slurm says ended that
+    are not stopped (and when the oldest ended), tracked runs Slurm has no record of, and the
+    destructive actions the guard refused."""
+
+    connector: str
+    ended_unstopped: int = 0
+    oldest_end: float | None = None
+    unknown: int = 0
+    refused: int = 0
+
+
+def lag_of(name: str, tracked: Iterable[str], view: View, refused: int) -> Lag:
+    """The ``Lag`` of ``name`` from the keys it still tracks after the cycle (pure)."""
+    ends = {delivery_key(j): j.end_time for j in view.ended
+            if j.state.finished and j.end_time}
+    known = {delivery_key(j) for j in (*view.active, *view.ended)}
+    keys = [k for k in tracked if run_key(k) is not None]
+    ended = [ends[k] for k in keys if k in ends]
+    return Lag(
+        connector=name,
+        ended_unstopped=len(ended),
+        oldest_end=float(min(e for e in ended if e is not None)) if ended else None,
+        unknown=sum(1 for k in keys if k not in known),
+        refused=refused,
+    )
+
+
+def _look_up(reader: SlurmReader, wanted: Mapping[str, int], view: View,
+             errors: list[str]) -> View:
+    """One sacct call for every tracked run the cycle did not see (by job id, window from the
+    oldest start); the runs found join ``view.ended``. A failure is a Slurm error of the cycle."""
+    if not wanted:
+        return view
+    ids = tuple(sorted({run_key(k)[0] for k in wanted}))  # type: ignore[index]
+    window = SacctWindow(start=min(wanted.values()) - 1, end=int(view.now) + 1)
+    try:
+        found = reader.sacct(window, JobFilter(states=("all",), job_ids=ids)).jobs
+    except SlurmError as exc:
+        errors.append(str(exc))
+        return replace(view, sacct_ok=False)
+    runs = tuple(j for j in found if delivery_key(j) in wanted)
+    log.info("looked up tracked runs outside the window", extra={"fields": {
+        "asked": len(wanted), "found": len(runs)}})
+    return replace(view, ended=(*view.ended, *runs))
+
+
+def _tracked(snapshot: Snapshot) -> frozenset[str]:
+    return (snapshot.delivered.get("start", frozenset())
+            - snapshot.delivered.get("stop", frozenset()))
+
+
 def run_cycle(
     reader: SlurmReader,
     store: Store,
@@ -363,10 +476,18 @@ def run_cycle(
     progress: ProgressSink | None = None,
 ) -> CycleReport:
     """Run one cycle for ``connectors``; with ``dry_run`` plan and report only. ``progress``
-    is told about each applied action (the CLI draws a bar from it)."""
+    is told about each applied action (the CLI draws a bar from it).
+
+    Each connector's cycle is isolated: an exception in its ``observe``, ``plan`` or ``apply``
+    is reported (``report.connector_errors``) and the next connector goes on."""
     report = CycleReport()
-    needs = {name: c.needs() for name, c in connectors.items()}
-    watermarks = {name: store.get_watermark(connector=name) for name in connectors}
+    needs: dict[str, SlurmNeeds] = {}
+    for name, connector in connectors.items():
+        try:
+            needs[name] = connector.needs()
+        except Exception as exc:
+            _connector_failed(report, name, "needs", exc)
+    watermarks = {name: store.get_watermark(connector=name) for name in needs}
     windows = {
         name: sacct_window(watermarks[name], now, options.sacct_overlap, options.first_window)
         for name, need in needs.items()
@@ -378,53 +499,124 @@ def run_cycle(
         widest = SacctWindow(min(w.start for w in windows.values()), int(now) + 1)
     view = _view(reader, merged_filter(needs.values(), options.scope), widest, now,
                  options.scope, report.slurm_errors)
+    snapshots = {name: _snapshot(store, name, _kinds(connectors[name]),
+                                 connectors[name].timed_kinds) for name in needs}
+    if view.sacct_ok and not options.scope.job_ids:
+        wanted: dict[str, int] = {}
+        for name in windows:
+            wanted.update(unseen_runs(_tracked(snapshots[name]), view))
+        view = _look_up(reader, dict(sorted(wanted.items(), key=lambda kv: kv[1])[:LOOKUP_CAP]),
+                        view, report.slurm_errors)
     for message in report.slurm_errors:
         log.error("slurm query failed", extra={"fields": {"error": message}})
-    for name, connector in connectors.items():
-        kinds = tuple(dict.fromkeys((*BASE_KINDS, *connector.extra_kinds)))
-        snapshot = _snapshot(store, name, kinds, connector.timed_kinds)
-        due = [] if options.dry_run else [
-            e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)
-        ]
-        snapshot = connector.observe(view, snapshot)
-        planned = connector.plan(view, snapshot, options.direction, options.scope)
-        tracked = (snapshot.delivered.get("start", frozenset())
-                   - snapshot.delivered.get("stop", frozenset()))
-        allowed, refused = guard(planned, view, tracked, options.stop_guard_share, options.force,
-                                 options.stop_guard_min)
-        kept, deferred = limit(allowed, options.scope.limit)
-        report.planned.extend(kept)
-        report.deferred.extend(deferred)
-        report.refused.extend(f"{name}: {r}" for r in refused)
-        if options.dry_run:
-            continue
-        queued_starts = snapshot.queued.get("start", frozenset()) - snapshot.delivered.get(
-            "start", frozenset())
-        batch = [*due, *kept]
-        if progress is not None:
-            progress.begin(name, len(batch))
+    for name in needs:
         try:
-            outcomes = _apply_all(connector, batch, connector.concurrency, queued_starts,
-                                  progress, snapshot.failed.get("start", frozenset()))
-        finally:
-            if progress is not None:
-                progress.end(name)
-        report.outcomes.extend(outcomes)
-        for outcome in outcomes:
-            level = logging.INFO if outcome.status.delivered else logging.WARNING
-            log.log(level, outcome.status.value, extra={"fields": {
-                "connector": name, "kind": outcome.action.kind, "job-key": outcome.action.key,
-                "detail": outcome.detail}})
-        move = (
-            name in windows
-            and view.sacct_ok
-            and not options.scope.job_ids
-            and not deferred
-            and not refused
-        )
-        store.record_outcomes(
-            outcomes=outcomes, now=now,
-            watermarks={name: float(windows[name].end)} if move else None,
-        )
+            _connector_cycle(name, connectors[name], snapshots[name], view, store, options,
+                             report, windows.get(name), now, progress)
+        except Exception as exc:
+            _connector_failed(report, name, "cycle", exc)
     return report
 
+
+def _halt_reason(connector: Connector) -> str | None:
+    """What ``apply`` said is wrong with the connector's own configuration, if anything."""
+    return connector.halted
+
+
+def _kinds(connector: Connector) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*BASE_KINDS, *connector.extra_kinds)))
+
+
+def _connector_failed(report: CycleReport, name: str, where: str, exc: BaseException) -> None:
+    message = f"{name}: {where} failed: {type(exc).__name__}: {exc}"
+    report.connector_errors.append(message)
+    log.error("connector failed", extra={"fields": {"connector": name, "error": message}},
+              exc_info=log.isEnabledFor(logging.DEBUG))
+
+
+def _connector_cycle(
+    name: str, connector: Connector, snapshot: Snapshot, view: View, store: Store,
+    options: CycleOptions, report: CycleReport, window: SacctWindow | None, now: float,
+    progress: ProgressSink | None,
+) -> None:
+    """One connector's part of a cycle: observe, plan, guard and limit (queued retries
+    included), apply, record the outcomes, the watermark and the lag."""
+    connector.halted = None
+    due = [] if options.dry_run else [
+        e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)
+    ]
+    snapshot = connector.observe(view, snapshot)
+    planned = connector.plan(view, snapshot, options.direction, options.scope)
+    tracked = _tracked(snapshot)
+    # Queued retries go through the same guard and --limit as new actions, ahead of them.
+    allowed, refused = guard([*due, *planned], view, tracked, options.stop_guard_share,
+                             options.force, options.stop_guard_min)
+    kept, deferred = limit(allowed, options.scope.limit)
+    due_ids = {id(a) for a in due}
+    held = len(due) + len(planned) - len(allowed)
+    report.planned.extend(a for a in kept if id(a) not in due_ids)
+    report.retried.extend(a for a in kept if id(a) in due_ids)
+    report.deferred.extend(deferred)
+    report.refused.extend(f"{name}: {r}" for r in refused)
+    if options.dry_run:
+        return
+    queued_starts = snapshot.queued.get("start", frozenset()) - snapshot.delivered.get(
+        "start", frozenset())
+    if progress is not None:
+        progress.begin(name, len(kept))
+    try:
+        outcomes = _apply_all(connector, kept, connector.concurrency, queued_starts,
+                              progress, snapshot.failed.get("start", frozenset()))
+    finally:
+        if progress is not None:
+            progress.end(name)
+    report.outcomes.extend(outcomes)
+    for outcome in outcomes:
+        level = logging.INFO if outcome.status.delivered else logging.WARNING
+        log.log(level, outcome.status.value, extra={"fields": {
+            "connector": name, "kind": outcome.action.kind, "job-key": outcome.action.key,
+            "detail": outcome.detail}})
+    halted = _halt_reason(connector)
+    if halted:
+        report.connector_errors.append(f"{name}: {halted}")
+    # Actions --limit deferred from the outbox stay queued there: only new ones hold the
+    # watermark. Stops the guard refused do not: their runs are tracked and looked up by id.
+    move = (
+        window is not None
+        and view.sacct_ok
+        and not options.scope.job_ids
+        and not any(id(a) not in due_ids for a in deferred)
+        and not halted
+    )
+    store.record_outcomes(
+        outcomes=outcomes, now=now,
+        watermarks={name: float(window.end)} if move and window is not None else None,
+    )
+    if window is None:
+        return
+    started = {o.action.key for o in outcomes if o.action.kind == "start" and o.status.delivered}
+    stopped = {o.action.key for o in outcomes if o.action.kind == "stop" and o.status.delivered}
+    lag = lag_of(name, (tracked | started) - stopped, view, held)
+    report.lag[name] = lag
+    store.record_lag(connector=name, now=now, ended_unstopped=lag.ended_unstopped,
+                     oldest_end=lag.oldest_end, unknown=lag.unknown, refused=lag.refused)
+    late = behind(now, options.max_lag, lag.oldest_end,
+                  store.outbox_stats(connector=name).oldest, store.get_watermark(connector=name))
+    if late:
+        report.behind.append(f"{name}: {late}")
+
+
+def behind(now: float, max_lag: float | None, oldest_end: float | None,
+           oldest_queued: float | None, watermark: float | None) -> str:
+    """Why a connector is more than ``max_lag`` seconds behind Slurm, or "" (pure): a run that
+    ended and is not stopped, an action waiting in the outbox, or a watermark that stands still."""
+    if max_lag is None:
+        return ""
+    why = []
+    if oldest_end is not None and now - oldest_end > max_lag:
+        why.append(f"a run that ended {now - oldest_end:.0f} s ago is not stopped")
+    if oldest_queued is not None and now - oldest_queued > max_lag:
+        why.append(f"an action has waited in the outbox for {now - oldest_queued:.0f} s")
+    if watermark is not None and now - watermark > max_lag:
+        why.append(f"the sacct watermark is {now - watermark:.0f} s old")
+    return "; ".join(why) + (f" (max_lag_seconds {max_lag:.0f})" if why else "")

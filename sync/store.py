@@ -63,6 +63,7 @@ __all__ = [
     "Backoff",
     "BatchResult",
     "Delivery",
+    "LagRecord",
     "Migration",
     "OutboxEntry",
     "OutboxStats",
@@ -143,6 +144,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 count     INTEGER NOT NULL CHECK (count >= 0),
                 PRIMARY KEY (run_id, connector, status)
             ) WITHOUT ROWID""",
+        ),
+    ),
+    Migration(
+        version=2,
+        description="lag: how far each connector is behind Slurm after its last cycle",
+        statements=(
+            # ended_unstopped: tracked runs Slurm says ended that are not stopped; oldest_end:
+            # the oldest of their ends; unknown: tracked runs Slurm has no record of; refused:
+            # destructive actions the stop guard held back; at: when the cycle ran.
+            """CREATE TABLE lag (
+                connector       TEXT PRIMARY KEY,
+                at              REAL NOT NULL,
+                ended_unstopped INTEGER NOT NULL CHECK (ended_unstopped >= 0),
+                oldest_end      REAL,
+                unknown         INTEGER NOT NULL CHECK (unknown >= 0),
+                refused         INTEGER NOT NULL CHECK (refused >= 0)
+            )""",
         ),
     ),
 )
@@ -265,6 +283,18 @@ class Run:
             if (connector is None or c.connector == connector)
             and (status is None or c.status is status)
         )
+
+
+@dataclass(frozen=True)
+class LagRecord:
+    """How far a connector was behind Slurm after its last cycle (see ``record_lag``)."""
+
+    connector: str
+    at: float
+    ended_unstopped: int
+    oldest_end: float | None
+    unknown: int
+    refused: int
 
 
 @dataclass(frozen=True)
@@ -720,6 +750,32 @@ class Store:
         return self._write(
             "setting the watermark", lambda c: _move_watermark(c, connector, value, now)
         )
+
+    # ---------------------------------------------------------------------------- lag
+
+    def record_lag(
+        self, *, connector: str, now: float, ended_unstopped: int, oldest_end: float | None,
+        unknown: int, refused: int,
+    ) -> None:
+        """`store.record_lag(connector=, now=, ...)` keeps the connector's lag after a cycle
+        (one row per connector, replaced each cycle), for ``status``, ``check`` and metrics."""
+        _check_time(now, "now")
+        if oldest_end is not None:
+            _check_time(oldest_end, "oldest_end")
+        self._check_writable("record_lag")
+        self._write("recording the lag", lambda c: c.execute(
+            "INSERT INTO lag (connector, at, ended_unstopped, oldest_end, unknown, refused)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (connector) DO UPDATE SET at = excluded.at,"
+            " ended_unstopped = excluded.ended_unstopped, oldest_end = excluded.oldest_end,"
+            " unknown = excluded.unknown, refused = excluded.refused",
+            (connector, now, ended_unstopped, oldest_end, unknown, refused)))
+
+    def lag(self, *, connector: str) -> LagRecord | None:
+        """`store.lag(connector=)` is the lag its last cycle recorded, None before the first."""
+        row = self._read("reading the lag", lambda c: c.execute(
+            "SELECT at, ended_unstopped, oldest_end, unknown, refused FROM lag"
+            " WHERE connector = ?", (connector,)).fetchone())
+        return None if row is None else LagRecord(connector, *row)
 
     # --------------------------------------------------------------------------- runs
 

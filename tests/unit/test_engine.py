@@ -89,7 +89,46 @@ def test_short_jobs_started_and_stopped_in_one_cycle_do_not_count_against_the_sh
     assert kept == plan and reasons == []
     kept, reasons = guard([*plan, _a("stop", "k1")], _view(), tracked=_keys(2), share=0.5,
                           force=False)
-    assert "2 of them stop more than 50% of the 2 tracked" in reasons[0]
+    assert "2 stop/cancel action(s) not taken: they stop more than 50% of the 2 tracked" in (
+        reasons[0])
+    # Only the doubtful stops of tracked jobs wait; the short jobs' starts and stops go.
+    assert kept == plan[:-1]
+
+
+def _ended(job_id: int, start: int = 100, end: int = 200,
+           state: JobState = JobState.COMPLETED) -> Job:
+    return Job(job_id=job_id, state=state, start_time=start, end_time=end, source="sacct")
+
+
+def test_a_confirmed_backlog_of_ended_jobs_is_stopped_however_large() -> None:
+    """After an outage 80 of 90 tracked jobs ended: sacct reports each run ended, so every stop
+    goes, without --force; that state cannot refuse for ever."""
+    ended = tuple(_ended(i) for i in range(80))
+    tracked = frozenset(f"-/{i}/100" for i in range(90))
+    view = View(now=TS0, active=(), ended=ended, squeue_ok=True, sacct_ok=True)
+    stops = [_a("stop", f"-/{i}/100") for i in range(80)]
+    kept, reasons = guard(stops, view, tracked=tracked, share=0.5, force=False, floor=10)
+    assert kept == stops and reasons == []
+
+
+def test_stops_slurm_does_not_confirm_are_held_when_they_are_many() -> None:
+    """A truncated or lying answer: 60 of 90 tracked runs would stop with no sacct record of
+    their end (or squeue still shows them running): those wait, the confirmed ones go."""
+    running = tuple(Job(job_id=i, state=JobState.RUNNING, start_time=100) for i in range(60))
+    # sacct says these ended, but squeue, asked first, still shows the same runs running:
+    # contradicted, so not confirmed this cycle.
+    contradicted = tuple(_ended(i) for i in range(50))
+    confirmed = tuple(_ended(i) for i in range(60, 65))
+    view = View(now=TS0, active=running, ended=(*contradicted, *confirmed), squeue_ok=True,
+                sacct_ok=True)
+    tracked = frozenset(f"-/{i}/100" for i in range(90))
+    doubtful = [_a("stop", f"-/{i}/100") for i in range(60)]
+    sure = [_a("stop", f"-/{i}/100") for i in range(60, 65)]
+    kept, reasons = guard([*doubtful, *sure], view, tracked=tracked, share=0.5, force=False,
+                          floor=10)
+    assert kept == sure and "60 stop/cancel action(s) not taken" in reasons[0]
+    kept, _ = guard([*doubtful, *sure], view, tracked=tracked, share=0.5, force=True)
+    assert len(kept) == 65
 
 
 def test_limit_caps_each_direction_and_defers_a_stop_with_its_start() -> None:

@@ -1,0 +1,203 @@
+"""run_cycle under faults: stops that recover after an outage, a start that waited in the outbox,
+queued retries under the guard and --limit, one connector's failure, and exit codes that say
+what happened. Slurm is a small in-memory timeline that honours sacct's window and -j."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from connectors.events import EventsConnector
+from sync.actions import Action, Outcome
+from sync.connector import Direction, Scope, SlurmNeeds, Snapshot, View
+from sync.engine import EXIT_BEHIND, EXIT_CONNECTOR, EXIT_SLURM, CycleOptions, run_cycle
+from sync.errors import SlurmCommandError
+from sync.slurm.model import Job, JobState
+from sync.slurm.parse import ParseResult, Producer
+from sync.slurm.query import JobFilter, SacctWindow
+from sync.slurm.reader import SlurmReader
+from sync.slurm.run import Runner
+from sync.store import Store
+
+T0 = 1_795_400_000
+
+
+def _result(jobs: Sequence[Job]) -> ParseResult:
+    return ParseResult(jobs=tuple(jobs), skipped=(), producer=Producer("24.11.0", "v0.0.42"))
+
+
+class Timeline(SlurmReader):
+    """Runs with start and end times; squeue shows those running at ``now``, sacct those whose
+    life overlaps the window (and only the asked job ids). ``failing`` names commands that fail."""
+
+    def __init__(self, runs: Sequence[tuple[int, int, int | None]]) -> None:
+        super().__init__(Runner())
+        self.runs = runs
+        self.now = T0
+        self.failing: set[str] = set()
+        self.sacct_calls: list[tuple[SacctWindow, tuple[int, ...]]] = []
+
+    def _job(self, job_id: int, start: int, end: int | None, source: str) -> Job:
+        ended = end is not None and end <= self.now
+        return Job(job_id=job_id, cluster="c", start_time=start, hosts=("n1",),
+                   end_time=end if ended else None, source=source,
+                   state=JobState.COMPLETED if ended else JobState.RUNNING)
+
+    def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        if "squeue" in self.failing:
+            raise SlurmCommandError(["squeue", "--json"], 1, "slurm_load_jobs error")
+        return _result([self._job(i, s, e, "squeue") for i, s, e in self.runs
+                        if s <= self.now and (e is None or e > self.now)])
+
+    def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        self.sacct_calls.append((window, job_filter.job_ids))
+        if "sacct" in self.failing:
+            raise SlurmCommandError(["sacct", "--json"], 1, "Problem talking to the database")
+        return _result([
+            self._job(i, s, e, "sacct") for i, s, e in self.runs
+            if s <= self.now and s < window.end and (e is None or e >= window.start)
+            and (not job_filter.job_ids or i in job_filter.job_ids)])
+
+
+class Recorder(EventsConnector):
+    """The events sink, remembering what it wrote and failing while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__({"output": "-"})
+        self.down = False
+        self.written: list[tuple[str, str]] = []
+
+    def apply(self, action: Action) -> Outcome:
+        if self.down:
+            return Outcome.transient(action, "503 Service Unavailable")
+        self.written.append((action.kind, action.key))
+        return Outcome.done(action)
+
+
+def _run(slurm: Timeline, store: Store, connectors: dict[str, Any], **options: Any) -> Any:
+    return run_cycle(slurm, store, connectors, CycleOptions(**options), now=float(slurm.now))
+
+
+def test_a_start_that_waited_in_the_outbox_still_gets_its_stop_after_the_window() -> None:
+    """The service is down while a short job runs and ends; by the time its start is delivered
+    the job's end lies before the sacct window. The engine looks the tracked run up by job id."""
+    slurm = Timeline([(7, T0 + 5, T0 + 20)])
+    store = Store.memory(rand=lambda: 0.0)
+    sink = Recorder()
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": sink})
+    sink.down = True
+    for minute in range(1, 6):  # the start is sent again and again while the sink is down
+        slurm.now = T0 + 10 + 60 * minute
+        _run(slurm, store, {"events": sink})
+    sink.down = False
+    slurm.now = T0 + 4000  # the window now starts long after the job ended
+    _run(slurm, store, {"events": sink})
+    slurm.now = T0 + 4060
+    _run(slurm, store, {"events": sink})
+    assert sink.written == [("start", f"c/7/{T0 + 5}"), ("stop", f"c/7/{T0 + 5}")]
+    assert any(ids == (7,) for _, ids in slurm.sacct_calls), "no lookup of the tracked run"
+
+
+def test_after_a_syncer_outage_a_confirmed_backlog_is_stopped_without_force() -> None:
+    """90 jobs tracked, the syncer down for an hour, 80 of them ended meanwhile: the catch-up
+    cycle stops all 80 (sacct confirms each run's end) and nothing is left behind."""
+    runs = [(i, T0, T0 + 100 if i < 80 else None) for i in range(1, 91)]
+    slurm = Timeline(runs)
+    store = Store.memory()
+    sink = Recorder()
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": sink})
+    slurm.now = T0 + 3600
+    report = _run(slurm, store, {"events": sink})
+    assert report.refused == [] and report.exit_code == 0
+    assert sum(kind == "stop" for kind, _ in sink.written) == 79
+    assert report.lag["events"].ended_unstopped == 0
+
+
+def test_a_failed_squeue_exits_3_whatever_else_went_through() -> None:
+    slurm = Timeline([(1, T0, None)])
+    slurm.failing = {"squeue"}
+    store = Store.memory()
+    sink = Recorder()
+    slurm.now = T0 + 10
+    report = _run(slurm, store, {"events": sink})
+    assert sink.written, "sacct's start went through"
+    assert report.exit_code == EXIT_SLURM
+
+
+def test_queued_stops_go_through_the_guard_and_the_limit() -> None:
+    """Five stops wait in the outbox; Slurm fails next cycle: none is sent. Then --limit 1
+    sends one."""
+    slurm = Timeline([(i, T0, T0 + 20) for i in range(1, 6)])
+    store = Store.memory(rand=lambda: 0.0)
+    sink = Recorder()
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": sink})
+    sink.down = True
+    slurm.now = T0 + 30
+    _run(slurm, store, {"events": sink})
+    assert store.outbox_stats(connector="events").depth == 5
+    sink.down = False
+    slurm.failing = {"squeue"}
+    slurm.now = T0 + 3000
+    report = _run(slurm, store, {"events": sink})
+    assert [k for k, _ in sink.written] == ["start"] * 5 and report.refused
+    slurm.failing = set()
+    report = _run(slurm, store, {"events": sink}, scope=Scope(limit=1))
+    assert [k for k, _ in sink.written].count("stop") == 1
+    assert [a.kind for a in report.retried] == ["stop"] and len(report.deferred) == 4
+    assert store.outbox_stats(connector="events").depth == 4
+
+
+class Broken(EventsConnector):
+    def plan(self, view: View, snapshot: Snapshot, direction: Direction,
+             scope: Scope) -> list[Action]:
+        raise KeyError("a bug")
+
+
+def test_one_connectors_failure_leaves_the_others_to_run_and_says_so() -> None:
+    slurm = Timeline([(1, T0, None)])
+    store = Store.memory()
+    sink = Recorder()
+    slurm.now = T0 + 10
+    report = _run(slurm, store, {"broken": Broken({"output": "-"}), "events": sink})
+    assert sink.written == [("start", f"c/1/{T0}")]
+    assert report.exit_code == EXIT_CONNECTOR
+    assert report.connector_errors == ["broken: cycle failed: KeyError: 'a bug'"]
+    assert store.get_watermark(connector="events") is not None
+
+
+class Halting(Recorder):
+    def needs(self) -> SlurmNeeds:
+        return SlurmNeeds(sacct=True)
+
+    def apply(self, action: Action) -> Outcome:
+        self.halted = "cc-backend refuses the payload's schema: set api_version to 1.4"
+        return Outcome.transient(action, "400")
+
+
+def test_a_halted_connector_keeps_its_actions_and_its_watermark() -> None:
+    slurm = Timeline([(1, T0, None)])
+    store = Store.memory()
+    slurm.now = T0 + 10
+    report = _run(slurm, store, {"events": Halting()})
+    assert report.exit_code == EXIT_CONNECTOR and "api_version" in report.connector_errors[0]
+    assert store.outbox_stats(connector="events").depth == 1
+    assert store.get_watermark(connector="events") is None
+
+
+def test_a_connector_behind_more_than_max_lag_turns_the_exit_code() -> None:
+    slurm = Timeline([(1, T0, T0 + 20)])
+    store = Store.memory(rand=lambda: 0.0)
+    sink = Recorder()
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": sink})
+    sink.down = True
+    for step in range(1, 4):
+        slurm.now = T0 + 10 + 600 * step
+        report = _run(slurm, store, {"events": sink}, max_lag=900.0)
+    assert report.exit_code == EXIT_BEHIND, report.behind
+    assert "not stopped" in report.behind[0] and "outbox" in report.behind[0]
+    lag = store.lag(connector="events")
+    assert lag is not None and lag.ended_unstopped == 1 and lag.oldest_end == T0 + 20
