@@ -518,6 +518,11 @@ class ClusterCockpitConnector(Connector):
                     started.add(key)
                 elif not job.hosts:
                     continue  # never ran anywhere (cancelled while pending)
+                elif job.source != "squeue" and (job.state.active or not view.squeue_ok):
+                    # Only squeue knows a running job's cores and GPUs: a run sacct alone shows
+                    # (squeue failed, or it started between the two calls) waits for the next
+                    # cycle's squeue rather than being sent without its allocation for good.
+                    continue
                 else:
                     earlier = [s for s in runs_of.get((job.cluster, job.job_id), ())
                                if s < (job.start_time or 0) < s + DUPLICATE_WINDOW]

@@ -118,12 +118,14 @@ def _start() -> Any:
 def test_reconcile_adopts_what_cc_backend_runs_and_stops_what_ended(tmp_path: Path,
                                                                     backend: CCBackend) -> None:
     connector = _connector(tmp_path, backend)
-    _cycle(connector, Store.memory(), direction=_start())
+    # squeue taken with sacct's capture: the requeued job 20's new run is running in both.
+    _cycle(connector, Store.memory(), direction=_start(), reader=Captured("squeue-finished.json"))
     backend.commit()
     starts_before = backend.count("POST", "/api/jobs/start_job/")
     # The store is lost: the first run lists cc-backend's running jobs (paged), adopts them
     # without a second start, and stops those sacct says ended.
-    report = _cycle(_connector(tmp_path, backend, page_size=3), Store.memory(), now=NOW + 60)
+    report = _cycle(_connector(tmp_path, backend, page_size=3), Store.memory(), now=NOW + 60,
+                    reader=Captured("squeue-finished.json"))
     assert backend.count("POST", "/api/jobs/start_job/") == starts_before
     assert backend.count("GET", "/api/jobs/") >= 3
     adopted = [o for o in report.outcomes if o.action.payload.get("adopt")]
