@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,7 +31,7 @@ from sync import __version__
 from sync.actions import Outcome, Status
 from sync.config import Config, ConnectorSettings, load_config
 from sync.connector import Connector, Direction, Scope, SlurmContext, discover
-from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, run_cycle
+from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, behind, run_cycle
 from sync.errors import ConfigError, SlurmError, SlurmFormatError
 from sync.log import setup_logging
 from sync.metrics import render_metrics, write_metrics
@@ -38,7 +39,7 @@ from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, SacctWindow, state_names
 from sync.slurm.reader import SlurmReader
 from sync.slurm.run import Runner
-from sync.store import Backoff, Delivery, RunCount, Store
+from sync.store import Backoff, RunCount, Store
 
 __all__ = ["main"]
 
@@ -109,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="print nothing when all went well (for cron)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="one sync cycle (the default)")
-    sub.add_parser("status", help="watermarks, outbox and the last run, per connector")
+    status = sub.add_parser("status", help="watermarks, outbox, lag and the last run, per "
+                                           "connector")
+    status.add_argument("--json", dest="run_json", action="store_true",
+                        default=argparse.SUPPRESS, help="print the state as JSON")
     sub.add_parser("check", help="validate config, reach Slurm and each service, check files")
 
     cockpit = sub.add_parser("clustercockpit", help="ClusterCockpit helpers")
@@ -262,6 +266,7 @@ def _cmd_run(
         stop_guard_min=config.stop_guard_min,
         sacct_overlap=config.sacct_overlap_seconds,
         first_window=config.first_window_seconds,
+        max_lag=config.max_lag_seconds,
     )
     try:
         while True:
@@ -305,6 +310,12 @@ def _one_run(
                         outbox_depth={n: store.outbox_stats(connector=n).depth
                                       for n in connectors},
                         calls=reader.runner.calls[calls_before:],
+                        lag=[lag for n in connectors if (lag := store.lag(connector=n))],
+                        watermarks={n: mark for n in connectors
+                                    if (mark := store.get_watermark(connector=n)) is not None},
+                        behind={line.split(":", 1)[0] for line in report.behind},
+                        slurm_failed=bool(report.slurm_errors),
+                        connector_errors=len(report.connector_errors),
                     ))
         except LockHeld as exc:
             if not args.loop:
@@ -321,9 +332,14 @@ def _print_report(
 ) -> None:
     for line in report.slurm_errors:
         err.print(f"[red]Slurm:[/] {line}", highlight=False)
+    for line in report.connector_errors:
+        err.print(f"[red]connector:[/] {line}", highlight=False)
     for line in report.refused:
         err.print(f"[yellow]refused:[/] {line}", highlight=False)
+    for line in report.behind:
+        err.print(f"[red]behind:[/] {line}", highlight=False)
     outcome_of = {(o.action.connector, o.action.kind, o.action.key): o for o in report.outcomes}
+    shown_actions = [*report.retried, *report.planned]
     if as_json:
         out.print_json(json.dumps({
             "dry_run": dry_run,
@@ -334,27 +350,42 @@ def _print_report(
                  "detail": o.detail if o else ""}
                 for a in report.planned
             ],
+            "retried": [
+                {"connector": a.connector, "kind": a.kind, "key": a.key, "reason": a.reason,
+                 "outcome": (o.status.value if (o := outcome_of.get((a.connector, a.kind, a.key)))
+                             else "planned"),
+                 "detail": o.detail if o else ""}
+                for a in report.retried
+            ],
             "deferred": len(report.deferred),
             "refused": report.refused,
             "slurm_errors": report.slurm_errors,
+            "connector_errors": report.connector_errors,
+            "behind": report.behind,
+            "lag": {name: {"ended_unstopped": lag.ended_unstopped, "oldest_end": lag.oldest_end,
+                           "unknown": lag.unknown, "refused": lag.refused}
+                    for name, lag in report.lag.items()},
             "exit_code": report.exit_code,
         }))
         return
     table = Table(title="plan (dry run: nothing done)" if dry_run else "actions")
     for column in ("CONNECTOR", "ACTION", "JOB", "WHY", "OUTCOME"):
         table.add_column(column, overflow="fold")
-    for action in report.planned:
+    retried = {id(a) for a in report.retried}
+    for action in shown_actions:
         outcome = outcome_of.get((action.connector, action.kind, action.key))
         shown = "planned" if outcome is None else outcome.status.value
         if outcome is not None and outcome.detail:
             shown += f": {outcome.detail}"
-        table.add_row(action.connector, action.kind, action.key, action.reason, shown)
-    if report.planned:
+        why = f"retry: {action.reason}" if id(action) in retried else action.reason
+        table.add_row(action.connector, action.kind, action.key, why, shown)
+    if shown_actions:
         out.print(table)
     done = sum(o.status.delivered for o in report.outcomes)
     failed = sum(o.status in (Status.TRANSIENT, Status.PERMANENT) for o in report.outcomes)
     out.print(
-        f"{len(report.planned)} planned, {done} done, {failed} failed, "
+        f"{len(report.planned)} planned, {len(report.retried)} retried from the outbox, "
+        f"{done} done, {failed} failed, "
         f"{len(report.deferred)} deferred by --limit, {len(report.refused)} refused",
         highlight=False,
     )
@@ -394,6 +425,12 @@ def _cmd_check(
         problem = "" if os.access(where, os.R_OK | os.X_OK) else f"{where} is not readable"
         rows.append(("StateSaveLocation", problem))
     rows.append((f"state_dir {config.state_dir}", _check_state_dir(config.state_dir)))
+    path = _store_path(config)
+    if os.path.exists(path):
+        with Store.open(path, read_only=True) as store:
+            for name in store.connectors():
+                rows.append((f"lag of {name}",
+                             _behind(store, name, time.time(), config.max_lag_seconds)))
     for name, connector in _connectors(args, config, registry, reader).items():
         problems = [*connector.warnings, *connector.check()]
         rows.append((f"connector {name}", "; ".join(problems)))
@@ -407,31 +444,79 @@ def _cmd_check(
     return EXIT_FAILED if any(problem for _, problem in rows) else EXIT_OK
 
 
-def _cmd_status(config: Config, out: Console) -> int:
+def _ago(now: float, epoch: float | None) -> str:
+    return "-" if epoch is None else f"{_when(int(epoch))} ({max(0, now - epoch):.0f} s ago)"
+
+
+def _behind(store: Store, name: str, now: float, max_lag: float | None) -> str:
+    """Why connector ``name`` is further behind than ``max_lag``, from what the store holds."""
+    lag = store.lag(connector=name)
+    return behind(now, max_lag, lag.oldest_end if lag else None,
+                  store.outbox_stats(connector=name).oldest, store.get_watermark(connector=name))
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _status_of(store: Store, name: str, now: float, max_lag: float | None) -> dict[str, Any]:
+    """One connector's state as plain data: what ``status`` shows and ``status --json`` prints."""
+    stats = store.outbox_stats(connector=name)
+    counts = store.delivery_counts(connector=name)
+    lag = store.lag(connector=name)
+    return {
+        "connector": name,
+        "watermark": store.get_watermark(connector=name),
+        "outbox": stats.depth,
+        "oldest_queued": stats.oldest,
+        "delivered": counts.get(Status.DONE, 0) + counts.get(Status.ALREADY_DONE, 0),
+        "refused": counts.get(Status.PERMANENT, 0),
+        "ended_unstopped": lag.ended_unstopped if lag else None,
+        "oldest_unstopped_end": lag.oldest_end if lag else None,
+        "unknown_to_slurm": lag.unknown if lag else None,
+        "held_by_guard": lag.refused if lag else None,
+        "behind": _behind(store, name, now, max_lag),
+    }
+
+
+def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
+    """Per connector: watermark, outbox, deliveries, refusals, and how far it is behind."""
     path = _store_path(config)
+    now = time.time()
     with Store.open(path, read_only=True) as store:
         last = store.last_run()
-        table = Table(title=f"slurm-sync state in {path}")
-        for column in ("CONNECTOR", "WATERMARK", "OUTBOX", "OLDEST QUEUED", "DELIVERED",
-                       "REFUSED"):
-            table.add_column(column)
-        refusals: list[Delivery] = []
-        for name in store.connectors():
-            mark = store.get_watermark(connector=name)
-            stats = store.outbox_stats(connector=name)
-            counts = store.delivery_counts(connector=name)
-            table.add_row(
-                name,
-                _when(int(mark)) if mark else "-",
-                str(stats.depth),
-                _when(int(stats.oldest)) if stats.oldest else "-",
-                str(counts.get(Status.DONE, 0) + counts.get(Status.ALREADY_DONE, 0)),
-                str(counts.get(Status.PERMANENT, 0)),
-            )
-            refusals += store.refusals(connector=name)
+        rows = [_status_of(store, name, now, config.max_lag_seconds)
+                for name in store.connectors()]
+        refusals = [item for name in store.connectors() for item in store.refusals(connector=name)]
+    if as_json:
+        out.print_json(json.dumps({
+            "state": path, "now": now, "max_lag_seconds": config.max_lag_seconds,
+            "connectors": rows,
+            "refusals": [{"connector": r.connector, "kind": r.kind, "key": r.key, "at": r.at,
+                          "detail": r.detail.get("detail", "")} for r in refusals],
+            "last_run": None if last is None else {
+                "started": last.started, "ended": last.ended, "exit_code": last.exit_code,
+                "actions": sum(c.count for c in last.counts)},
+        }))
+        return EXIT_OK
+    table = Table(title=f"slurm-sync state in {path}")
+    for column in ("CONNECTOR", "WATERMARK", "OUTBOX", "OLDEST QUEUED", "DELIVERED",
+                   "REFUSED", "ENDED, NOT STOPPED", "OLDEST END", "UNKNOWN TO SLURM",
+                   "HELD BY GUARD"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["connector"], _ago(now, row["watermark"]), str(row["outbox"]),
+            _ago(now, row["oldest_queued"]), str(row["delivered"]), str(row["refused"]),
+            _count(row["ended_unstopped"]), _ago(now, row["oldest_unstopped_end"]),
+            _count(row["unknown_to_slurm"]), _count(row["held_by_guard"]),
+        )
     out.print(table)
+    for row in rows:
+        if row["behind"]:
+            out.print(f"[red]behind:[/] {row['connector']}: {row['behind']}", highlight=False)
     if refusals:
-        refused = Table(title="refused for good (newest first; not retried)")
+        refused = Table(title="refused for good (newest first; `slurm-sync retry` sends again)")
         for column in ("CONNECTOR", "ACTION", "JOB", "WHEN", "WHY"):
             refused.add_column(column, overflow="fold")
         for item in refusals:
@@ -556,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "jobs":
             return _cmd_jobs(args, reader, out, err)
         if args.command == "status":
-            return _cmd_status(config, out)
+            return _cmd_status(config, out, args.run_json)
         if args.command == "check":
             return _cmd_check(args, config, registry, reader, out)
         if args.command == "bank":

@@ -101,6 +101,14 @@ CORE_SCHEMA: dict[str, Any] = {
             "minimum": 0,
             "description": "The share guard leaves alone cycles that stop at most this many.",
         },
+        "max_lag_seconds": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "maximum": 31536000,
+            "description": "A connector further behind Slurm than this (a run ended and not "
+                           "stopped, an action queued, a watermark standing still) makes the run "
+                           "exit 5 and check fail; null: never.",
+        },
         "retry_base_seconds": {
             "type": "number",
             "exclusiveMinimum": 0,
@@ -220,6 +228,7 @@ class Config:
     state_dir: str = field(default_factory=default_state_dir)
     stop_guard_share: float = 0.5
     stop_guard_min: int = 10
+    max_lag_seconds: float | None = 3600.0
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 3600.0
     sacct_overlap_seconds: int = 60
@@ -426,6 +435,8 @@ def config_from_dict(
         state_dir=data.get("state_dir") or default_state_dir(),
         stop_guard_share=float(data.get("stop_guard_share", 0.5)),
         stop_guard_min=int(data.get("stop_guard_min", 10)),
+        max_lag_seconds=(None if data.get("max_lag_seconds", 3600) is None
+                         else float(data.get("max_lag_seconds", 3600))),
         retry_base_seconds=float(data.get("retry_base_seconds", 30)),
         retry_max_seconds=float(data.get("retry_max_seconds", 3600)),
         sacct_overlap_seconds=int(data.get("sacct_overlap_seconds", 60)),

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from sync.actions import Outcome
 from sync.slurm.run import CallRecord
+from sync.store import LagRecord
 
 __all__ = ["render_metrics", "write_metrics"]
 
@@ -35,8 +36,15 @@ def render_metrics(
     outcomes: Iterable[Outcome],
     outbox_depth: Mapping[str, int],
     calls: Iterable[CallRecord],
+    lag: Iterable[LagRecord] = (),
+    watermarks: Mapping[str, float] | None = None,
+    behind: Collection[str] = (),
+    slurm_failed: bool = False,
+    connector_errors: int = 0,
 ) -> str:
-    """The metrics of one run, as text."""
+    """The metrics of one run, as text. The lag figures are what an alert needs: a connector
+    whose ended runs are not stopped (and since when), runs Slurm has no record of, stops the
+    guard held back, the watermark's time, and whether the connector is behind ``max_lag``."""
     lines = [
         "# HELP slurm_sync_last_run_timestamp_seconds When the last run ended.",
         "# TYPE slurm_sync_last_run_timestamp_seconds gauge",
@@ -69,6 +77,41 @@ def render_metrics(
         seconds[binary] = seconds.get(binary, 0.0) + call.seconds
     for command, total in sorted(seconds.items()):
         lines.append(f"slurm_sync_slurm_call_seconds{_labels(command=command)} {total:.3f}")
+    lines += [
+        "# HELP slurm_sync_slurm_query_failed 1 when a Slurm query of the last run failed.",
+        "# TYPE slurm_sync_slurm_query_failed gauge",
+        f"slurm_sync_slurm_query_failed {int(slurm_failed)}",
+        "# HELP slurm_sync_connector_errors Connectors whose cycle failed in the last run.",
+        "# TYPE slurm_sync_connector_errors gauge",
+        f"slurm_sync_connector_errors {connector_errors}",
+    ]
+    records = sorted(lag, key=lambda r: r.connector)
+    gauges: tuple[tuple[str, str, Callable[[LagRecord], float]], ...] = (
+        ("ended_unstopped", "Tracked runs Slurm says ended that are not stopped.",
+         lambda r: r.ended_unstopped),
+        ("oldest_unstopped_end_timestamp_seconds",
+         "When the oldest ended, not yet stopped run ended (0: none).",
+         lambda r: r.oldest_end or 0),
+        ("unknown_runs", "Tracked runs Slurm has no record of.", lambda r: r.unknown),
+        ("guard_held", "Stops the guard held back in the last cycle.", lambda r: r.refused),
+    )
+    for metric, text, value in gauges:
+        lines += [f"# HELP slurm_sync_{metric} {text}", f"# TYPE slurm_sync_{metric} gauge"]
+        lines += [f"slurm_sync_{metric}{_labels(connector=r.connector)} {value(r):.0f}"
+                  for r in records]
+    lines += [
+        "# HELP slurm_sync_watermark_timestamp_seconds Where the next sacct window starts.",
+        "# TYPE slurm_sync_watermark_timestamp_seconds gauge",
+    ]
+    for connector, mark in sorted((watermarks or {}).items()):
+        lines.append(f"slurm_sync_watermark_timestamp_seconds{_labels(connector=connector)} "
+                     f"{mark:.0f}")
+    lines += [
+        "# HELP slurm_sync_behind 1 when the connector is further behind than max_lag_seconds.",
+        "# TYPE slurm_sync_behind gauge",
+    ]
+    for connector in sorted({r.connector for r in records} | set(behind)):
+        lines.append(f"slurm_sync_behind{_labels(connector=connector)} {int(connector in behind)}")
     return "\n".join(lines) + "\n"
 
 

@@ -130,10 +130,52 @@ def test_status_counts_deliveries_and_lists_refusals(
     config.write_text(json.dumps({"state_dir": str(state)}))
     assert main(["-c", str(config), "status"]) == 0
     out = capsys.readouterr().out
-    cells = next([c.strip() for c in line.split("│") if c.strip()]
-                 for line in out.splitlines() if "clustercockpit" in line)
-    assert cells[-2:] == ["1", "1"]  # delivered, refused
     assert "c/2/20" in out and "resources must not be empty" in out
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    (row,) = state["connectors"]
+    assert (row["connector"], row["delivered"], row["refused"]) == ("clustercockpit", 1, 1)
+    assert state["refusals"][0]["key"] == "c/2/20"
+
+
+def test_status_check_and_metrics_show_a_connector_that_falls_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two tracked runs ended two hours ago and are not stopped: status names the connector and
+    why, check fails, and the metrics carry the figures an alert reads."""
+    import time
+
+    from sync.actions import Action, Outcome
+    from sync.metrics import render_metrics
+    from sync.store import Store
+
+    now = time.time()
+    state = tmp_path / "state"
+    state.mkdir()
+    with Store.open(str(state / "state.db")) as store:
+        store.record_outcomes(outcomes=[Outcome.done(Action("clustercockpit", "start", "c/1/10"))],
+                              now=now - 7300, watermarks={"clustercockpit": now - 30})
+        store.record_lag(connector="clustercockpit", now=now - 30, ended_unstopped=2,
+                         oldest_end=now - 7200, unknown=1, refused=0)
+        lag = store.lag(connector="clustercockpit")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"state_dir": str(state), "max_lag_seconds": 3600,
+                                  "slurm": {"bin_dir": str(tmp_path)}}))
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["connectors"]
+    assert row["ended_unstopped"] == 2 and row["unknown_to_slurm"] == 1
+    assert "a run that ended 72" in row["behind"] and "not stopped" in row["behind"]
+    assert main(["-c", str(config), "check"]) == 1
+    checked = " ".join(capsys.readouterr().out.split())
+    assert "lag of clustercockpit" in checked and "is not stopped" in checked.replace("│ ", "")
+    assert lag is not None
+    text = render_metrics(finished=now, duration=1.0, exit_code=5, outcomes=[],
+                          outbox_depth={"clustercockpit": 0}, calls=[], lag=[lag],
+                          behind={"clustercockpit"})
+    assert 'slurm_sync_ended_unstopped{connector="clustercockpit"} 2' in text
+    assert 'slurm_sync_behind{connector="clustercockpit"} 1' in text
+    assert f'slurm_sync_oldest_unstopped_end_timestamp_seconds{{connector="clustercockpit"}} ' \
+           f'{now - 7200:.0f}' in text
 
 
 def test_buildkite_secret_commands_round_trip(
