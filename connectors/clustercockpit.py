@@ -14,9 +14,21 @@ record is closed and its new run is a new record.
 
 Safety: a stop needs Slurm's word that the run ended (a finished sacct record with the same start
 time); a job cc-backend lists as running that Slurm says nothing about is reported and left
-alone. 422 on start means cc-backend has it; 404/422 on stop means it is stopped or unknown: both
-are recorded, not retried. A 500 on a start may be cc-backend 1.5's job_cache duplicate: it is
-retried from the outbox and ends as 422 once the cache is committed.
+alone. 404/422 on stop means it is stopped or unknown: recorded, not retried. A 500 on a start
+may be cc-backend 1.5's job_cache duplicate: it is retried from the outbox and ends as 422 once
+the cache is committed.
+
+Requeued jobs: cc-backend keeps one record per job id and cluster for 24 hours. Starts go out
+through ``apply_many``: the runs of one job id in order of their start, one at a time, and a run
+whose start did not get through holds back the later ones. A 422 on start is resolved by asking
+cc-backend which run it holds (its job list around the start time, filtered by jobId here):
+this run (already done), our earlier run still running there (the start waits for its stop),
+or another run (refused for good, naming both). A list that cannot be read leaves it queued.
+
+Versions: without ``api_version`` the connector asks cc-backend once per process
+(``detect_api_version``); payloads are put in the version's schema when sent (``for_version``).
+A 400 from cc-backend's decoder (unknown field, wrong type) is the connector's configuration,
+not the job's: ``halted`` says what to fix and the actions wait in the outbox.
 
 Reconcile: on the first run (no watermark: a new install, or the store was lost) the connector
 lists cc-backend's running jobs of its cluster (``GET /api/jobs/``, paged) and adopts those
@@ -31,7 +43,10 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -47,7 +62,7 @@ from sync.connector import (
     delivery_key,
 )
 from sync.errors import ConfigError, SlurmError
-from sync.http import ServiceClient, outcome_of
+from sync.http import Reply, ServiceClient, outcome_of
 from sync.secrets import SECRET_REF_SCHEMA
 from sync.slurm.model import Job, JobState, NodeAllocation
 from sync.slurm.query import JobFilter, SacctWindow
@@ -56,6 +71,8 @@ __all__ = [
     "ClusterCockpitConnector",
     "HostMap",
     "cc_state",
+    "detect_api_version",
+    "for_version",
     "start_payload",
     "stop_payload",
 ]
@@ -338,6 +355,85 @@ def stop_payload(job: Job, *, cluster: str, api_version: str,
     }
 
 
+# 1.4's ``exclusive`` and 1.5's ``shared`` say the same three things.
+_EXCLUSIVE_OF_SHARED = {"none": 1, "single_user": 2, "multi_user": 0}
+_SHARED_OF_EXCLUSIVE = {v: k for k, v in _EXCLUSIVE_OF_SHARED.items()}
+_ONLY_15 = ("shared", "submitTime", "requestedMemory")
+_STATE_15_AS_14 = {"node_fail": "failed", "boot_fail": "failed", "deadline": "timeout"}
+
+
+def for_version(payload: Mapping[str, Any], kind: str, api_version: str) -> dict[str, Any]:
+    """An action's payload in ``api_version``'s schema, whichever version it was planned for:
+    a start planned before the version was known, or queued in the outbox under a wrong
+    ``api_version``, is sent in the schema the backend decodes.
+
+    `for_version({"job": {"shared": "single_user"}}, "start", "1.4")` is
+    ``{"job": {"exclusive": 2}}``; a stop's 1.5-only states become 1.4's (node_fail: failed).
+    """
+    if kind == STOP:
+        out = dict(payload)
+        if api_version == "1.4" and out.get("jobState") in _STATE_15_AS_14:
+            out["jobState"] = _STATE_15_AS_14[out["jobState"]]
+        return out
+    if not isinstance(payload.get("job"), Mapping):
+        return dict(payload)  # adopt, skip: nothing is sent
+    body = dict(payload["job"])
+    if api_version == "1.4":
+        if "shared" in body:
+            body["exclusive"] = _EXCLUSIVE_OF_SHARED.get(body["shared"], 0)
+        for name in _ONLY_15:
+            body.pop(name, None)
+    elif "exclusive" in body:
+        body["shared"] = _SHARED_OF_EXCLUSIVE.get(body.pop("exclusive"), "multi_user")
+    return {**payload, "job": body}
+
+
+def detect_api_version(client: ServiceClient, cluster: str | None) -> tuple[str | None, str]:
+    """(cc-backend's API version, "") or (None, why it cannot be told), from two harmless
+    listings of at most one job: the job list validates its ``state`` parameter against the
+    version's enum, so ``stopped`` (1.4 only) and ``node_fail`` (1.5 only) are accepted by one
+    version each, whether or not any job exists."""
+    answers = {}
+    for state in ("stopped", "node_fail"):
+        params: dict[str, Any] = {"state": state, "items-per-page": 1}
+        if cluster:
+            params["cluster"] = cluster
+        reply = client.get("/api/jobs/", params=params)
+        if not reply.ok and reply.status != 400:
+            return None, reply.describe()
+        answers[state] = reply.ok
+    if answers == {"stopped": True, "node_fail": False}:
+        return "1.4", ""
+    if answers == {"stopped": False, "node_fail": True}:
+        return "1.5", ""
+    return None, ("cc-backend's job list answers neither as 1.4 nor as 1.5 "
+                  f"(state=stopped {'accepted' if answers['stopped'] else 'refused'}, "
+                  f"state=node_fail {'accepted' if answers['node_fail'] else 'refused'})")
+
+
+# cc-backend's JSON decoder on a body that does not fit its schema (a field of another API
+# version, a wrong type), and stop_job on a state outside the version's enum: the connector's
+# configuration is wrong, not the job.
+_SCHEMA_ERROR = re.compile(r"json: (unknown field|cannot unmarshal)|invalid requested job state")
+
+
+def _schema_error(reply: Reply) -> str | None:
+    """The decoder's words when a 400 says the payload's schema is wrong, else None."""
+    if reply.status != 400:
+        return None
+    text = reply.describe()
+    found = _SCHEMA_ERROR.search(text)
+    return text[found.start():] if found else None
+
+
+def _key_parts(key: str) -> tuple[str, int, int] | None:
+    """``cluster/job_id/start_time`` as (cluster, job id, start), None for another shape."""
+    parts = key.split("/")
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
+
+
 # --- what cc-backend has (reconcile) ------------------------------------------------------------
 
 
@@ -374,10 +470,21 @@ class ClusterCockpitConnector(Connector):
 
     name: ClassVar[str] = "clustercockpit"
     schema: ClassVar[Mapping[str, Any]] = _SCHEMA
+    # Starts go out together: the runs of one job id in order, one at a time (apply_many).
+    batch_kinds: ClassVar[frozenset[str]] = frozenset({START})
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
-        self.api_version = str(settings.get("api_version", "1.5"))
+        # None: asked of cc-backend before the first action (detect_api_version), once per
+        # process. ``api_version`` is what plan builds payloads for; apply converts them.
+        self.configured_version: str | None = settings.get("api_version")
+        self.api_version = str(self.configured_version or "1.5")
+        self._detected: str | None = None
+        self._detect_lock = threading.Lock()
+        # Start keys delivered by this process, and what the store said before this cycle's
+        # plan: which run of a job id is ours, which earlier run still waits in the outbox.
+        self._delivered_now: set[str] = set()
+        self._snapshot = Snapshot()
         self.mapping = HostMap.from_settings(settings)
         self.cc_cluster: str | None = settings.get("cluster")
         self.reconcile_mode = str(settings.get("reconcile", "first_run"))
@@ -422,6 +529,7 @@ class ClusterCockpitConnector(Connector):
     # -- observe: what cc-backend has, on a first run (I/O, before plan)
 
     def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
+        self._snapshot = snapshot  # for apply: our runs, and earlier runs still queued
         self._remote = None
         self._looked_up = ()
         unmapped = sorted({a.hostname for j in view.active for a in j.allocations
@@ -556,36 +664,201 @@ class ClusterCockpitConnector(Connector):
 
     def apply(self, action: Action) -> Outcome:
         if action.kind == START:
-            return self._apply_start(action)
+            return self._start_one(action, *self._version())
         if action.kind == STOP:
             return self._apply_stop(action)
         return Outcome.permanent(action, f"unknown action kind {action.kind!r}")
 
-    def _apply_start(self, action: Action) -> Outcome:
+    def apply_many(self, actions: Sequence[Action]) -> list[Outcome]:
+        """This cycle's starts, outbox retries included: the runs of one job id in order of
+        their start, one at a time; different job ids ``concurrency`` at a time. A run whose
+        start did not get through holds back the later runs of its job, so cc-backend, which
+        keeps one record per job id for 24 hours, never gets a later run first."""
+        self.halted = None
+        actions = list(actions)
+        version, why = self._version() if actions else (None, "")
+        groups: dict[tuple[str, int] | str, list[int]] = {}
+        for index, action in enumerate(actions):
+            parts = _key_parts(action.key)
+            groups.setdefault(action.key if parts is None else parts[:2], []).append(index)
+        outcomes: list[Outcome | None] = [None] * len(actions)
+        batch = {a.key for a in actions}
+
+        def run_group(indices: list[int]) -> None:
+            waits: str | None = None
+            for index in sorted(indices, key=lambda i: (_start_of(actions[i].key),
+                                                        actions[i].key)):
+                action = actions[index]
+                reason = waits or self._earlier_run_queued(action.key, batch)
+                if reason is not None:
+                    outcome = Outcome.transient(action, reason)
+                else:
+                    try:
+                        outcome = self._start_one(action, version, why)
+                    except Exception as exc:  # one action's bug must not lose the others
+                        outcome = Outcome.transient(action, f"{type(exc).__name__}: {exc}")
+                outcomes[index] = outcome
+                if outcome.status is Status.TRANSIENT and waits is None:
+                    parts = _key_parts(action.key)
+                    if parts is not None:
+                        waits = f"waits for run {parts[2]} of job {parts[1]}"
+
+        workers = max(1, min(self.concurrency, len(groups)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(run_group, groups.values()))
+        return [o if o is not None else Outcome.transient(a, "not applied")
+                for o, a in zip(outcomes, actions)]
+
+    def _version(self) -> tuple[str | None, str]:
+        """The API version to speak: configured, or asked of cc-backend once per process."""
+        if self.configured_version:
+            return self.configured_version, ""
+        with self._detect_lock:
+            if self._detected is None:
+                found, why = detect_api_version(self.client, self.cc_cluster)
+                if found is None:
+                    return None, why
+                self._detected = self.api_version = found
+                log.info("cc-backend's API version found", extra={"fields": {
+                    "api_version": found}})
+            return self._detected, ""
+
+    def _ours(self, key: str) -> bool:
+        """Whether slurm-sync delivered this run's start (an earlier cycle, or this one)."""
+        return (key in self._snapshot.delivered.get(START, frozenset())
+                or key in self._delivered_now)
+
+    def _earlier_run_queued(self, key: str, batch: set[str]) -> str | None:
+        """Why this start waits for an earlier run of its job whose start is in the outbox and
+        not in this batch (not due yet, or deferred by --limit); None when none is."""
+        parts = _key_parts(key)
+        if parts is None:
+            return None
+        earlier = [p[2] for k in self._snapshot.queued.get(START, frozenset())
+                   if k not in batch and not self._ours(k)
+                   and (p := _key_parts(k)) is not None and p[:2] == parts[:2]
+                   and p[2] < parts[2]]
+        if not earlier:
+            return None
+        return f"waits for run {min(earlier)} of job {parts[1]} (queued in the outbox)"
+
+    def _start_one(self, action: Action, version: str | None, why: str) -> Outcome:
         if action.payload.get("adopt"):
             return Outcome.already_done(action, "cc-backend lists it running")
         if "skip" in action.payload:
             return Outcome(action, Status.PERMANENT, f"not sent: {action.payload['skip']}")
-        payload = dict(action.payload["job"])
-        if "jobScript" not in payload.get("metaData", {}):
-            payload["metaData"] = self._with_files(dict(payload["metaData"]),
+        if self.halted:
+            return Outcome.transient(action, f"not sent: {self.halted}")
+        if version is None:
+            return Outcome.transient(action, f"not sent: cannot tell cc-backend's API version "
+                                             f"({why})")
+        converted = for_version(action.payload, START, version)
+        payload = dict(converted["job"])
+        if "jobScript" not in (payload.get("metaData") or {}):
+            payload["metaData"] = self._with_files(dict(payload.get("metaData") or {}),
                                                    action.payload.get("files") or {})
-            action = replace(action, payload={**action.payload, "job": payload})
+        action = replace(action, payload={**converted, "job": payload})
         reply = self.client.post("/api/jobs/start_job/", json=payload)
-        if reply.status == 422 and action.payload.get("earlier_run"):
-            return Outcome.permanent(action, (
-                f"cc-backend keeps one record per job id and cluster for 24 h: the run that "
-                f"started at {action.payload['earlier_run']} holds it, so this run of the "
-                f"requeued job cannot be recorded (422)"))
         if reply.status == 422:
-            return Outcome.already_done(action, "cc-backend has it (422)")
-        return outcome_of(action, reply)
+            outcome = self._resolve_422(action, payload)
+        elif (error := _schema_error(reply)) is not None:
+            self._halt(version, "start_job", error)
+            return Outcome.transient(action, reply.describe())
+        else:
+            outcome = outcome_of(action, reply)
+        if outcome.status.delivered:
+            self._delivered_now.add(action.key)
+        return outcome
+
+    def _resolve_422(self, action: Action, body: Mapping[str, Any]) -> Outcome:
+        """cc-backend has a run of this job id within 24 hours: ask it which (its job list,
+        filtered here by jobId: it has no such filter), never guess."""
+        job_id, cluster, start = int(body["jobId"]), str(body["cluster"]), int(body["startTime"])
+        held = self._runs_in_cc(job_id, cluster, start, start)
+        if isinstance(held, dict) and start not in held:
+            upper = max(int(time.time()), start) + DUPLICATE_WINDOW
+            held = self._runs_in_cc(job_id, cluster, start - DUPLICATE_WINDOW + 1, upper)
+        if isinstance(held, str):
+            return Outcome.transient(action, f"422 from cc-backend, and its job list cannot "
+                                             f"be read to tell which run it holds: {held}")
+        if start in held:
+            return Outcome.already_done(action, f"cc-backend has this run (422; its job list "
+                                                f"shows job {job_id} started at {start})")
+        if not held:
+            return Outcome.transient(action, f"422 from cc-backend, but its job list shows no "
+                                             f"run of job {job_id} near {start}; sent again "
+                                             f"later")
+        running = [s for s, state in held.items() if state == "running"]
+        other = max(running) if running else max(held)
+        state = held[other]
+        slurm_cluster = action.key.split("/")[0]
+        if other > start:
+            return Outcome.permanent(action, (
+                f"cc-backend holds a later run of job {job_id} (started at {other}, {state}); "
+                f"it refuses the earlier run that started at {start} (422)"))
+        if state == "running" and self._ours(f"{slurm_cluster}/{job_id}/{other}"):
+            return Outcome.transient(action, (
+                f"waits: cc-backend holds run {other} of job {job_id}, which slurm-sync "
+                f"started; it is stopped once Slurm reports its end, then this run "
+                f"({start}) is sent again"))
+        if state == "running":
+            return Outcome.permanent(action, (
+                f"cc-backend holds another run of job {job_id} on {cluster}, started at "
+                f"{other} and still running there, which slurm-sync did not start; it "
+                f"refuses this run, started at {start}, within 24 h of it (422)"))
+        return Outcome.permanent(action, (
+            f"cc-backend keeps one record per job id and cluster for 24 h: run {other} of job "
+            f"{job_id} ({state}) holds it, so the run that started at {start} cannot be "
+            f"recorded (422)"))
+
+    def _runs_in_cc(self, job_id: int, cluster: str, lo: int, hi: int) -> dict[int, str] | str:
+        """{start time: state} of the runs of ``job_id`` on ``cluster`` that cc-backend lists
+        with a start in [lo, hi] (paged), or why the list cannot be read."""
+        found: dict[int, str] = {}
+        page = 1
+        while True:
+            reply = self.client.get("/api/jobs/", params={
+                "cluster": cluster, "start-time": f"{lo}-{hi}", "page": page,
+                "items-per-page": self.page_size})
+            if not reply.ok or not isinstance(reply.body, Mapping):
+                return reply.describe()
+            jobs = reply.body.get("jobs") or []
+            for item in jobs:
+                try:
+                    if int(item["jobId"]) == job_id and item.get("cluster", cluster) == cluster:
+                        found[int(item["startTime"])] = str(item.get("jobState") or "")
+                except (KeyError, TypeError, ValueError):
+                    continue
+            if len(jobs) < self.page_size:
+                return found
+            page += 1
+
+    def _halt(self, version: str, what: str, error: str) -> None:
+        how = "as configured" if self.configured_version else "as found"
+        self.halted = (
+            f"cc-backend refuses the schema of {what} ({error}) sent for API {version} ({how}): "
+            f"set connectors.clustercockpit.api_version to cc-backend's version, \"1.4\" or "
+            f"\"1.5\"; the actions wait in the outbox")
+        if not self.configured_version:
+            with self._detect_lock:
+                self._detected = None  # ask again next cycle
 
     def _apply_stop(self, action: Action) -> Outcome:
-        reply = self.client.post("/api/jobs/stop_job/", json=dict(action.payload))
+        if self.halted:
+            return Outcome.transient(action, f"not sent: {self.halted}")
+        version, why = self._version()
+        if version is None:
+            return Outcome.transient(action, f"not sent: cannot tell cc-backend's API version "
+                                             f"({why})")
+        reply = self.client.post("/api/jobs/stop_job/",
+                                 json=for_version(action.payload, STOP, version))
         if reply.status in (404, 422):
             return Outcome.already_done(action, f"already stopped or unknown "
                                                 f"({reply.describe()})")
+        error = _schema_error(reply)
+        if error is not None:
+            self._halt(version, "stop_job", error)
+            return Outcome.transient(action, reply.describe())
         return outcome_of(action, reply)
 
     def _with_files(self, meta: dict[str, str], files: Mapping[str, Any]) -> dict[str, str]:
@@ -617,11 +890,22 @@ class ClusterCockpitConnector(Connector):
     def check(self) -> list[str]:
         reply = self.client.get("/api/jobs/", params={
             "state": "running", "cluster": self.cc_cluster or "", "items-per-page": 1})
-        if reply.ok:
-            return []
         if reply.status == 401:
             return ["cc-backend refuses the token (401): is it an api-role JWT?"]
-        return [f"cc-backend: {reply.describe()}"]
+        if not reply.ok:
+            return [f"cc-backend: {reply.describe()}"]
+        found, why = detect_api_version(self.client, self.cc_cluster)
+        if found is None:
+            return [f"cannot tell cc-backend's API version ({why}): set "
+                    f"connectors.clustercockpit.api_version"]
+        if self.configured_version and self.configured_version != found:
+            return [f"api_version is {self.configured_version} but cc-backend answers as "
+                    f"{found}: set api_version to \"{found}\", or leave it out to have it "
+                    f"found"]
+        if not self.configured_version:
+            with self._detect_lock:
+                self._detected = self.api_version = found
+        return []
 
 
 def _runs_by_job(delivered: Iterable[str], runs: Mapping[str, Job]
@@ -658,6 +942,11 @@ def _token(text: str, json_key: str | None) -> str:
     if not isinstance(node, str) or not node.strip():
         raise ConfigError(f"{where}: {json_key!r} in the token file is not a non-empty string")
     return node
+
+
+def _start_of(key: str) -> int:
+    parts = _key_parts(key)
+    return parts[2] if parts is not None else 0
 
 
 def _join(first: str | None, second: str) -> str:

@@ -39,7 +39,9 @@ def from_cc_slurm_sync(data: Mapping[str, Any], path: str) -> tuple[dict[str, An
         new_slurm["commands"] = commands
     if "state_save_location" in slurm:
         new_slurm["state_save_location"] = slurm.pop("state_save_location")
-    cockpit: dict[str, Any] = {"api_version": "1.5", "cluster": data["clustername"]}
+    # No api_version: cc-slurm-sync speaks 1.4 only (it sends ``exclusive``), but a site may
+    # switch because its cc-backend moved to 1.5, so the connector asks cc-backend which it is.
+    cockpit: dict[str, Any] = {"cluster": data["clustername"]}
     if "host" in backend:
         cockpit["url"] = backend.pop("host")
     for key in ("accelerators", "node_regex"):
