@@ -39,7 +39,7 @@ from sync.slurm.model import Job
 from sync.slurm.query import JobFilter, SacctWindow, state_names
 from sync.slurm.reader import SlurmReader
 from sync.slurm.run import Runner
-from sync.store import Backoff, RunCount, Store
+from sync.store import Backoff, Delivery, RunCount, Store
 
 __all__ = ["main"]
 
@@ -115,6 +115,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", dest="run_json", action="store_true",
                         default=argparse.SUPPRESS, help="print the state as JSON")
     sub.add_parser("check", help="validate config, reach Slurm and each service, check files")
+    retry = sub.add_parser(
+        "retry", help="send actions refused for good again (after fixing what refused them)")
+    retry.add_argument("--connector", dest="retry_connectors", action="append", default=[],
+                       help="only this connector's (repeatable)")
+    retry.add_argument("-j", "--jobid", dest="retry_jobids", action="append", type=int,
+                       default=[], help="only this Slurm job's runs (repeatable)")
+    retry.add_argument("--since", dest="retry_since", metavar="TIME",
+                       help="only those refused at or after TIME (epoch seconds or a date)")
+    retry.add_argument("--dry-run", dest="retry_dry_run", action="store_true",
+                       help="list what would be sent again; change nothing")
 
     cockpit = sub.add_parser("clustercockpit", help="ClusterCockpit helpers")
     cockpit_sub = cockpit.add_subparsers(dest="cc_command", metavar="COMMAND", required=True)
@@ -534,6 +544,84 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
     return EXIT_OK
 
 
+def _epoch(text: str, option: str) -> float:
+    """`_epoch("1790000000", "--since")` is that epoch; a date or date-time (ISO 8601 or
+    anything dateutil reads, local time unless it names a zone) is turned into one."""
+    from dateutil import parser as dates
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return dates.parse(text).timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(f"{option}: {text!r} is neither epoch seconds nor a date: {exc}") from exc
+
+
+def _cmd_retry(args: argparse.Namespace, config: Config, out: Console, err: Console) -> int:
+    """Refused-for-good actions are planned again by the next run: their refusal records go
+    (one transaction), since the store does not keep a refused payload."""
+    names = list(dict.fromkeys([*args.connector, *args.retry_connectors]))
+    job_ids = tuple(dict.fromkeys([*args.run_jobids, *args.retry_jobids]))
+    since = _epoch(args.retry_since, "--since") if args.retry_since else None
+    dry_run = bool(args.dry_run or args.retry_dry_run)
+    path = _store_path(config)
+    with Store.open(path, read_only=True) as store:
+        known = set(store.connectors())
+        marks = {name: store.get_watermark(connector=name) for name in known}
+    unknown = [n for n in names if n not in known and n not in config.connectors]
+    if unknown:
+        raise ConfigError(f"--connector {', '.join(unknown)}: neither configured nor in {path}")
+
+    def requeue(store: Store) -> list[Delivery]:
+        found: list[Delivery] = []
+        for name in names or [None]:
+            found += store.requeue_refused(connector=name, job_ids=job_ids, since=since,
+                                           dry_run=dry_run)
+        return found
+
+    if dry_run:
+        with Store.open(path, read_only=True) as store:
+            requeued = requeue(store)
+    else:
+        with RunLock(config.state_dir), Store.open(path) as store:
+            requeued = requeue(store)
+    if not requeued:
+        out.print("nothing refused matches", highlight=False)
+        return EXIT_OK
+    table = Table(title="would be sent again (dry run: nothing changed)" if dry_run
+                  else "sent again by the next run")
+    for column in ("CONNECTOR", "ACTION", "JOB", "REFUSED", "WHY"):
+        table.add_column(column, overflow="fold")
+    for item in requeued:
+        table.add_row(item.connector, item.kind, item.key, _when(int(item.at)),
+                      str(item.detail.get("detail", "")))
+    out.print(table)
+    verb = "would be planned" if dry_run else "are planned"
+    out.print(f"{len(requeued)} refused action(s) {verb} again by the next run, from what "
+              f"Slurm shows then", highlight=False)
+    # The next run plans them from squeue and its sacct window: a run that ended before the
+    # window is no longer in either.
+    old = []
+    for item in requeued:
+        mark, start = marks.get(item.connector), _start_in_key(item.key)
+        if mark is not None and start and start < mark - config.sacct_overlap_seconds:
+            old.append(item.key)
+    old = sorted(set(old))
+    if old:
+        err.print(f"[yellow]note:[/] {len(old)} of these runs started before their "
+                  f"connector's sacct window; one that also ended before it is no longer "
+                  f"in Slurm's view and is not planned again: {', '.join(old[:10])}"
+                  f"{' ...' if len(old) > 10 else ''}", highlight=False)
+    return EXIT_OK
+
+
+def _start_in_key(key: str) -> int | None:
+    parts = key.split("/")
+    return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
+
+
 def _cmd_bank_reconcile(
     args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
     reader: SlurmReader, out: Console, err: Console,
@@ -646,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check(args, config, registry, reader, out)
         if args.command == "bank":
             return _cmd_bank_reconcile(args, config, registry, reader, out, err)
+        if args.command == "retry":
+            return _cmd_retry(args, config, out, err)
         return _cmd_run(args, config, registry, reader, out, err)
     except ConfigError as exc:
         err.print(f"[red]config error:[/] {exc}", highlight=False)

@@ -24,7 +24,8 @@ per connector name:
 - deliveries: one record per (connector, key, kind), where ``key`` is the Action's key (the engine
   builds it as ``cluster/job_id/start_time``, so a requeued job is a new record) and ``kind`` the
   action kind (a job has a ``start`` delivery and later a ``stop`` one). Status is ``done``,
-  ``already_done`` or ``permanent`` (a refused payload: recorded, never retried); a delivered
+  ``already_done`` or ``permanent`` (a refused payload: recorded, not retried until
+  :meth:`Store.requeue_refused` removes it, ``slurm-sync retry``); a delivered
   record is final and never replaced by a later failure.
 - the outbox: actions whose last attempt failed for a transient reason, with their payload, so a
   later run (after a crash too) re-applies them without asking Slurm again.
@@ -600,6 +601,54 @@ class Store:
         return tuple(Delivery(c, k, kd, Status(s), at, json.loads(d))
                      for c, k, kd, s, at, d in self._read("reading refusals", read))
 
+    def requeue_refused(
+        self, *, connector: str | None = None, job_ids: Collection[int] = (),
+        since: float | None = None, dry_run: bool = False,
+    ) -> tuple[Delivery, ...]:
+        """`store.requeue_refused(connector=, job_ids=, since=)` gives the actions refused for
+        good another chance; returns their records, by connector, key and kind.
+
+        A refused record matches when it is ``connector``'s (any when None), its key names one
+        of ``job_ids`` (``cluster/job_id/start``; any job when empty) and it was recorded at or
+        after ``since``. The other refused records of a matching (connector, key) go with it: a
+        refused start takes along the stop that was not sent because of it. A refused action's
+        payload is not kept, so the records are removed: the next cycle plans those actions
+        afresh from what Slurm says, with the configuration as it is then. One transaction;
+        ``dry_run`` changes nothing and returns what would go (it works on a read-only store).
+        """
+        if since is not None:
+            _check_time(since, "since")
+        wanted = frozenset(job_ids)
+
+        def matching(conn: sqlite3.Connection) -> list[Any]:
+            sql = ("SELECT connector, key, kind, status, at, detail FROM deliveries"
+                   " WHERE status = 'permanent'")
+            params: list[Any] = []
+            if connector is not None:
+                sql += " AND connector = ?"
+                params.append(connector)
+            rows = conn.execute(sql, params).fetchall()
+            chosen = {(c, k) for c, k, _, _, at, _ in rows
+                      if (since is None or at >= since)
+                      and (not wanted or _job_id_of(k) in wanted)}
+            return sorted((r for r in rows if (r[0], r[1]) in chosen),
+                          key=lambda r: (r[0], r[1], r[2]))
+
+        def requeue(conn: sqlite3.Connection) -> list[Any]:
+            rows = matching(conn)
+            conn.executemany(
+                "DELETE FROM deliveries WHERE connector = ? AND key = ? AND kind = ?"
+                " AND status = 'permanent'", [(c, k, kd) for c, k, kd, *_ in rows])
+            return rows
+
+        if dry_run:
+            rows = self._read("reading refusals", matching, snapshot=True)
+        else:
+            self._check_writable("requeue_refused")
+            rows = self._write("requeueing refused actions", requeue)
+        return tuple(Delivery(c, k, kd, Status(s), at, json.loads(d))
+                     for c, k, kd, s, at, d in rows)
+
     def _keys(
         self, table: str, connector: str, kind: str, keys: Iterable[str] | None, where: str
     ) -> frozenset[str]:
@@ -1073,6 +1122,12 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
 def _check_time(value: float, name: str) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+
+
+def _job_id_of(key: str) -> int | None:
+    """The Slurm job id in a ``cluster/job_id/start_time`` key, None in a key of another form."""
+    parts = key.split("/")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def _chunks(keys: Iterable[str]) -> Iterator[list[str]]:
