@@ -11,6 +11,15 @@ looks valid and is wrong; those are listed in ``Quirks`` and decided in ``quirks
 A record that cannot be read becomes a ``Skipped`` entry with its reason and the rest of the
 document still parses. A document that is not JSON, or that carries Slurm ``errors``, raises.
 
+A broken or hostile producer costs one skipped record or one ``SlurmFormatError`` for the
+document, never another exception or unbounded memory: the document must be exactly one JSON
+object (string keys, each top-level key once, nothing after it, no ``NaN``/``Infinity``, nesting
+within Python's recursion limit); numbers are bounded to 64 bits and times to the year 9999; a
+record may name at most ``MAX_HOSTS`` hosts and ``MAX_GPU_INDICES`` GPU indices per node, and a
+document at most ``max(1,000,000, 16 x its size in bytes)`` hosts in all; a lone UTF-16
+surrogate escape (``"\\ud800"``) is read as U+FFFD, so every string of the model can be written
+as UTF-8.
+
 Layouts of ``job_resources`` (per node: which cores, on which socket):
 - v0.0.37 (21.08): ``allocated_nodes`` maps node index -> flat ``sockets`` and ``cores`` maps;
   core keys are ``i % cores_per_socket`` and collide across sockets (Slurm bug 12982): on a node
@@ -45,6 +54,7 @@ from sync.slurm.model import (
     Skipped,
 )
 from sync.slurm.shapes import (
+    ascii_digits,
     cached_with_field,
     parse_tres_list,
     parse_tres_string,
@@ -104,7 +114,11 @@ def quirks_of(producer: Producer) -> Quirks:
 # decoder's raw_decode, each record is normalized and dropped, so memory holds the text and the
 # Job records, never the whole decoded tree (a 24.11 dump of 10,000 jobs is 77 MB of text).
 
-_DECODER = json.JSONDecoder()
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 _WS = re.compile(r"[ \t\n\r]*")
 _ESCAPE_ERRORS = "slurm-sync-json-escape"
 
@@ -130,27 +144,62 @@ codecs.register_error(_ESCAPE_ERRORS, _escape_non_ascii)
 
 def _json_text(raw: str | bytes) -> str:
     if isinstance(raw, str):
-        return raw
-    if raw.isascii():
-        return raw.decode("ascii")
-    return raw.decode("ascii", errors=_ESCAPE_ERRORS)
+        text = raw
+    elif raw.isascii():
+        text = raw.decode("ascii")
+    else:
+        text = raw.decode("ascii", errors=_ESCAPE_ERRORS)
+    return _valid_text(text)
+
+
+# JSON can escape half of a UTF-16 surrogate pair alone ("\ud800"): it decodes to a str that no
+# encoder writes, which would crash `jobs --json` and every write of the job's name. Such an
+# escape becomes U+FFFD before decoding; escaped backslashes and whole pairs are left as they are.
+_SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPE_OR_SURROGATE = re.compile(
+    r"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+_RAW_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _keep_or_replace(match: re.Match[str]) -> str:
+    text = match.group()
+    return "\\ufffd" if len(text) == 6 else text
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with lone surrogates, escaped or not, made U+FFFD."""
+    if _SURROGATE_HINT.search(text):
+        text = _ESCAPE_OR_SURROGATE.sub(_keep_or_replace, text)
+    if not text.isascii() and _RAW_SURROGATE.search(text):
+        text = _RAW_SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def _walk(text: str, what: str) -> Iterator[tuple[str, Any]]:
     """Yield ``(key, value)`` for each top-level member and ``("jobs[]", record)`` for each job.
 
-    Text before the first ``{`` (multi-cluster squeue prints a header) is skipped.
+    Text before the first ``{`` (multi-cluster squeue prints a header) is skipped; anything but
+    white space after the object (a second document) raises, as does a key that is not a string
+    or a top-level key given twice (a later empty ``errors`` must not hide an earlier one).
     """
     decode, ws = _DECODER.raw_decode, _WS.match
     i = text.find("{")
     if i < 0:
         raise SlurmFormatError(what, text[:60], "output is not JSON")
+    seen: set[str] = set()
     try:
         i = ws(text, i + 1).end()  # type: ignore[union-attr]
         if text[i : i + 1] == "}":
+            _expect_end(text, i + 1, what)
             return
         while True:
+            if text[i : i + 1] != '"':
+                raise json.JSONDecodeError("expected a string key", text, i)
             key, i = decode(text, i)
+            if key in seen:
+                raise SlurmFormatError(what, key, "this key is in the document twice")
+            seen.add(key)
             i = ws(text, i).end()  # type: ignore[union-attr]
             if text[i : i + 1] != ":":
                 raise json.JSONDecodeError("expected ':'", text, i)
@@ -177,12 +226,35 @@ def _walk(text: str, what: str) -> Iterator[tuple[str, Any]]:
             i = ws(text, i).end()  # type: ignore[union-attr]
             char = text[i : i + 1]
             if char == "}":
+                _expect_end(text, i + 1, what)
                 return
             if char != ",":
                 raise json.JSONDecodeError("expected ',' or '}'", text, i)
             i = ws(text, i + 1).end()  # type: ignore[union-attr]
-    except (json.JSONDecodeError, IndexError) as exc:
-        raise SlurmFormatError(what, text[:60], f"output is not JSON ({exc})") from exc
+    except (ValueError, IndexError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, NaN/Infinity, an integer of more than 4300 digits
+        raise SlurmFormatError(
+            what, text[:60], f"output is not JSON ({_decode_problem(exc, i)})"
+        ) from None
+
+
+def _expect_end(text: str, i: int, what: str) -> None:
+    end = _WS.match(text, i).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise SlurmFormatError(
+            what, text[end : end + 60], f"text after the JSON document (at character {end})"
+        )
+
+
+def _decode_problem(exc: BaseException, i: int) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return f"nested too deep, near character {i}"
+    message = str(exc)
+    if "integer string conversion" in message:
+        message = "an integer of more than 4300 digits"
+    return f"{message[:100]}, near character {i}"
 
 
 def load_document(raw: Document, what: str) -> Mapping[str, Any]:
@@ -254,7 +326,7 @@ def read_producer(doc: Mapping[str, Any]) -> Producer:
     for holder_key in ("plugin", "plugins"):
         holder = meta.get(holder_key)
         if isinstance(holder, dict):
-            plugin_text = str(holder.get("data_parser") or holder.get("type") or "")
+            plugin_text = _short_text(holder.get("data_parser")) or _short_text(holder.get("type"))
             if plugin_text:
                 break
     plugin = plugin_text.rsplit("/", 1)[-1]
@@ -263,25 +335,39 @@ def read_producer(doc: Mapping[str, Any]) -> Producer:
     version = (0, 0, 0)
     cluster = None
     if isinstance(slurm, dict):
-        release = str(slurm.get("release") or "")
+        release = _short_text(slurm.get("release"))
         parts = slurm.get("version")
         if isinstance(parts, dict):
-            try:
-                version = tuple(  # type: ignore[assignment]
-                    int(parts.get(k) or 0) for k in ("major", "minor", "micro")
-                )
-            except (TypeError, ValueError):
-                version = (0, 0, 0)
+            numbers = [_version_part(parts.get(k)) for k in ("major", "minor", "micro")]
+            if None not in numbers:
+                version = tuple(numbers)  # type: ignore[assignment]
         if version == (0, 0, 0) and release:
             version = _version_from_release(release)
-        cluster = slurm_str(slurm.get("cluster")) or None
+        cluster = slurm_str(slurm.get("cluster"), "meta.slurm.cluster") or None
     return Producer(plugin=plugin, release=release, version=version, cluster=cluster)
+
+
+def _short_text(value: object) -> str:
+    """A producer's name or release: a string of at most 100 characters, else nothing."""
+    return value[:100] if isinstance(value, str) else ""
+
+
+def _version_part(value: object) -> int | None:
+    """One part of ``meta.slurm.version``: an int or a string of ASCII digits (23.11+), 0 when
+    absent, None when it is anything else (then the release string is read instead)."""
+    if value is None or value == "":
+        return 0
+    if type(value) is int and 0 <= value < 1_000_000:
+        return value
+    if isinstance(value, str) and ascii_digits(value, 6):
+        return int(value)
+    return None
 
 
 def _version_from_release(release: str) -> tuple[int, int, int]:
     numbers = []
     for part in release.split(".")[:3]:
-        digits = "".join(c for c in part if c.isdigit())
+        digits = "".join(c for c in part if "0" <= c <= "9")[:6]
         numbers.append(int(digits) if digits else 0)
     while len(numbers) < 3:
         numbers.append(0)
@@ -299,18 +385,35 @@ def _parse_one(
     record: object, index: int, what: str, producer: Producer, one: RecordParser
 ) -> Job | Skipped:
     where = f"{what}.jobs[{index}]"
-    job_id = record.get("job_id") if isinstance(record, dict) else None
-    if not isinstance(record, dict):
-        reason = str(SlurmFormatError(where, record, "a job record must be an object"))
-        return Skipped(index=index, job_id=job_id, reason=reason)
+    job_id = _skipped_id(record.get("job_id")) if isinstance(record, dict) else None
     try:
+        if not isinstance(record, dict):
+            reason = str(SlurmFormatError(where, record, "a job record must be an object"))
+            return Skipped(index=index, job_id=job_id, reason=reason)
         return one(record, producer)
     except SlurmFormatError as exc:
         field = f"{where}.{exc.field}" if exc.field else where
         reason = str(SlurmFormatError(field, exc.value, exc.reason, producer.plugin))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        reason = f"{where}: {type(exc).__name__}: {exc}"
+    except RecursionError:
+        reason = f"{where}: nested too deep"
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError, IndexError) as exc:
+        reason = f"{where}: {type(exc).__name__}: {str(exc)[:200]}"
     return Skipped(index=index, job_id=job_id, reason=reason)
+
+
+def _skipped_id(value: object) -> int | str | None:
+    """A skipped record's ``job_id`` as far as it can be told: an int or a short string, never
+    a broken producer's object (which ``jobs --json`` would then have to print)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str):
+        return value[:80]
+    if isinstance(value, dict):
+        try:
+            return slurm_int(value, "job_id")
+        except SlurmFormatError:
+            return None
+    return None
 
 
 def _members_of(doc: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -346,23 +449,50 @@ def _parse_all(
     raw: Document, what: str, one: RecordParser, default_cluster: str | None
 ) -> ParseResult:
     with _no_cyclic_gc():
-        return _parse_members(raw, what, one, default_cluster)
+        try:
+            return _parse_members(raw, what, one, default_cluster)
+        except RecursionError:
+            raise SlurmFormatError(what, None, "a value is nested too deep") from None
+
+
+MAX_DOCUMENT_HOSTS = 1_000_000
+"""Hosts a document may name in all, or ``16 x`` its size in bytes if more: each record is
+bounded (``sync.slurm.gres.MAX_HOSTS``), and this bounds what many small records may ask for
+together."""
 
 
 def _parse_members(
     raw: Document, what: str, one: RecordParser, default_cluster: str | None
 ) -> ParseResult:
-    members = _members_of(raw) if isinstance(raw, Mapping) else _walk(_json_text(raw), what)
+    if isinstance(raw, Mapping):
+        members = _members_of(raw)
+        host_budget = None
+    else:
+        members = _walk(_json_text(raw), what)
+        host_budget = max(MAX_DOCUMENT_HOSTS, 16 * len(raw))
     top: dict[str, Any] = {}
     producer = Producer()  # what is known of the producer when the jobs are read
     parsed: list[Job | Skipped] = []
-    for key, value in members:
-        if key == "jobs[]":
-            parsed.append(_parse_one(value, len(parsed), what, producer, one))
-            continue
-        top[key] = value
-        if key == "meta" and "jobs" not in top:
-            producer = read_producer(top)
+    hosts = 0
+    try:
+        for key, value in members:
+            if key == "jobs[]":
+                item = _parse_one(value, len(parsed), what, producer, one)
+                if host_budget is not None and isinstance(item, Job):
+                    hosts += len(item.hosts)
+                    if hosts > host_budget:
+                        hosts -= len(item.hosts)
+                        item = Skipped(len(parsed), item.job_id, (
+                            f"{what}.jobs[{len(parsed)}]: the document names more than "
+                            f"{host_budget} hosts, too many for its size"))
+                parsed.append(item)
+                continue
+            top[key] = value
+            if key == "meta" and "jobs" not in top:
+                producer = read_producer(top)
+    except SlurmFormatError:
+        _raise_errors(top.get("errors"), what)  # what Slurm said explains a broken document
+        raise
     _raise_errors(top.get("errors"), what)
     if "jobs" not in top:
         raise SlurmFormatError(f"{what}.jobs", None, "the document has no jobs list")
@@ -498,7 +628,7 @@ def exit_code(value: object, state: JobState, field: str = "exit_code") -> ExitC
 
 
 def _index(key: object, field: str) -> int:
-    if type(key) is str and key.isdigit():
+    if type(key) is str and ascii_digits(key):
         return int(key)
     number = slurm_int(key, field)
     if number is None or number < 0:
@@ -545,7 +675,8 @@ def _node_allocation(
     per_socket = 0
     lists_unallocated = False
     for key, socket in socket_items:
-        s = int(key) if type(key) is str and key.isdigit() else key
+        s = (int(key) if type(key) is str and key.isdigit() and key.isascii() and len(key) < 10
+             else key)
         if type(s) is not int or not isinstance(socket, dict):
             s = _index(key, f"{field}.sockets.{key}")
             if not isinstance(socket, dict):
@@ -565,7 +696,8 @@ def _node_allocation(
             raise SlurmFormatError(f"{field}.sockets.{key}.cores", listed, "expected cores")
         count = 0
         for core_key, status in pairs:
-            c = int(core_key) if type(core_key) is str and core_key.isdigit() else core_key
+            c = (int(core_key) if type(core_key) is str and core_key.isdigit()
+                 and core_key.isascii() and len(core_key) < 10 else core_key)
             if type(c) is not int or c < 0:
                 c = _index(core_key, f"{field}.sockets.{key}.cores")
             count += 1
@@ -646,11 +778,15 @@ def _allocations(
         return out
     if isinstance(allocated_nodes, dict):
         out = []
-        for key, node in sorted(allocated_nodes.items(), key=lambda kv: int(kv[0])):
+        indexed = sorted(
+            (_index(key, f"{field}.allocated_nodes.{key}"), key, node)
+            for key, node in allocated_nodes.items()
+        )
+        for index, key, node in indexed:
             where = f"{field}.allocated_nodes.{key}"
             if not isinstance(node, dict):
                 raise SlurmFormatError(where, node, "expected a node object")
-            out.append(_flat_allocation(_host_at(hosts, int(key)), node, where))
+            out.append(_flat_allocation(_host_at(hosts, index), node, where))
         return out
     return []
 
@@ -679,7 +815,7 @@ def _with_gpus(
     if not any(gres):
         return tuple(allocations) if allocations else tuple(NodeAllocation(h) for h in hosts)
     gpus_by_host = {
-        host: gpu_indices(detail, f"{field}.gres_detail[{i}]")
+        host: gpu_indices(detail, f"{field}.gres_detail[{i}]" if field else f"gres_detail[{i}]")
         for i, (host, detail) in enumerate(zip(hosts, gres))
     }
     if not allocations:
@@ -708,6 +844,9 @@ def resolve_cpu_ids(
                 allocations.append(alloc)
                 continue
             per_socket = node.cores_per_socket
+            if per_socket <= 0:  # a node sinfo reports no cores for: nothing to compute with
+                allocations.append(alloc)
+                continue
             if any(c >= per_socket for _, c in alloc.cores):
                 ids = tuple(sorted(c for _, c in alloc.cores))
                 alloc = replace(alloc, cpu_ids=ids, ambiguous=False,
@@ -885,6 +1024,8 @@ def job_from_sacct(record: Mapping[str, Any], producer: Producer) -> Job:
         elapsed = slurm_int(times.get("elapsed"), "time.elapsed")
         suspended = slurm_int(times.get("suspended"), "time.suspended") or 0
         start = end - elapsed - suspended if end and elapsed is not None else None
+        if start is not None and start <= 0:
+            start = None
     if state is JobState.PENDING:
         start = None
     array_job_id = _optional_id(array.get("job_id"), "array.job_id")

@@ -28,6 +28,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 __all__ = [
+    "INT_MAX",
+    "INT_MIN",
+    "MAX_EPOCH",
+    "ascii_digits",
     "cached_with_field",
     "parse_tres_list",
     "parse_tres_string",
@@ -43,6 +47,12 @@ __all__ = [
 _SENTINELS = frozenset({0xFFFFFFFE, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFE, 0xFFFFFFFFFFFFFFFF})
 _SENTINELS16 = frozenset({0xFFFE, 0xFFFF})
 
+# Every number read is bounded: what SQLite and the services store (signed 64 bits), and times a
+# calendar can show. A value outside is a broken producer's, and its record is skipped.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+MAX_EPOCH = 253402300799  # 9999-12-31 23:59:59 UTC, the last second datetime can show
+_OUT_OF_RANGE = "a number beyond 64 bits"
+
 
 def slurm_number_object(value: Mapping[str, object], field: str) -> int | None:
     """Read data_parser's ``{"set": bool, "infinite": bool, "number": int}`` (v0.0.39 and later).
@@ -57,20 +67,31 @@ def slurm_number_object(value: Mapping[str, object], field: str) -> int | None:
     return _plain_int(number, field)
 
 
+def ascii_digits(text: str, most: int = 19) -> bool:
+    """`ascii_digits(s)`: ``s`` is 1 to ``most`` ASCII digits (``str.isdigit`` also accepts
+    "²" and "٣", which ``int`` refuses or reads as another number)."""
+    return text.isascii() and text.isdigit() and len(text) <= most
+
+
 def _plain_int(value: object, field: str) -> int:
     if isinstance(value, bool):
         raise SlurmFormatError(field, value, "expected a number, got a boolean")
     if isinstance(value, int):
-        return value
-    if isinstance(value, float):
+        number = value
+    elif isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise SlurmFormatError(field, value, "expected a finite number")
-        return int(value)
-    if isinstance(value, str):
+        number = int(value)
+    elif isinstance(value, str):
         text = value.strip()
-        if text.isdigit() or (text[:1] == "-" and text[1:].isdigit()):
-            return int(text)
-    raise SlurmFormatError(field, value, "expected a number")
+        if not ascii_digits(text[1:] if text[:1] == "-" else text, 20):
+            raise SlurmFormatError(field, value, "expected a number")
+        number = int(text)
+    else:
+        raise SlurmFormatError(field, value, "expected a number")
+    if not INT_MIN <= number <= INT_MAX:
+        raise SlurmFormatError(field, value, _OUT_OF_RANGE)
+    return number
 
 
 def slurm_int(value: object, field: str = "", *, bits: int = 32) -> int | None:
@@ -83,12 +104,16 @@ def slurm_int(value: object, field: str = "", *, bits: int = 32) -> int | None:
     """
     kind = type(value)
     if kind is int:  # the common case, checked first: this runs for every field of every job
-        return None if value in _SENTINELS or (bits == 16 and value in _SENTINELS16) else value  # type: ignore[return-value]
+        if value in _SENTINELS or (bits == 16 and value in _SENTINELS16):
+            return None
+        if INT_MIN <= value <= INT_MAX:  # type: ignore[operator]
+            return value  # type: ignore[return-value]
+        raise SlurmFormatError(field, value, _OUT_OF_RANGE)
     if kind is dict:
         if not value.get("set", True) or value.get("infinite", False):  # type: ignore[attr-defined]
             return None
         number = value.get("number")  # type: ignore[attr-defined]
-        if type(number) is int:
+        if type(number) is int and INT_MIN <= number <= INT_MAX:
             return number
         return None if number is None else _plain_int(number, field)
     if value is None:
@@ -108,10 +133,13 @@ def slurm_time(value: object, field: str = "") -> int | None:
 
     Layouts: a plain int (v0.0.37/38; all sacct ``time.*`` in every version), ``{set, infinite,
     number}`` (squeue v0.0.40+), ``null``. Slurm writes 0 for "not yet" (a pending job's start).
+    A time after the year 9999 is no time at all (nothing can show it) and raises.
     """
     number = slurm_int(value, field)
     if number is None or number <= 0:
         return None
+    if number > MAX_EPOCH:
+        raise SlurmFormatError(field, value, "a time after the year 9999")
     return number
 
 
@@ -176,18 +204,25 @@ _MEM_MB = {"M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 _MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2, "P": 1024**3}
 
 
+_TRES_COUNT = re.compile(r"([0-9]{1,19}(?:\.[0-9]{1,19})?)([KMGTP]?)")
+
+
 def _tres_value(key: str, raw: str, field: str) -> int:
-    if raw.isdigit():
-        return int(raw)
-    if raw[-1:] in _MEM_MB and raw[:-1].isdigit():
-        return int(raw[:-1]) * _MEM_MB[raw[-1]]
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)", raw.strip())
-    if not match:
-        raise SlurmFormatError(field, raw, f"TRES {key!r} is not a count")
-    number, unit = float(match.group(1)), match.group(2)
-    if unit:
-        number *= _MEM_UNITS[unit]
-    return round(number)
+    if ascii_digits(raw):
+        count = int(raw)
+    elif raw[-1:] in _MEM_MB and ascii_digits(raw[:-1]):
+        count = int(raw[:-1]) * _MEM_MB[raw[-1]]
+    else:
+        match = _TRES_COUNT.fullmatch(raw.strip())
+        if not match:
+            raise SlurmFormatError(field, raw, f"TRES {key!r} is not a count")
+        number, unit = float(match.group(1)), match.group(2)
+        if unit:
+            number *= _MEM_UNITS[unit]
+        count = round(number)
+    if count > INT_MAX:
+        raise SlurmFormatError(field, raw, f"TRES {key!r} is {_OUT_OF_RANGE}")
+    return count
 
 
 def parse_tres_string(value: object, field: str = "") -> Mapping[str, int]:
@@ -197,7 +232,9 @@ def parse_tres_string(value: object, field: str = "") -> Mapping[str, int]:
     shape share their TRES strings, so parsed strings are cached and shared.
     """
     text = slurm_str(value, field)
-    return cached_with_field(_tres_cached, text, field)
+    # long strings are not cached: the cache would keep a broken producer's megabytes alive
+    parse = _tres_cached if len(text) <= _CACHED_LENGTH else _tres_parse
+    return cached_with_field(parse, text, field)
 
 
 def cached_with_field(parse: Callable[[T], R], key: T, field: str) -> R:
@@ -209,8 +246,10 @@ def cached_with_field(parse: Callable[[T], R], key: T, field: str) -> R:
         raise SlurmFormatError(field, key, exc.reason) from None
 
 
-@functools.lru_cache(maxsize=4096)
-def _tres_cached(text: str) -> Mapping[str, int]:
+_CACHED_LENGTH = 1024
+
+
+def _tres_parse(text: str) -> Mapping[str, int]:
     out: dict[str, int] = {}
     for part in text.split(","):
         if not part.strip():
@@ -220,6 +259,9 @@ def _tres_cached(text: str) -> Mapping[str, int]:
             raise SlurmFormatError("", text, f"TRES entry {part!r} has no '='")
         out[key.strip()] = _tres_value(key, raw, "")
     return MappingProxyType(out)
+
+
+_tres_cached = functools.lru_cache(maxsize=4096)(_tres_parse)
 
 
 def parse_tres_list(value: object, field: str = "") -> dict[str, int]:
