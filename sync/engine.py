@@ -449,7 +449,8 @@ def _look_up(reader: SlurmReader, wanted: Mapping[str, int], view: View,
     if not wanted:
         return view
     ids = tuple(sorted({run_key(k)[0] for k in wanted}))  # type: ignore[index]
-    window = SacctWindow(start=min(wanted.values()) - 1, end=int(view.now) + 1)
+    end = int(view.now) + 1
+    window = SacctWindow(start=min(min(wanted.values()) - 1, end), end=end)
     try:
         found = reader.sacct(window, JobFilter(states=("all",), job_ids=ids)).jobs
     except SlurmError as exc:
