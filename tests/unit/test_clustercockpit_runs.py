@@ -378,6 +378,8 @@ def test_a_schema_400_halts_the_connector_and_refuses_no_job(tmp_path: Path) -> 
         assert {o.status for o in report.outcomes} == {Status.TRANSIENT}
         assert len(emu.bodies) == 1  # the rest were not sent
         assert wrong.halted and "api_version" in wrong.halted and "shared" in wrong.halted
+        assert report.exit_code == 4
+        assert any("api_version" in line for line in report.connector_errors)
         assert store.refusals(connector="clustercockpit") == ()
         assert store.outbox_stats(connector="clustercockpit").depth == 5
         # a stop of this connector is not sent either while it is halted
