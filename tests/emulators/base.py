@@ -14,8 +14,14 @@ Faults (``emu.faults``) apply before a route runs, so a connector sees them exac
 see a struggling service: ``latency`` seconds per request, a ``error_share`` of requests answered
 with ``error_status`` (500 by default), ``timeout_share`` of requests held ``hang`` seconds before
 the connection is dropped without an answer, and ``rate_limit`` requests per ``rate_window``
-seconds, the rest answered 429 with Retry-After. Faults use their own seeded random generator, so
-a test run is repeatable.
+seconds, the rest answered 429 with Retry-After, and ``reset_share`` of connections reset (a TCP
+RST, no answer). Faults use their own seeded random generator, so a test run is repeatable.
+
+``emu.outage(seconds, mode)`` takes the service down for a while: ``refuse`` closes the listening
+socket and every open connection (clients get "connection refused") and listens again on the same
+port afterwards; ``reset`` resets every connection; ``error`` answers every request 503.
+``emu.seen`` keeps each request's body and the time it arrived (``received``) beside the time it
+was answered (``at``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -45,6 +53,7 @@ class Faults:
     hang: float = 2.0
     rate_limit: int | None = None
     rate_window: float = 1.0
+    reset_share: float = 0.0
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -88,9 +97,53 @@ class Seen:
     query: Mapping[str, list[str]]
     status: int
     at: float
+    body: bytes = b""
+    received: float = 0.0
 
 
 Route = tuple[str, str, Callable[[Request], Reply]]
+
+
+class _Server(ThreadingHTTPServer):
+    """Keeps the open connections, so an outage can close them and a reset can send an RST."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._open: set[socket.socket] = set()
+        self._resets: set[socket.socket] = set()
+        self._guard = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._guard:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def reset(self, request: socket.socket) -> None:
+        """Close ``request`` with SO_LINGER 0 when the handler is done: the peer gets an RST."""
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with self._guard:
+            self._resets.add(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._guard:
+            self._open.discard(request)
+            reset = request in self._resets
+            self._resets.discard(request)
+        if reset:
+            request.close()  # no shutdown(SHUT_WR) first: that would send a FIN
+        else:
+            super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Reset every open connection (keep-alive ones included)."""
+        with self._guard:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class Emulator:
@@ -110,6 +163,10 @@ class Emulator:
         self._routes = [(m, re.compile(p + r"\Z"), h) for m, p, h in self.routes()]
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._handler: type[BaseHTTPRequestHandler] | None = None
+        self._port = 0
+        self._down: str | None = None
+        self._down_timer: threading.Timer | None = None
 
     # --- to override ---------------------------------------------------------------------------
 
@@ -128,10 +185,9 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        if self._server is None:
+        if not self._port:
             raise RuntimeError("emulator not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://127.0.0.1:{self._port}"
 
     def start(self) -> Emulator:
         emulator = self
@@ -150,18 +206,63 @@ class Emulator:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._handler = Handler
+        self._listen()
+        return self
+
+    def _listen(self) -> None:
+        assert self._handler is not None
+        self._server = _Server(("127.0.0.1", self._port), self._handler)
         self._server.daemon_threads = True
+        self._port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True)
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
+    def _close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.drop_connections()
             self._server = None
+
+    def stop(self) -> None:
+        if self._down_timer is not None:
+            self._down_timer.cancel()
+            self._down_timer = None
+        self._down = None
+        self._close()
+
+    # --- outages -------------------------------------------------------------------------------
+
+    def outage(self, seconds: float | None, mode: str = "refuse") -> None:
+        """Take the service down now, for ``seconds`` (None: until ``restore()``); returns at
+        once. ``refuse``: nothing listens and open connections are closed; ``reset``: every
+        connection is reset; ``error``: every request is answered 503."""
+        if mode not in ("refuse", "reset", "error"):
+            raise ValueError(f"outage mode {mode!r}: refuse, reset or error")
+        if self._down_timer is not None:
+            self._down_timer.cancel()
+        self._down = mode
+        if mode == "refuse":
+            self._close()
+        elif self._server is not None:
+            self._server.drop_connections()
+        if seconds is not None:
+            self._down_timer = threading.Timer(seconds, self.restore)
+            self._down_timer.daemon = True
+            self._down_timer.start()
+
+    def restore(self) -> None:
+        """End an outage: listen again on the same port."""
+        mode, self._down = self._down, None
+        if mode == "refuse" and self._server is None:
+            self._listen()
+
+    @property
+    def outage_mode(self) -> str | None:
+        """The mode of the outage going on, or None."""
+        return self._down
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -190,12 +291,15 @@ class Emulator:
             self._hits.append(now)
         if faults.timeout_share and faults.rng.random() < faults.timeout_share:
             return Reply(-1)
+        if faults.reset_share and faults.rng.random() < faults.reset_share:
+            return Reply(-2)
         if faults.error_share and faults.rng.random() < faults.error_share:
             return Reply(faults.error_status,
                          self.error_body(faults.error_status, "injected fault"))
         return None
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
+        received = time.time()
         parsed = urllib.parse.urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
@@ -210,18 +314,32 @@ class Emulator:
             time.sleep(self.faults.latency)
         with self.lock:
             reply = self._fault()
+            if self._down == "reset":
+                reply = Reply(-2)
+            elif self._down is not None:
+                reply = Reply(503, self.error_body(503, "service unavailable (outage)"))
         if reply is not None and reply.status == -1:
             time.sleep(self.faults.hang)
             handler.close_connection = True
             with self.lock:
                 self.seen.append(Seen(request.method, request.path, request.query, -1,
-                                      time.time()))
+                                      time.time(), body, received))
+            return
+        if reply is not None and reply.status == -2:
+            # a reset: no answer, and an RST instead of a FIN when the socket closes
+            handler.close_connection = True
+            server = self._server
+            if server is not None:
+                server.reset(handler.connection)
+            with self.lock:
+                self.seen.append(Seen(request.method, request.path, request.query, -2,
+                                      time.time(), body, received))
             return
         if reply is None:
             reply = self._dispatch(request)
         with self.lock:
             self.seen.append(Seen(request.method, request.path, request.query, reply.status,
-                                  time.time()))
+                                  time.time(), body, received))
         self._send(handler, reply)
 
     def _dispatch(self, request: Request) -> Reply:
