@@ -481,8 +481,8 @@ class ClusterCockpitConnector(Connector):
         self.api_version = str(self.configured_version or "1.5")
         self._detected: str | None = None
         self._detect_lock = threading.Lock()
-        # Start keys delivered by this process, and what the store said before this cycle's
-        # plan: which run of a job id is ours, which earlier run still waits in the outbox.
+        # Start keys delivered in this cycle's batch, and what the store said before this
+        # cycle's plan: which run of a job id is ours, which earlier run waits in the outbox.
         self._delivered_now: set[str] = set()
         self._snapshot = Snapshot()
         self.mapping = HostMap.from_settings(settings)
@@ -664,7 +664,10 @@ class ClusterCockpitConnector(Connector):
 
     def apply(self, action: Action) -> Outcome:
         if action.kind == START:
-            return self._start_one(action, *self._version())
+            outcome = self._start_one(action, *self._version())
+            if outcome.status.delivered:
+                self._delivered_now.add(action.key)
+            return outcome
         if action.kind == STOP:
             return self._apply_stop(action)
         return Outcome.permanent(action, f"unknown action kind {action.kind!r}")
@@ -675,6 +678,7 @@ class ClusterCockpitConnector(Connector):
         start did not get through holds back the later runs of its job, so cc-backend, which
         keeps one record per job id for 24 hours, never gets a later run first."""
         self.halted = None
+        self._delivered_now = set()  # earlier cycles' deliveries are in the snapshot
         actions = list(actions)
         version, why = self._version() if actions else (None, "")
         groups: dict[tuple[str, int] | str, list[int]] = {}
@@ -698,6 +702,8 @@ class ClusterCockpitConnector(Connector):
                     except Exception as exc:  # one action's bug must not lose the others
                         outcome = Outcome.transient(action, f"{type(exc).__name__}: {exc}")
                 outcomes[index] = outcome
+                if outcome.status.delivered:
+                    self._delivered_now.add(action.key)
                 if outcome.status is Status.TRANSIENT and waits is None:
                     parts = _key_parts(action.key)
                     if parts is not None:
@@ -760,15 +766,12 @@ class ClusterCockpitConnector(Connector):
         action = replace(action, payload={**converted, "job": payload})
         reply = self.client.post("/api/jobs/start_job/", json=payload)
         if reply.status == 422:
-            outcome = self._resolve_422(action, payload)
-        elif (error := _schema_error(reply)) is not None:
+            return self._resolve_422(action, payload)
+        error = _schema_error(reply)
+        if error is not None:
             self._halt(version, "start_job", error)
             return Outcome.transient(action, reply.describe())
-        else:
-            outcome = outcome_of(action, reply)
-        if outcome.status.delivered:
-            self._delivered_now.add(action.key)
-        return outcome
+        return outcome_of(action, reply)
 
     def _resolve_422(self, action: Action, body: Mapping[str, Any]) -> Outcome:
         """cc-backend has a run of this job id within 24 hours: ask it which (its job list,
