@@ -569,7 +569,6 @@ def _cmd_retry(args: argparse.Namespace, config: Config, out: Console, err: Cons
     path = _store_path(config)
     with Store.open(path, read_only=True) as store:
         known = set(store.connectors())
-        marks = {name: store.get_watermark(connector=name) for name in known}
     unknown = [n for n in names if n not in known and n not in config.connectors]
     if unknown:
         raise ConfigError(f"--connector {', '.join(unknown)}: neither configured nor in {path}")
@@ -601,25 +600,10 @@ def _cmd_retry(args: argparse.Namespace, config: Config, out: Console, err: Cons
     verb = "would be planned" if dry_run else "are planned"
     out.print(f"{len(requeued)} refused action(s) {verb} again by the next run, from what "
               f"Slurm shows then", highlight=False)
-    # The next run plans them from squeue and its sacct window: a run that ended before the
-    # window is no longer in either.
-    old = []
-    for item in requeued:
-        mark, start = marks.get(item.connector), _start_in_key(item.key)
-        if mark is not None and start and start < mark - config.sacct_overlap_seconds:
-            old.append(item.key)
-    old = sorted(set(old))
-    if old:
-        err.print(f"[yellow]note:[/] {len(old)} of these runs started before their "
-                  f"connector's sacct window; one that also ended before it is no longer "
-                  f"in Slurm's view and is not planned again: {', '.join(old[:10])}"
-                  f"{' ...' if len(old) > 10 else ''}", highlight=False)
+    if not dry_run:
+        out.print("the next run's sacct window reaches back to the oldest of them",
+                  highlight=False)
     return EXIT_OK
-
-
-def _start_in_key(key: str) -> int | None:
-    parts = key.split("/")
-    return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
 
 
 def _cmd_bank_reconcile(

@@ -613,7 +613,9 @@ class Store:
         after ``since``. The other refused records of a matching (connector, key) go with it: a
         refused start takes along the stop that was not sent because of it. A refused action's
         payload is not kept, so the records are removed: the next cycle plans those actions
-        afresh from what Slurm says, with the configuration as it is then. One transaction;
+        afresh from what Slurm says, with the configuration as it is then. The connector's
+        watermark goes back to the oldest requeued run's start, so its next sacct window holds
+        every requeued run, ended or not (its only backward move). One transaction;
         ``dry_run`` changes nothing and returns what would go (it works on a read-only store).
         """
         if since is not None:
@@ -639,6 +641,16 @@ class Store:
             conn.executemany(
                 "DELETE FROM deliveries WHERE connector = ? AND key = ? AND kind = ?"
                 " AND status = 'permanent'", [(c, k, kd) for c, k, kd, *_ in rows])
+            # The one time a watermark goes back: the next sacct window must reach the oldest
+            # requeued run again, or a run that ended before the window would not be planned.
+            oldest: dict[str, int] = {}
+            for name, key, *_ in rows:
+                start = _start_of(key)
+                if start is not None:
+                    oldest[name] = min(start, oldest.get(name, start))
+            conn.executemany(
+                "UPDATE watermarks SET value = ? WHERE connector = ? AND value > ?",
+                [(float(start), name, float(start)) for name, start in oldest.items()])
             return rows
 
         if dry_run:
@@ -1122,6 +1134,13 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
 def _check_time(value: float, name: str) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+
+
+def _start_of(key: str) -> int | None:
+    """The start time in a delivery key ``cluster/job_id/start``, None for another form."""
+    parts = key.split("/")
+    return int(parts[2]) if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit() \
+        else None
 
 
 def _job_id_of(key: str) -> int | None:
