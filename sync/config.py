@@ -14,6 +14,13 @@ Every key is described in ``docs/configuration.md``.
 
 A value at a place where a fragment expects a secret reference (``sync.secrets``) is never shown
 in an error; an object or array value is described by its keys or length, never dumped.
+
+Before the schema, every value is checked for what no key can mean and what would fail later in
+a way that is hard to read: ``NaN``/``Infinity`` and numbers beyond 64 bits, a NUL character or a
+lone UTF-16 surrogate in a string, a key given twice, nesting deeper than 32 levels.
+:func:`load_config` reads only a regular file (a FIFO would block), and then checks the files the
+config names: ``state_dir`` is a folder or can be made one, its ``state.db`` is SQLite's, and
+``metrics_file`` is in a folder that exists.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -54,6 +63,10 @@ SLURM_COMMANDS = ["squeue", "sacct", "scontrol", "sinfo", "sbatch", "scancel", "
 ROOT_STATE_DIR = "/var/lib/slurm-sync"
 
 MAX_ERRORS_SHOWN = 10
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 32
+TEN_YEARS = 10 * 365 * 86400
 
 _ABSOLUTE_PATH: dict[str, Any] = {
     "type": "string",
@@ -124,11 +137,13 @@ CORE_SCHEMA: dict[str, Any] = {
         "sacct_overlap_seconds": {
             "type": "integer",
             "minimum": 0,
+            "maximum": TEN_YEARS,
             "description": "How far each sacct window reaches back before the watermark.",
         },
         "first_window_seconds": {
             "type": "integer",
             "exclusiveMinimum": 0,
+            "maximum": TEN_YEARS,
             "description": "How far back the first sacct window reaches (no watermark yet).",
         },
         "log_format": {"enum": ["text", "json"]},
@@ -369,15 +384,86 @@ def _problems(
     return sorted(found.values(), key=lambda item: (_sort_key(item[0]), item[1]))
 
 
-def _validate(
-    data: Mapping[str, Any], path: str | None, fragments: Mapping[str, Any] | None
-) -> None:
-    schema = combined_schema(fragments)
-    validator = jsonschema.Draft202012Validator(schema)
-    known = sorted(fragments) if fragments is not None else None
-    problems = _problems(list(validator.iter_errors(data)), known)
-    if not problems:
-        return
+class _Constant(float):
+    """``NaN``, ``Infinity`` or ``-Infinity`` as written in the file, kept so that the value
+    check can name it with its JSON path (``json`` would make it a float no key accepts)."""
+
+    def __new__(cls, name: str) -> _Constant:
+        made = super().__new__(cls, name)
+        made.name = name
+        return made
+
+    name: str
+
+
+class _Pairs(dict):  # type: ignore[type-arg]
+    """An object as decoded, with the keys it gave more than once."""
+
+    twice: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    made = _Pairs(pairs)
+    if len(made) != len(pairs):
+        seen: set[str] = set()
+        twice: set[str] = set()
+        for key, _ in pairs:
+            (twice if key in seen else seen).add(key)
+        made.twice = sorted(twice)
+    return made
+
+
+_INT_BITS = 63
+_CONTROL_IN_PATH = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text_problem(text: str) -> str | None:
+    found = _CONTROL_IN_PATH.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character, which no path or name can hold"
+    return (f"contains a lone UTF-16 surrogate (\\u{ord(found.group()):04x}), which is not "
+            "text: write the character itself or its pair")
+
+
+def _value_problems(data: object) -> list[tuple[Any, str]]:
+    """(JSON path parts, problem) of each value no key can mean, depth first, without
+    recursion (the data may be nested as deep as the decoder allowed)."""
+    found: list[tuple[Any, str]] = []
+    stack: list[tuple[tuple[Any, ...], object]] = [((), data)]
+    while stack and len(found) <= MAX_ERRORS_SHOWN:
+        parts, value = stack.pop()
+        if len(parts) > MAX_DEPTH:
+            found.append((parts, f"nested deeper than {MAX_DEPTH} levels: no key needs that"))
+        elif isinstance(value, Mapping):
+            for key in getattr(value, "twice", ()):
+                found.append((parts, f"the key {key!r} is given twice: keep one"))
+            for key, item in value.items():
+                problem = _text_problem(key) if isinstance(key, str) else None
+                if problem:
+                    found.append(((*parts, key), f"the key {problem}"))
+                else:
+                    stack.append(((*parts, key), item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend(((*parts, i), item) for i, item in enumerate(value))
+        elif isinstance(value, _Constant):
+            found.append((parts, f"{value.name} is not a number JSON allows: write a finite "
+                                 "number"))
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append((parts, "a number too large to be a finite number: write a smaller "
+                                 "one"))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > _INT_BITS:
+                found.append((parts, "a number beyond 64 bits: write a smaller one"))
+        elif isinstance(value, str):
+            problem = _text_problem(value)
+            if problem:
+                found.append((parts, f"the string {problem}"))
+    return sorted(found, key=lambda item: (_sort_key(item[0]), item[1]))
+
+
+def _raise_problems(problems: list[tuple[Any, str]], path: str | None) -> None:
     where = f"{path}: " if path else ""
     lines = [f"{where}{_json_path(parts)}: {message}" for parts, message in problems]
     shown = lines[:MAX_ERRORS_SHOWN]
@@ -388,6 +474,20 @@ def _validate(
     if len(lines) > 1:
         title += f", {len(lines)} errors"
     raise ConfigError(f"{title}:\n  " + "\n  ".join(shown))
+
+
+def _validate(
+    data: Mapping[str, Any], path: str | None, fragments: Mapping[str, Any] | None
+) -> None:
+    values = _value_problems(data)
+    if values:
+        _raise_problems(values, path)
+    schema = combined_schema(fragments)
+    validator = jsonschema.Draft202012Validator(schema)
+    known = sorted(fragments) if fragments is not None else None
+    problems = _problems(list(validator.iter_errors(data)), known)
+    if problems:
+        _raise_problems(problems, path)
 
 
 # --------------------------------------------------------------------------------- loading
@@ -448,27 +548,172 @@ def config_from_dict(
 
 
 def load_config(
-    path: str | None, fragments: Mapping[str, Mapping[str, Any]] | None = None
+    path: str | None,
+    fragments: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    files: bool = True,
 ) -> Config:
     """Read ``path`` (None: built-in defaults, Slurm's commands from PATH, no connector) and
-    validate it as :func:`config_from_dict` does."""
+    validate it as :func:`config_from_dict` does; then, unless ``files`` is false (to check a
+    document alone, such as the shipped example), check the files it names."""
     if path is None:
         return Config()
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such config file") from exc
-    except PermissionError as exc:
-        raise ConfigError(f"{path}: not readable by uid {os.getuid()}") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    data = _decode(path, _read(path))
     if is_cc_slurm_sync(data):
         data, suggested = from_cc_slurm_sync(data, os.path.abspath(path))
         logging.getLogger("sync.config").warning(
             "%s is cc-slurm-sync's config; it works as it is, but the API token should move "
             "to a file of its own (chmod 600). The same settings in slurm-sync's form:\n%s",
             path, json.dumps(suggested, indent=2))
-    return config_from_dict(data, path, fragments)
+    config = config_from_dict(data, path, fragments)
+    if files:
+        problems = _file_problems(config, data)
+        if problems:
+            _raise_problems(problems, path)
+    return config
+
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _read(path: str) -> bytes:
+    """The bytes of a regular file, opened without blocking (a FIFO would wait for a writer)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: not readable by uid {os.getuid()}") from exc
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ConfigError(f"{path}: cannot open the config file: {why}") from exc
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind != stat.S_IFREG:
+            what = _KINDS.get(kind, "not a file")
+            raise ConfigError(f"{path}: not a regular file ({what}): give the path of the "
+                              "config.json file")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than 16 MiB: is it the config file?")
+    return raw
+
+
+def _decode(path: str, raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_Constant, object_pairs_hook=_object)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep: no key needs that") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ConfigError(f"{path}: a number of more than 4300 digits ({str(exc)[:60]}...): "
+                          "write a smaller one") from None
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _file_problems(config: Config, data: Mapping[str, Any]) -> list[tuple[Any, str]]:
+    """Files the config names that cannot work, found before anything is changed: a state_dir
+    that is a file or under one, a state.db that is not SQLite's, a metrics_file whose folder
+    does not exist. Files that exist but cannot be read are left to the code that opens them."""
+    found: list[tuple[Any, str]] = []
+    state = config.state_dir
+    at = ["state_dir"]
+    problem = _folder_problem(state)
+    if problem:
+        found.append((at, problem + ": set state_dir to a folder"))
+    else:
+        database = os.path.join(state, "state.db")
+        problem = _database_problem(database)
+        if problem:
+            found.append((at, problem))
+    if config.metrics_file:
+        at = ["metrics_file"]
+        folder = os.path.dirname(config.metrics_file) or "/"
+        problem = _folder_problem(folder)
+        if problem is None and not os.path.isdir(folder):
+            problem = (f"{folder} does not exist: create it (node_exporter's textfile "
+                       "folder) or change metrics_file")
+        elif problem:
+            problem += ": change metrics_file"
+        elif os.path.isdir(config.metrics_file):
+            problem = f"{config.metrics_file} is a folder: name a file in it"
+        if problem:
+            found.append((at, problem))
+    return found
+
+
+def _folder_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a folder (it is something else, or under a file), or None: it is
+    one, may become one, or cannot be told (no permission: the code that uses it says so)."""
+    missing = path
+    while True:
+        try:
+            info = os.stat(missing)
+        except FileNotFoundError:
+            parent = os.path.dirname(missing.rstrip("/")) or "/"
+            if parent == missing:
+                return None
+            missing = parent
+            continue
+        except NotADirectoryError:
+            parent = os.path.dirname(missing.rstrip("/")) or "/"
+            if parent == missing:
+                return f"{path} is under a file"
+            missing = parent
+            continue
+        except PermissionError:
+            return None
+        except OSError as exc:
+            return f"{path} cannot be used: {exc.strerror}"
+        break
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    kind = _KINDS.get(stat.S_IFMT(info.st_mode), "a file")
+    if missing == path:
+        return f"{path} is {kind}, not a folder"
+    return f"{path} is under {missing}, which is {kind}"
+
+
+def _database_problem(path: str) -> str | None:
+    """Why ``path`` is not a state database slurm-sync can open, or None (it is one, does not
+    exist yet, is empty, or cannot be read here)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except (FileNotFoundError, PermissionError):
+        return None
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror}"
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        header = os.read(fd, len(_SQLITE_HEADER)) if kind == stat.S_IFREG else b""
+    except OSError as exc:
+        return f"{path} cannot be read: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if kind != stat.S_IFREG:
+        return (f"{path} is {_KINDS.get(kind, 'not a file')}, not a state database: move it "
+                "away or set state_dir to another folder")
+    if header and header != _SQLITE_HEADER:
+        return (f"{path} is not an SQLite database (it is not slurm-sync's state): move it "
+                "away or set state_dir to another folder")
+    return None

@@ -17,6 +17,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from sync.errors import ConfigError
+
 __all__ = ["from_cc_slurm_sync", "is_cc_slurm_sync"]
 
 _COMMANDS = ("squeue", "sacct", "scontrol")
@@ -30,7 +32,14 @@ def is_cc_slurm_sync(data: object) -> bool:
 
 def from_cc_slurm_sync(data: Mapping[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the config to run with, the config to write instead) for cc-slurm-sync's ``data``
-    read from ``path``. Keys we do not know are left for validation to name."""
+    read from ``path``. Keys we do not know are left for validation to name; a section that is
+    not an object is a ConfigError naming it."""
+    for key in ("slurm", "cc-backend"):
+        section = data.get(key)
+        if section is not None and not isinstance(section, Mapping):
+            raise ConfigError(
+                f"invalid configuration:\n  {path}: $.{key}: expected an object (cc-slurm-sync's "
+                f'"{key}" section), got {type(section).__name__} {_shown(section)}')
     slurm = dict(data.get("slurm") or {})
     backend = dict(data.get("cc-backend") or {})
     commands = {name: slurm.pop(name) for name in _COMMANDS if name in slurm}
@@ -65,3 +74,10 @@ def from_cc_slurm_sync(data: Mapping[str, Any], path: str) -> tuple[dict[str, An
     if backend:
         cockpit.update(backend)  # unknown cc-backend keys: validation names them
     return run, suggested
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"of {len(value)} items"
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."

@@ -21,6 +21,10 @@ Resolving (:func:`resolve_secret`):
   ``\\r\\n``) is stripped, nothing else. A file that is empty, or only whitespace, is an error.
 - an environment variable must be set and not empty (or only whitespace); its value is used as it
   is.
+- the value must be text an HTTP header can carry (a secret is sent in one): Latin-1 only, no
+  control character, not starting with white space. A value that is a JSON object (a file a
+  connector reads a key from, such as cc-slurm-sync's config) is left to that connector, which
+  can check the string it takes with :func:`header_problem`.
 - a file whose mode gives group or others any access (``mode & 0o077``) is still used, and the
   returned :class:`Secret` carries a warning in ``secret.warnings`` (strings naming the file, its
   mode and ``chmod 600``). Nothing is logged here: the caller shows the warnings (``check``, the
@@ -46,6 +50,7 @@ __all__ = [
     "SECRET_REF_SCHEMA",
     "Secret",
     "SecretRef",
+    "header_problem",
     "is_secret_ref_schema",
     "resolve_secret",
     "secret_ref_problem",
@@ -218,7 +223,37 @@ def resolve_secret(ref: SecretRef, *, environ: Mapping[str, str] | None = None) 
         raise ConfigError(f"{ref._context()}environment variable {ref.where} is not set")
     if not value.strip():
         raise ConfigError(f"{ref._context()}environment variable {ref.where} is empty")
+    _check_usable(value, f"{ref._context()}environment variable {ref.where}")
     return Secret(value, ref)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def header_problem(value: str) -> str | None:
+    """`header_problem(v)` says why ``v`` cannot be sent as an HTTP header value (requests
+    refuses it, or http.client cannot encode it), in words that never include ``v``; None when
+    it can."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        return (f"holds a character outside Latin-1 (character {exc.start + 1}), which an HTTP "
+                "header cannot carry")
+    control = _CONTROL.search(value)
+    if control is not None:
+        return (f"holds a control character (character {control.start() + 1}): a line break "
+                "or a second line?")
+    if value[:1].isspace():
+        return "starts with white space, which an HTTP header cannot carry"
+    return None
+
+
+def _check_usable(value: str, what: str) -> None:
+    if value.lstrip().startswith("{"):
+        return  # a JSON document a connector takes a key from; it checks that string
+    problem = header_problem(value)
+    if problem:
+        raise ConfigError(f"{what} {problem}: is it the right secret? {_NOT_SHOWN}")
 
 
 def _from_file(ref: SecretRef) -> Secret:
@@ -255,6 +290,7 @@ def _from_file(ref: SecretRef) -> Secret:
         value = value[:-1]
     if not value.strip():
         raise ConfigError(f"{what} is empty")
+    _check_usable(value, what)
     warnings: list[str] = []
     if mode & 0o077:
         warnings.append(

@@ -129,12 +129,21 @@ def test_secret_from_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "value"),
-    [("a\n", "a"), ("a\n\n", "a\n"), ("a\r\n", "a"), ("a", "a"), (" a b \n", " a b ")],
+    [("a\n", "a"), ("a\r\n", "a"), ("a", "a"), ("a b \n", "a b ")],
 )
 def test_only_one_trailing_newline_is_stripped(tmp_path: Path, content: str, value: str) -> None:
     """One newline (LF or CRLF) is stripped, nothing else."""
     path = _secret_file(tmp_path, content)
     assert resolve_secret(SecretRef("file", str(path))).reveal() == value
+
+
+@pytest.mark.parametrize("content", ["a\n\n", " a b \n"])
+def test_what_is_left_must_fit_an_http_header(tmp_path: Path, content: str) -> None:
+    """A second newline is not stripped, and a secret is sent in an HTTP header: a value that
+    cannot be one is refused at once (it would fail every request) instead of being sent."""
+    path = _secret_file(tmp_path, content)
+    with pytest.raises(ConfigError, match=r"control character|white space"):
+        resolve_secret(SecretRef("file", str(path)))
 
 
 @pytest.mark.parametrize(("mode", "shown"), [(0o644, "0644"), (0o640, "0640"), (0o604, "0604")])
@@ -229,8 +238,8 @@ def test_secret_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_secret_from_given_environ() -> None:
     """An environment can be passed in instead of os.environ."""
-    secret = resolve_secret(SecretRef("env", "TOKEN"), environ={"TOKEN": SENTINEL + "\n"})
-    assert secret.reveal() == SENTINEL + "\n"
+    secret = resolve_secret(SecretRef("env", "TOKEN"), environ={"TOKEN": SENTINEL + " "})
+    assert secret.reveal() == SENTINEL + " "
 
 
 def test_env_unset(monkeypatch: pytest.MonkeyPatch) -> None:
