@@ -613,7 +613,6 @@ class ClusterCockpitConnector(Connector):
             if job.start_time and job.end_time and job.state.finished and scope.covers(job):
                 ends.setdefault(delivery_key(job), job)
         remote = {(r.job_id, r.start_time) for r in (self._remote or ())}
-        runs_of = _runs_by_job(snapshot.delivered.get(START, frozenset()), runs)
         starts: list[Action] = []
         stops: list[Action] = []
         started = set(snapshot.delivered.get(START, frozenset()))
@@ -632,9 +631,7 @@ class ClusterCockpitConnector(Connector):
                     # cycle's squeue rather than being sent without its allocation for good.
                     continue
                 else:
-                    earlier = [s for s in runs_of.get((job.cluster, job.job_id), ())
-                               if s < (job.start_time or 0) < s + DUPLICATE_WINDOW]
-                    starts.append(self._start(key, job, earlier[-1] if earlier else None))
+                    starts.append(self._start(key, job))
                     started.add(key)
             end = ends.get(key)
             if (end is not None and direction.includes(Direction.STOP)
@@ -648,15 +645,14 @@ class ClusterCockpitConnector(Connector):
         stops.sort(key=lambda a: (a.payload.get("stopTime") or 0, a.key))
         return [*starts, *stops]
 
-    def _start(self, key: str, job: Job, earlier_run: int | None = None) -> Action:
+    def _start(self, key: str, job: Job) -> Action:
         try:
             payload, _ = start_payload(job, cluster=self.cluster_for(job),
                                        api_version=self.api_version, mapping=self.mapping)
         except Unsendable as exc:
             return Action(self.name, START, key, {"skip": str(exc)}, str(exc))
         files = {"job_id": job.job_id, "array_job_id": job.array_job_id}
-        extra = {} if earlier_run is None else {"earlier_run": earlier_run}
-        return Action(self.name, START, key, {"job": payload, "files": files, **extra},
+        return Action(self.name, START, key, {"job": payload, "files": files},
                       "running" if job.state.active else f"ran and ended "
                       f"{job.state.value.lower()} between cycles")
 
@@ -909,23 +905,6 @@ class ClusterCockpitConnector(Connector):
             with self._detect_lock:
                 self._detected = self.api_version = found
         return []
-
-
-def _runs_by_job(delivered: Iterable[str], runs: Mapping[str, Job]
-                 ) -> dict[tuple[str | None, int], list[int]]:
-    """Start times of every run known per (Slurm cluster, job id), sorted: delivered keys
-    (``cluster/job_id/start``) and this cycle's runs."""
-    out: dict[tuple[str | None, int], set[int]] = {}
-    for key in delivered:
-        cluster, _, rest = key.partition("/")
-        job_id, _, start = rest.partition("/")
-        if job_id.isdigit() and start.isdigit():
-            out.setdefault((None if cluster == "-" else cluster, int(job_id)), set()).add(
-                int(start))
-    for job in runs.values():
-        if job.start_time and job.hosts:
-            out.setdefault((job.cluster, job.job_id), set()).add(job.start_time)
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def _token(text: str, json_key: str | None) -> str:
