@@ -31,6 +31,7 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -134,6 +135,11 @@ class _Server(ThreadingHTTPServer):
         else:
             super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is no error of the emulator's."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
     def drop_connections(self) -> None:
         """Reset every open connection (keep-alive ones included)."""
         with self._guard:
@@ -167,6 +173,7 @@ class Emulator:
         self._port = 0
         self._down: str | None = None
         self._down_timer: threading.Timer | None = None
+        self._outage_lock = threading.Lock()
 
     # --- to override ---------------------------------------------------------------------------
 
@@ -241,23 +248,29 @@ class Emulator:
         connection is reset; ``error``: every request is answered 503."""
         if mode not in ("refuse", "reset", "error"):
             raise ValueError(f"outage mode {mode!r}: refuse, reset or error")
-        if self._down_timer is not None:
-            self._down_timer.cancel()
-        self._down = mode
-        if mode == "refuse":
-            self._close()
-        elif self._server is not None:
-            self._server.drop_connections()
-        if seconds is not None:
-            self._down_timer = threading.Timer(seconds, self.restore)
-            self._down_timer.daemon = True
-            self._down_timer.start()
+        with self._outage_lock:
+            if self._down_timer is not None:
+                self._down_timer.cancel()
+                self._down_timer = None
+            self._down = mode
+            if mode == "refuse":
+                self._close()
+            else:
+                if self._server is None:
+                    self._listen()
+                assert self._server is not None
+                self._server.drop_connections()
+            if seconds is not None:
+                self._down_timer = threading.Timer(seconds, self.restore)
+                self._down_timer.daemon = True
+                self._down_timer.start()
 
     def restore(self) -> None:
         """End an outage: listen again on the same port."""
-        mode, self._down = self._down, None
-        if mode == "refuse" and self._server is None:
-            self._listen()
+        with self._outage_lock:
+            self._down = None
+            if self._server is None and self._handler is not None:
+                self._listen()
 
     @property
     def outage_mode(self) -> str | None:

@@ -58,3 +58,14 @@ def test_seen_keeps_the_body_and_when_the_request_arrived() -> None:
         (seen,) = emu.seen
         assert seen.body == b'{"jobId": 7}'
         assert before <= seen.received <= seen.at - 0.15
+
+
+def test_an_outage_can_go_from_refused_to_503_to_up() -> None:
+    with Echo() as emu:
+        emu.outage(None, "refuse")
+        with pytest.raises(requests.ConnectionError):
+            requests.post(emu.url + "/echo", json={}, timeout=5)
+        emu.outage(None, "error")
+        assert requests.post(emu.url + "/echo", json={}, timeout=5).status_code == 503
+        emu.restore()
+        assert requests.post(emu.url + "/echo", json={"c": 1}, timeout=5).json() == {"c": 1}
