@@ -32,7 +32,7 @@ from sync.actions import Outcome, Status
 from sync.config import Config, ConnectorSettings, load_config
 from sync.connector import Connector, Direction, Scope, SlurmContext, discover
 from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, behind, run_cycle
-from sync.errors import ConfigError, SlurmError, SlurmFormatError
+from sync.errors import ConfigError, SlurmError, SlurmFormatError, SyncError
 from sync.log import setup_logging
 from sync.metrics import render_metrics, write_metrics
 from sync.slurm.model import Job
@@ -685,26 +685,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``slurm-sync`` and ``sync``."""
     parser = _parser()
     args = parser.parse_args(argv)
-    out = Console()
-    if not out.is_terminal:
-        # Piped into grep or a log: do not fold names at 80 columns.
-        out = Console(width=200)
     # errors and warnings are never folded: a cron mail or a log keeps each on one line
     err = Console(stderr=True, soft_wrap=True)
-    if args.command == "clustercockpit":
-        return _cmd_discover_accelerators(out, err)
-    if args.command == "buildkite":
-        from connectors import buildkite_secrets
+    # Every way out is one line and a documented exit code, never a traceback: messages are
+    # printed as text (a value in them may look like rich markup, "[/x]").
+    from rich.markup import escape
 
-        if args.bk_command == "encrypt":
-            return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,
-                                                 repository=args.repository)
-        return buildkite_secrets.cli_decrypt_env(args.private_key, os.environ, sys.stdout,
-                                                 require_repository=args.require_repository)
+    logging_ready = False
     try:
+        out = Console()
+        if not out.is_terminal:
+            # Piped into grep or a log: do not fold names at 80 columns.
+            out = Console(width=200)
+        if args.command == "clustercockpit":
+            return _cmd_discover_accelerators(out, err)
+        if args.command == "buildkite":
+            from connectors import buildkite_secrets
+
+            if args.bk_command == "encrypt":
+                return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,
+                                                     repository=args.repository)
+            return buildkite_secrets.cli_decrypt_env(args.private_key, os.environ, sys.stdout,
+                                                     require_repository=args.require_repository)
         registry = discover()
         config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()})
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
+        logging_ready = True
         reader = SlurmReader(
             Runner(config.slurm.commands),
             cluster=config.cluster,
@@ -722,14 +728,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_retry(args, config, out, err)
         return _cmd_run(args, config, registry, reader, out, err)
     except ConfigError as exc:
-        err.print(f"[red]config error:[/] {exc}", highlight=False)
+        err.print(f"[red]config error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
     except LockHeld as exc:
-        err.print(f"[yellow]not run:[/] {exc}", highlight=False)
+        err.print(f"[yellow]not run:[/] {escape(str(exc))}", highlight=False)
         return EXIT_LOCKED
     except SlurmError as exc:
-        err.print(f"[red]Slurm unavailable:[/] {exc}", highlight=False)
+        err.print(f"[red]Slurm unavailable:[/] {escape(str(exc))}", highlight=False)
         return EXIT_SLURM
+    except SyncError as exc:
+        # the state database (StoreError) or another file or setting, named in the message
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): say nothing more, and keep the interpreter from
+        # failing to flush standard output on its way out
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass  # standard output is not a file (captured): nothing to flush
+        return 141
+    except Exception as exc:  # a bug: one line, the traceback only with -vv
+        import traceback
+
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(first)} (a bug in "
+                  "slurm-sync: please report it with the output of -vv)", highlight=False)
+        if args.verbose >= 2:
+            if not logging_ready:  # it failed before logging was set up
+                setup_logging(2)
+            log.debug("internal error", extra={"fields": {"traceback": traceback.format_exc()}})
+        return 70
 
 
 if __name__ == "__main__":

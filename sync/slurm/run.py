@@ -12,6 +12,7 @@ Every call is counted in ``Runner.calls``, so a cycle can show how many it made.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
@@ -131,6 +132,17 @@ class Runner:
             raise SlurmCommandError(argv, None, "", detail=f"not found ({exc.strerror})") from exc
         except PermissionError as exc:
             raise SlurmCommandError(argv, None, "", detail="not executable") from exc
+        except OSError as exc:
+            # ENOEXEC (a script without #!, a binary for another machine), ENOTDIR (bin_dir is
+            # a file), E2BIG...: the file named is what to fix, in slurm.bin_dir/commands/prefix
+            what = exc.filename or argv[0]
+            hint = (": not a program this machine runs (a script needs a #! line)"
+                    if exc.errno == errno.ENOEXEC else "")
+            raise SlurmCommandError(
+                argv, None, "", detail=f"cannot be run: {what}: {exc.strerror}{hint}"
+            ) from exc
+        except ValueError as exc:  # a NUL character in an argument
+            raise SlurmCommandError(argv, None, "", detail=f"cannot be run: {exc}") from exc
         except subprocess.TimeoutExpired as exc:
             stderr = (exc.stderr or b"").decode("utf-8", errors="replace")
             raise SlurmCommandError(
