@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -127,17 +128,39 @@ class EventsConnector(Connector):
         return []
 
     def apply(self, action: Action) -> Outcome:
-        line = json.dumps({"key": action.key, **action.payload}, ensure_ascii=False) + "\n"
+        event = {"key": action.key, **action.payload}
+        line = json.dumps(event, ensure_ascii=False) + "\n"
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # text no encoder writes (a lone surrogate): escape it all
+            line = json.dumps(event) + "\n"
         try:
             if self.output == "-":
                 sys.stdout.write(line)
                 sys.stdout.flush()
             else:
-                with open(self.output, "a", encoding="utf-8") as handle:
-                    handle.write(line)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                _append(self.output, line.encode("utf-8"))
         except OSError as exc:
             return Outcome.transient(action, f"cannot write {self.output}: {exc.strerror}")
         return Outcome.done(action)
+
+
+def _append(path: str, data: bytes) -> None:
+    """Append ``data`` to ``path`` and, for a regular file, wait until it is on disk.
+
+    A character device (``/dev/null``) or a FIFO is a valid output too: neither can be synced
+    (fsync says EINVAL), and a FIFO is opened without waiting for a reader (no reader is an
+    error now, ENXIO, instead of a cycle that hangs)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o644)
+    try:
+        os.set_blocking(fd, True)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if regular:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 

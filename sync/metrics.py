@@ -8,6 +8,7 @@ half a file. ``render_metrics`` is pure; only ``write_metrics`` touches the disk
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections import Counter
@@ -18,6 +19,8 @@ from sync.slurm.run import CallRecord
 from sync.store import LagRecord
 
 __all__ = ["render_metrics", "write_metrics"]
+
+log = logging.getLogger(__name__)
 
 
 def _labels(**labels: str) -> str:
@@ -115,16 +118,31 @@ def render_metrics(
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically."""
+def write_metrics(path: str, text: str) -> bool:
+    """Replace ``path`` with ``text`` atomically; False, with an error logged, when it cannot
+    be written (the run's own outcome stands: its actions are done and recorded).
+
+    The text is written to a temporary file in the same folder first, named so that
+    node_exporter's textfile collector (which reads every ``*.prom`` there, dot files included)
+    never reads it half-written: ``.<name>.<random>.tmp``."""
     directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".slurm_sync.", suffix=".prom")
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as exc:
+        log.error("cannot write the metrics file %s: %s", path, exc.strerror,
+                  extra={"fields": {"metrics-file": path}})
+        return False
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except BaseException:
+    except OSError as exc:
+        log.error("cannot write the metrics file %s: %s", path, exc.strerror,
+                  extra={"fields": {"metrics-file": path}})
+        return False
+    finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        raise
+    return True
