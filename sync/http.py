@@ -5,9 +5,11 @@ response means for an action.
     reply = client.post("/api/jobs/start_job/", json=payload)   # a Reply, never raises
     status = classify(reply)                                     # DONE / TRANSIENT / PERMANENT
 
-Retries: a timeout, a connection error, a 5xx or a 429 is tried again up to ``retries`` times
-in the same cycle, after ``backoff * 2**n`` seconds with full jitter, or after the service's
-``Retry-After`` when it asks for no more than ``max_wait``. A longer Retry-After ends the
+Retries: a timeout, a connection refused or reset, a 429, 500, 502, 503 or 504 is tried again
+up to ``retries`` times in the same cycle, after ``backoff * 2**n`` seconds with full jitter, or
+after the service's ``Retry-After`` when it asks for no more than ``max_wait``. Only what a
+second try can change is repeated: never a 401, 403, 404 or 408, a TLS failure or a name that
+does not resolve (the outbox keeps those for a later cycle). A longer Retry-After ends the
 attempts at once: the action goes to the outbox with that hint, which is durable and does not
 hold a cron run for minutes. (urllib3's ``Retry`` was considered: it sleeps whatever
 Retry-After says inside the request and hides which attempt gave the final answer, so the
@@ -34,6 +36,12 @@ from sync.actions import Action, Outcome, Status
 __all__ = ["Reply", "ServiceClient", "classify", "outcome_of", "parse_retry_after"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Answers that can change on a second try in the same cycle (the service is busy or down for a
+moment). 401, 403, 404, 407 and 408 wait in the outbox (``classify``): a token or an address to
+fix, or a request the service gave up on, is not helped by repeating it seconds later."""
+
+_NO_RETRY_ERRORS = ("certificate verify failed", "tls", "name or service not known",
+                    "invalid request")
 
 
 @dataclass(frozen=True)
@@ -170,7 +178,7 @@ class ServiceClient:
         while True:
             attempt += 1
             reply = self._once(method, path, json, params, attempt)
-            if classify(reply) is not Status.TRANSIENT or attempt > self.retries:
+            if not _worth_retrying(reply) or attempt > self.retries:
                 return reply
             wait = self.backoff * (2 ** (attempt - 1)) * self._rand()
             if reply.retry_after is not None:
@@ -188,10 +196,15 @@ class ServiceClient:
         except requests.Timeout:
             return Reply(method, path, 0, error=f"timed out after {self.timeout:g} s",
                          attempts=attempt)
+        except requests.exceptions.SSLError as exc:
+            reason = _connection_error(exc)
+            return Reply(method, path, 0, error=reason if "certificate" in reason else "TLS error",
+                         attempts=attempt)
         except requests.ConnectionError as exc:
             return Reply(method, path, 0, error=_connection_error(exc), attempts=attempt)
         except requests.RequestException as exc:
-            return Reply(method, path, 0, error=type(exc).__name__, attempts=attempt)
+            return Reply(method, path, 0, error=f"invalid request ({type(exc).__name__})",
+                         attempts=attempt)
         body: Any = None
         if response.content:
             try:
@@ -206,7 +219,14 @@ class ServiceClient:
         )
 
 
-def _connection_error(exc: requests.ConnectionError) -> str:
+def _worth_retrying(reply: Reply) -> bool:
+    """`_worth_retrying(reply)`: a second try in this cycle may get another answer."""
+    if reply.status:
+        return reply.status in RETRY_STATUSES
+    return not any(word in reply.error.lower() for word in _NO_RETRY_ERRORS)
+
+
+def _connection_error(exc: requests.RequestException) -> str:
     """A short reason without the URL (which may carry credentials) or a traceback."""
     text = str(exc)
     for hint in ("Connection refused", "Name or service not known", "certificate verify failed",
