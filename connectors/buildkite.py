@@ -79,11 +79,22 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ONE, BATCH = "bk:", "bk-batch:"
 
-# Buildkite job states that mean the job will not run (or stop running) here.
+# Every job state Buildkite documents (REST job data model, the GraphQL JobStates enum, the
+# Stacks API's get-states), in what it means for the Slurm job that runs the Buildkite job:
+#: it will not run, or is being stopped: a pending Slurm job is cancelled, a running agent gets
+#: SIGTERM and, after cancel_grace_seconds, a full cancel
 GONE = frozenset({"canceled", "canceling", "timed_out", "timing_out", "expired", "skipped",
-                  "broken"})
-# An agent holds the job: if our Slurm job is still pending, it is another agent.
-TAKEN = frozenset({"assigned", "accepted", "running", "passed", "failed"})
+                  "broken", "waiting_failed", "blocked_failed", "unblocked_failed"})
+#: it ran and ended: a pending Slurm job is cancelled (its agent could only exit 27); a running
+#: one is left to its agent, which is done with the job and exits by itself
+ENDED = frozenset({"passed", "failed", "finished"})
+#: an agent holds it: if our Slurm job is still pending, it is another agent (after
+#: taken_grace_seconds, so our own agent that has just started is not mistaken for one)
+TAKEN = frozenset({"assigned", "accepted", "running"})
+#: not runnable yet, or runnable and waiting for an agent: the Slurm job is left alone
+WAITING = frozenset({"pending", "waiting", "blocked", "unblocked", "limited",
+                     "limiting", "scheduled"})
+JOB_STATES = GONE | ENDED | TAKEN | WAITING
 BUILD_FINISHED = frozenset({"passed", "failed", "canceled", "skipped", "not_run"})
 # Agent exit codes (buildkite/agent): 27 the acquire was refused (taken, cancelled, finished),
 # 28 the job stayed locked (waiting on a dependency) past the agent's retries.
@@ -139,6 +150,7 @@ _SCHEMA: dict[str, Any] = {
         "max_submits": {"type": "integer", "minimum": 1, "maximum": 20},
         "cancel_grace_seconds": {"type": "number", "minimum": 0},
         "taken_grace_seconds": {"type": "number", "minimum": 0},
+        "cancel_resend_seconds": {"type": "number", "minimum": 30},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
     },
 }
@@ -327,7 +339,7 @@ class BuildkiteConnector(Connector):
     name: ClassVar[str] = "buildkite"
     schema: ClassVar[Mapping[str, Any]] = _SCHEMA
     batch_kinds: ClassVar[frozenset[str]] = frozenset({SUBMIT, CANCEL, SIGNAL, NOTIFY})
-    timed_kinds: ClassVar[tuple[str, ...]] = (SIGNAL,)
+    timed_kinds: ClassVar[tuple[str, ...]] = (SIGNAL, CANCEL)
     extra_kinds: ClassVar[tuple[str, ...]] = (PRUNE,)
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
@@ -351,6 +363,7 @@ class BuildkiteConnector(Connector):
         self.max_submits = int(settings.get("max_submits", 3))
         self.cancel_grace = float(settings.get("cancel_grace_seconds", 60))
         self.taken_grace = float(settings.get("taken_grace_seconds", 120))
+        self.cancel_resend = float(settings.get("cancel_resend_seconds", 600))
         timeout = float(settings.get("timeout", 30))
         if self.mode == "rest":
             rest = settings.get("rest")
@@ -380,6 +393,7 @@ class BuildkiteConnector(Connector):
         self._remote = Remote()
         self._batches: dict[str, tuple[Ref, ...]] = {}
         self._gone_paths: dict[int, float] = {}
+        self._unknown_states: set[str] = set()
 
     # -- wiring
 
@@ -411,6 +425,12 @@ class BuildkiteConnector(Connector):
             log.warning("Buildkite not read this cycle: nothing is submitted or cancelled",
                         extra={"fields": {"connector": self.name, "error": str(exc)}})
             self._remote = Remote()
+        for job in self._remote.known.values():
+            if job.state not in JOB_STATES and job.state not in self._unknown_states:
+                self._unknown_states.add(job.state)
+                log.warning("a Buildkite job state this version does not know: its Slurm job "
+                            "is left alone", extra={"fields": {
+                                "connector": self.name, "state": job.state[:40], "job": job.id}})
         return snapshot
 
     def _find_gone_paths(self, view: View) -> dict[int, float]:
@@ -583,31 +603,50 @@ class BuildkiteConnector(Connector):
             if bk is None:
                 continue  # no word from Buildkite on this job: leave it
             pending = run.job.state is JobState.PENDING
-            why = None
-            if bk.state in GONE:
-                why = f"Buildkite job {bk.state}"
-            elif bk.build_state in BUILD_FINISHED:
-                why = f"build {bk.build_state}"
-            elif pending and bk.state in TAKEN:
-                waited = now - (run.job.submit_time or now)
-                if waited >= self.taken_grace:
-                    why = f"Buildkite job {bk.state} by another agent"
+            why = self._why_cancel(run, bk, pending, now)
             if why is None:
                 continue
             key = f"{self.cluster or run.job.cluster or '-'}/{run.slurm_id}/{run.ref.job}"
             payload = {"slurm_id": run.slurm_id, "ref": run.ref.text()}
             if pending:
-                actions.append(Action(self.name, CANCEL, key, payload, f"pending; {why}"))
+                if self._cancel_due(snapshot, key, now):
+                    actions.append(Action(self.name, CANCEL, key, payload, f"pending; {why}"))
                 continue
             signalled = snapshot.since(SIGNAL, key)
             if signalled is None and not snapshot.done(SIGNAL, key):
                 actions.append(Action(self.name, SIGNAL, key, payload,
                                       f"{why}: SIGTERM so the agent's hooks run"))
-            elif signalled is not None and now - signalled >= self.cancel_grace:
+            elif (signalled is not None and now - signalled >= self.cancel_grace
+                    and self._cancel_due(snapshot, key, now)):
                 actions.append(Action(self.name, CANCEL, key, payload,
                                       f"{why}; still running {now - signalled:.0f} s "
                                       f"after SIGTERM"))
         return actions
+
+    def _why_cancel(self, run: SlurmRun, bk: BKJob, pending: bool, now: float) -> str | None:
+        """Why the Slurm job of ``run`` is to be stopped, from its Buildkite job's state (every
+        documented one is in one of GONE, ENDED, TAKEN and WAITING); None to leave it."""
+        if bk.state in GONE:
+            return f"Buildkite job {bk.state}"
+        if bk.build_state in BUILD_FINISHED:
+            return f"build {bk.build_state}"
+        if pending and bk.state in ENDED:
+            return f"Buildkite job {bk.state}; its agent could not acquire it"
+        if pending and bk.state in TAKEN:
+            waited = now - (run.job.submit_time or now)
+            if waited >= self.taken_grace:
+                return f"Buildkite job {bk.state} by another agent"
+        return None  # WAITING, TAKEN by our own agent, ENDED while running, or unknown
+
+    def _cancel_due(self, snapshot: Snapshot, key: str, now: float) -> bool:
+        """A full cancel is sent once, then Slurm is left to end the job (a job shutting down
+        stays in squeue for a while: COMPLETING, KillWait). It is sent again only when the
+        job is still there ``cancel_resend_seconds`` later; never while one waits in the
+        outbox."""
+        sent = snapshot.since(CANCEL, key)
+        if sent is None:
+            return not snapshot.done(CANCEL, key)
+        return now - sent >= self.cancel_resend
 
     def _plan_submits(self, runs: Sequence[SlurmRun], ended: Sequence[SlurmRun],
                       remote: Remote, snapshot: Snapshot, scope: Scope) -> list[Action]:

@@ -260,3 +260,90 @@ def test_build_paths_of_jobs_slurm_no_longer_runs_are_pruned_and_nothing_else(
     bad = actions[0].__class__("buildkite", "prune", "k", {"path": str(outside)}, "")
     assert connector.apply_many([bad])[0].status.value == "permanent"
     assert (outside / "keep").exists()
+
+
+# Every job state Buildkite documents, and what it means for a pending and for a running Slurm
+# job (the pending one waited 600 s, past taken_grace_seconds).
+_STATE_DECISIONS = {
+    # state: (pending Slurm job, running Slurm job)
+    "pending": (None, None), "waiting": (None, None), "blocked": (None, None),
+    "unblocked": (None, None), "limited": (None, None), "limiting": (None, None),
+    "scheduled": (None, None),
+    "assigned": ("cancel", None), "accepted": ("cancel", None), "running": ("cancel", None),
+    "passed": ("cancel", None), "failed": ("cancel", None), "finished": ("cancel", None),
+    "canceled": ("cancel", "signal"), "canceling": ("cancel", "signal"),
+    "timed_out": ("cancel", "signal"), "timing_out": ("cancel", "signal"),
+    "expired": ("cancel", "signal"), "skipped": ("cancel", "signal"),
+    "broken": ("cancel", "signal"), "waiting_failed": ("cancel", "signal"),
+    "blocked_failed": ("cancel", "signal"), "unblocked_failed": ("cancel", "signal"),
+}
+
+
+def test_every_documented_job_state_is_decided() -> None:
+    from connectors.buildkite import JOB_STATES
+    from tests.emulators.buildkite import JOB_STATES as EMULATED
+
+    assert set(_STATE_DECISIONS) == JOB_STATES
+    assert EMULATED <= JOB_STATES
+
+
+@pytest.mark.parametrize("state", sorted(_STATE_DECISIONS))
+def test_each_job_state_cancels_a_pending_or_running_slurm_job_or_not(
+    tmp_path: Path, state: str
+) -> None:
+    connector = _connector(tmp_path)
+    ref = Ref("app", 7, _id(1))
+    remote = Remote(complete=True, known={ref.job: BKJob(ref.job, state, "app", 7, (),
+                                                          "running")})
+    pending, running = _STATE_DECISIONS[state]
+    plan = _plan(connector, remote, active=(_slurm(70, ref, JobState.PENDING),))
+    assert [a.kind for a in plan] == ([pending] if pending else []), plan
+    plan = _plan(connector, remote, active=(_slurm(71, ref),))
+    assert [a.kind for a in plan] == ([running] if running else []), plan
+
+
+def test_an_unknown_job_state_leaves_the_slurm_job_alone(tmp_path: Path) -> None:
+    connector = _connector(tmp_path)
+    ref = Ref("app", 7, _id(1))
+    remote = Remote(complete=True, known={ref.job: BKJob(ref.job, "dematerialized", "app", 7)})
+    assert _plan(connector, remote, active=(_slurm(70, ref, JobState.PENDING),)) == []
+    assert _plan(connector, remote, active=(_slurm(71, ref),)) == []
+
+
+def test_the_full_cancel_is_sent_once_while_slurm_ends_the_job(tmp_path: Path) -> None:
+    """Once the cancel after the grace went out, the job shutting down (COMPLETING, KillWait)
+    is left to Slurm: the cancel is not sent again every cycle, only when the job is still
+    there cancel_resend_seconds later."""
+    connector = _connector(tmp_path, cancel_resend_seconds=300)
+    ref = Ref("app", 7, _id(1))
+    remote = Remote(complete=True, known={ref.job: BKJob(ref.job, "canceled", "app", 7)})
+    for state in (JobState.RUNNING, JobState.COMPLETING):
+        running = _slurm(71, ref, state)
+        key = _plan(connector, remote, active=(running,))[0].key
+        signalled = {"signal": {key: NOW - 100}}
+        delivered = {"signal": frozenset({key})}
+        assert [a.kind for a in _plan(connector, remote, active=(running,), snapshot=Snapshot(
+            delivered=delivered, delivered_at=signalled))] == ["cancel"]
+        for ago in (1, 10, 45, 299):
+            sent = Snapshot(delivered={**delivered, "cancel": frozenset({key})},
+                            delivered_at={**signalled, "cancel": {key: NOW - ago}})
+            assert _plan(connector, remote, active=(running,), snapshot=sent) == [], ago
+        queued = Snapshot(delivered=delivered, delivered_at=signalled,
+                          queued={"cancel": frozenset({key})})
+        assert _plan(connector, remote, active=(running,), snapshot=queued) == []
+        much_later = Snapshot(delivered={**delivered, "cancel": frozenset({key})},
+                              delivered_at={**signalled, "cancel": {key: NOW - 300}})
+        assert [a.kind for a in _plan(connector, remote, active=(running,),
+                                      snapshot=much_later)] == ["cancel"]
+
+
+def test_a_pending_cancel_is_not_sent_again_while_slurm_removes_the_job(tmp_path: Path) -> None:
+    connector = _connector(tmp_path)
+    ref = Ref("app", 7, _id(1))
+    pending = _slurm(70, ref, JobState.PENDING)
+    remote = Remote(complete=True, known={ref.job: BKJob(ref.job, "canceled", "app", 7)})
+    key = _plan(connector, remote, active=(pending,))[0].key
+    sent = Snapshot(delivered={"cancel": frozenset({key})}, delivered_at={"cancel": {key: NOW - 5}})
+    assert _plan(connector, remote, active=(pending,), snapshot=sent) == []
+    assert _plan(connector, remote, active=(pending,), snapshot=Snapshot(
+        queued={"cancel": frozenset({key})})) == []
