@@ -795,20 +795,14 @@ class ClusterCockpitConnector(Connector):
             return Outcome.permanent(action, (
                 f"cc-backend holds a later run of job {job_id} (started at {other}, {state}); "
                 f"it refuses the earlier run that started at {start} (422)"))
-        if state == "running" and self._ours(f"{slurm_cluster}/{job_id}/{other}"):
-            return Outcome.transient(action, (
-                f"waits: cc-backend holds run {other} of job {job_id}, which slurm-sync "
-                f"started; it is stopped once Slurm reports its end, then this run "
-                f"({start}) is sent again"))
-        if state == "running":
-            return Outcome.permanent(action, (
-                f"cc-backend holds another run of job {job_id} on {cluster}, started at "
-                f"{other} and still running there, which slurm-sync did not start; it "
-                f"refuses this run, started at {start}, within 24 h of it (422)"))
+        # cc-backend refuses any run within 24 h of another of the same job id, stopped or not:
+        # sending it again can never succeed, so it is refused for good, and said why.
+        whose = ("which slurm-sync started" if self._ours(f"{slurm_cluster}/{job_id}/{other}")
+                 else "which slurm-sync did not start")
         return Outcome.permanent(action, (
             f"cc-backend keeps one record per job id and cluster for 24 h: run {other} of job "
-            f"{job_id} ({state}) holds it, so the run that started at {start} cannot be "
-            f"recorded (422)"))
+            f"{job_id} ({state}, {whose}) holds it, so the run that started at {start} cannot "
+            f"be recorded (422)"))
 
     def _runs_in_cc(self, job_id: int, cluster: str, lo: int, hi: int) -> dict[int, str] | str:
         """{start time: state} of the runs of ``job_id`` on ``cluster`` that cc-backend lists

@@ -159,9 +159,10 @@ def test_runs_of_a_requeued_job_go_out_oldest_first(tmp_path: Path, backend: Bac
     by_key = {o.action.key: o for o in outcomes}
     assert by_key[delivery_key(first)].status is Status.DONE
     later = by_key[delivery_key(second)]
-    # cc-backend holds run T0 (ours, not stopped yet): the later run waits for its stop
-    assert later.status is Status.TRANSIENT
-    assert f"holds run {T0} of job {JOB}" in later.detail
+    # cc-backend holds run T0 (ours, not stopped yet) and refuses any other run within 24 h
+    # of it, stopped or not: the later run is refused for good, naming the run that holds it.
+    assert later.status is Status.PERMANENT
+    assert f"run {T0} of job {JOB} (running, which slurm-sync started)" in later.detail
     assert _held(backend) == [(T0, "running")]
 
 
@@ -256,10 +257,11 @@ def test_422_for_another_run_nobody_stopped_is_refused_naming_both(tmp_path: Pat
     assert "running" in outcome.detail
 
 
-def test_422_for_our_earlier_run_still_running_there_waits(tmp_path: Path,
-                                                           backend: Backend) -> None:
-    """Our earlier run's record is still running in cc-backend (its stop comes once Slurm
-    reports its end): the later run waits, it is not refused on a guess."""
+def test_422_for_our_earlier_run_still_running_there_is_refused_at_once(
+        tmp_path: Path, backend: Backend) -> None:
+    """Our earlier run's record is still running in cc-backend: waiting for its stop would not
+    help (cc-backend refuses any run within 24 h of another), so the later run is refused now,
+    from the listing, with the reason, instead of being sent again every cycle."""
     earlier = _run(T0 - 1000, end=T0 - 10)
     _insert(backend, T0 - 1000)
     connector = _connector(tmp_path, backend)
@@ -267,8 +269,8 @@ def test_422_for_our_earlier_run_still_running_there_waits(tmp_path: Path,
                         watermark=NOW - 60)
     (start,) = _starts(connector, _view([_run(T0)]), snapshot)
     (outcome,) = connector.apply_many([start])
-    assert outcome.status is Status.TRANSIENT
-    assert outcome.detail.startswith(f"waits: cc-backend holds run {T0 - 1000} of job {JOB}")
+    assert outcome.status is Status.PERMANENT
+    assert f"run {T0 - 1000} of job {JOB} (running, which slurm-sync started)" in outcome.detail
 
 
 def test_422_for_a_stopped_run_within_24h_is_refused_naming_both(tmp_path: Path,
