@@ -15,6 +15,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import selectors
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +63,7 @@ class CommandResult:
     stdout: bytes
     stderr: str
     seconds: float
+    stopped: bool = False  # ended by ``stop_on`` (returncode is then -SIGKILL)
 
 
 # Variables that change what Slurm's commands print; 22.05's sacct --json fails outright with
@@ -110,24 +114,26 @@ class Runner:
         timeout: float | None = None,
         stdin: bytes | None = None,
         check: bool = True,
+        environ: Mapping[str, str] | None = None,
+        stop_on: re.Pattern[str] | None = None,
     ) -> CommandResult:
-        """Run ``command`` with ``args``; raise ``SlurmCommandError`` unless it exits 0."""
+        """Run ``command`` with ``args``; raise ``SlurmCommandError`` unless it exits 0.
+
+        ``timeout`` bounds the call (the commands' default otherwise): the command and every
+        process it started (a wrapper's children, an ``ssh``) are killed when it is up.
+        ``environ``: the whole environment of the command instead of the service's own (the
+        runner's ``env`` is still added). ``stop_on``: the command is stopped as soon as a
+        line of its stderr matches (the result's ``stopped`` is then true); no ``stdin``.
+        """
         argv = self.commands.argv(command, args)
         limit = timeout if timeout is not None else self.commands.timeout
-        env = {k: v for k, v in os.environ.items()
+        env = {k: v for k, v in (os.environ if environ is None else environ).items()
                if k not in _OUTPUT_ENV and not k.startswith("SBATCH_")}
         if self.env is not None:
             env.update(self.env)
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv,
-                input=stdin,
-                capture_output=True,
-                timeout=limit,
-                env=env,
-                check=False,
-            )
+            proc = _execute(argv, env, stdin, limit, stop_on)
         except FileNotFoundError as exc:
             raise SlurmCommandError(argv, None, "", detail=f"not found ({exc.strerror})") from exc
         except PermissionError as exc:
@@ -155,6 +161,7 @@ class Runner:
             stdout=proc.stdout,
             stderr=stderr,
             seconds=time.monotonic() - started,
+            stopped=proc.stopped,
         )
         self.calls.append(
             CallRecord(result.argv, result.returncode, result.seconds, len(result.stdout))
@@ -162,6 +169,85 @@ class Runner:
         log.debug("slurm call", extra={"fields": {
             "argv": " ".join(argv), "exit-code": proc.returncode,
             "seconds": round(result.seconds, 3), "bytes": len(result.stdout)}})
-        if check and proc.returncode != 0:
+        if check and proc.returncode != 0 and not proc.stopped:
             raise SlurmCommandError(argv, proc.returncode, _first_line(stderr))
         return result
+
+
+@dataclass(frozen=True)
+class _Finished:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    stopped: bool = False
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the command's process group (its own session): a wrapper that did not ``exec``
+    and whatever it started go with it, instead of running on (a scancel retrying for 95 s)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def _execute(argv: list[str], env: Mapping[str, str], stdin: bytes | None, limit: float,
+             stop_on: re.Pattern[str] | None) -> _Finished:
+    """Run ``argv`` in a session of its own, within ``limit`` seconds; raises
+    ``subprocess.TimeoutExpired`` (with the stderr so far) once the group is killed."""
+    if stop_on is not None and stdin is not None:
+        raise ValueError("stop_on takes no stdin")
+    with subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else
+                          subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=dict(env), start_new_session=True) as proc:
+        if stop_on is None:
+            try:
+                out, err = proc.communicate(stdin, timeout=limit)
+            except subprocess.TimeoutExpired as exc:
+                _kill_group(proc)
+                proc.wait()
+                raise subprocess.TimeoutExpired(argv, limit, exc.output, exc.stderr) from None
+            except BaseException:
+                _kill_group(proc)
+                raise
+            return _Finished(proc.returncode, out, err)
+        return _watch(proc, argv, limit, stop_on)
+
+
+def _watch(proc: subprocess.Popen[bytes], argv: list[str], limit: float,
+           stop_on: re.Pattern[str]) -> _Finished:
+    """Read both pipes until they close, the deadline, or a stderr line matching ``stop_on``."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + limit
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    err_fd = proc.stderr.fileno()
+    stopped = False
+    with selectors.DefaultSelector() as selector:
+        for pipe in (proc.stdout, proc.stderr):
+            selector.register(pipe, selectors.EVENT_READ)
+        try:
+            while selector.get_map() and not stopped:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    _kill_group(proc)
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(argv, limit, b"".join(chunks[
+                        proc.stdout.fileno()]), b"".join(chunks[err_fd]))
+                for key, _ in selector.select(left):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        selector.unregister(key.fileobj)
+                        continue
+                    chunks[key.fd].append(data)
+                    if key.fd == err_fd:
+                        text = b"".join(chunks[err_fd]).decode("utf-8", errors="replace")
+                        lines = text.split("\n")[:-1]  # complete lines only
+                        stopped = any(stop_on.search(line) for line in lines)
+        except BaseException:
+            _kill_group(proc)
+            raise
+    if stopped:
+        _kill_group(proc)
+    proc.wait()
+    return _Finished(proc.returncode, b"".join(chunks[proc.stdout.fileno()]),
+                     b"".join(chunks[err_fd]), stopped)
