@@ -1,0 +1,323 @@
+"""What a chaos run must leave behind, checked from cc-backend's tables, its request log, the
+stand-ins' call log and state.db against the timeline.
+
+    findings = check(result)         # {assertion: [Finding, ...]}, every assertion present
+    figures(result, findings)        # the numbers for BENCHMARKS.md
+
+Assertions (each a key of ``check``'s answer; an empty list means it held):
+- ``lost``: every run that started has a record (jobId, cluster, startTime). The one exception is
+  cc-backend's own duplicate rule (a second run of a job id within 24 h is refused with 422): such
+  a run may have no record if cc-backend holds another run of that job and slurm-sync recorded
+  this one as refused. Those are counted (``duplicate_rule``), not failed.
+- ``duplicated``: no run has two records; ``invented``: no record matches no run (a job cancelled
+  while pending never ran and has none).
+- ``not_stopped``: every record of a run that ended is stopped; ``wrong_stop``: with stopTime =
+  the run's end and jobState = ``cc_state`` of Slurm's end state (REQUEUED is ``cancelled``).
+- ``early_stop``: no stop_job request (answered or not) arrived before its run ended, and none
+  named a run that does not exist.
+- ``requeue``: each run of a requeued job is its own record (its own start, hosts, stop), and
+  what state.db says was delivered is what cc-backend holds.
+- ``wrong_fields``: user, project, partition, hosts, numNodes, arrayJobId and, when sent, each
+  host's hwthreads are the run's.
+- ``degraded``: no start went out without hwthreads while sacct said the run was still running,
+  or after a successful squeue had shown its cores.
+- ``refused``: nothing in state.db is refused for good but the duplicate rule's refusals;
+  ``outbox``: the outbox is empty at the end.
+- ``exit_codes``: a cycle whose ``squeue`` failed exits 3.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from connectors.clustercockpit import cc_state
+from sync.slurm.model import JobState
+from tests.chaos.harness import CC_CLUSTER, Cycle, Result
+from tests.chaos.timeline import Job, Run, sacct_records, squeue_state
+
+__all__ = ["ASSERTIONS", "Finding", "check", "figures"]
+
+ASSERTIONS = ("lost", "duplicated", "invented", "not_stopped", "wrong_stop", "early_stop",
+              "requeue", "wrong_fields", "degraded", "refused", "outbox", "exit_codes")
+DUPLICATE_WINDOW = 86400
+EXIT_SLURM = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One broken promise: which assertion, which job (or cycle), what was seen."""
+
+    assertion: str
+    job_id: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        who = f"job {self.job_id}: " if self.job_id is not None else ""
+        return f"{self.assertion}: {who}{self.detail}"
+
+
+def _key(cluster: str, job_id: int, start: int) -> str:
+    return f"{cluster}/{job_id}/{start}"
+
+
+def _body(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _cycle_at(cycles: list[Cycle], at: float) -> Cycle | None:
+    """The cycle that was running at ``at`` and could send requests (not a locked-out one)."""
+    alive = [c for c in cycles if c.launched <= at <= c.alive_until and c.exit_code != 75]
+    return alive[-1] if alive else None
+
+
+class _Context:
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.timeline = result.timeline
+        self.cluster = result.timeline.cluster
+        self.jobs = {j.job_id: j for j in result.timeline.jobs}
+        self.runs: dict[tuple[int, int], tuple[Job, int, Run]] = {
+            (j.job_id, r.start): (j, i, r) for j, i, r in result.timeline.runs()}
+        self.records: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+        for row in result.records:
+            self.records[(row["jobId"], row["startTime"])].append(row)
+        self.deliveries: dict[tuple[str, str], dict[str, Any]] = {
+            (d["key"], d["kind"]): d for d in result.deliveries}
+        self.starts = [(q, _body(q["body"])) for q in result.requests
+                       if q["path"] == "/api/jobs/start_job/"]
+        self.stops = [(q, _body(q["body"])) for q in result.requests
+                      if q["path"] == "/api/jobs/stop_job/"]
+        by_pid: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for call in result.calls:
+            by_pid[call["ppid"]].append(call)
+        self.calls_of = by_pid
+        self.killed = {c.pid for c in result.cycles if c.killed}
+
+    def status(self, job_id: int, start: int, kind: str) -> str | None:
+        found = self.deliveries.get((_key(self.cluster, job_id, start), kind))
+        return None if found is None else str(found["status"])
+
+    def duplicate_rule_applies(self, job: Job, run: Run) -> bool:
+        """cc-backend holds another run of this job id within 24 h, and state.db says this run's
+        start was refused for good."""
+        held = [s for (jid, s), rows in self.records.items() if jid == job.job_id and rows
+                and s != run.start and abs(run.start - s) < DUPLICATE_WINDOW]
+        return bool(held) and self.status(job.job_id, run.start, "start") == "permanent"
+
+
+def check(result: Result) -> dict[str, list[Finding]]:
+    """Every assertion with its findings (empty: it held)."""
+    ctx = _Context(result)
+    out: dict[str, list[Finding]] = {name: [] for name in ASSERTIONS}
+    api = result.api_version
+
+    def add(name: str, job_id: int | None, detail: str) -> None:
+        out[name].append(Finding(name, job_id, detail))
+
+    # one record per run; none without a run
+    for (job_id, start), (job, index, run) in ctx.runs.items():
+        rows = ctx.records.get((job_id, start), [])
+        requeued = len(job.runs) > 1
+        if not rows:
+            if requeued and ctx.duplicate_rule_applies(job, run):
+                continue
+            said = ctx.status(job_id, start, "start")
+            add("lost", job_id, f"run {index + 1}/{len(job.runs)} started at {start} "
+                f"({run.state}, {run.end - run.start} s) has no record; state.db says "
+                f"{said or 'nothing'}")
+            if requeued:
+                add("requeue", job_id, f"run {index + 1} (start {start}) has no record and "
+                    f"was not refused by the duplicate rule; state.db: {said or 'nothing'}")
+            continue
+        if len(rows) > 1:
+            add("duplicated", job_id, f"{len(rows)} records for the run started at {start}")
+        row = rows[0]
+        # stop
+        if row["jobState"] == "running":
+            add("not_stopped", job_id, f"run started at {start} ended {run.state} at "
+                f"{run.end}, its record is still running (state.db stop: "
+                f"{ctx.status(job_id, start, 'stop') or 'nothing'})")
+        else:
+            want = cc_state(JobState[run.state], api)
+            stop_time = row["startTime"] + row.get("duration", 0)
+            if stop_time != run.end or row["jobState"] != want:
+                add("wrong_stop", job_id, f"run started at {start}: stopped as "
+                    f"{row['jobState']} at {stop_time}, ended {run.state} ({want}) at "
+                    f"{run.end}")
+                if requeued:
+                    add("requeue", job_id, f"run {index + 1}'s record carries another stop "
+                        f"({row['jobState']} at {stop_time}, run ended {run.end})")
+        # fields
+        problems = []
+        expect = {"user": job.user, "project": job.account, "partition": job.partition,
+                  "cluster": CC_CLUSTER, "numNodes": len(run.hosts)}
+        for name, value in expect.items():
+            if row.get(name) != value:
+                problems.append(f"{name} {row.get(name)!r} != {value!r}")
+        if (row.get("arrayJobId") or 0) != job.array_job_id:
+            problems.append(f"arrayJobId {row.get('arrayJobId')!r} != {job.array_job_id}")
+        hosts = [r.get("hostname") for r in row.get("resources") or []]
+        if hosts != run.hosts:
+            problems.append(f"hosts {hosts} != {run.hosts}")
+            if requeued:
+                add("requeue", job_id, f"run {index + 1}'s record has hosts {hosts}, the run "
+                    f"ran on {run.hosts}")
+        for resource in row.get("resources") or []:
+            if resource.get("hwthreads") is None or resource.get("hostname") not in run.hosts:
+                continue
+            cores = run.cores[run.hosts.index(resource["hostname"])]
+            if sorted(resource["hwthreads"]) != cores:
+                problems.append(f"{resource['hostname']} hwthreads {resource['hwthreads']} "
+                                f"!= {cores}")
+        if problems:
+            add("wrong_fields", job_id, f"run started at {start}: " + "; ".join(problems))
+    for (job_id, start), rows in ctx.records.items():
+        if (job_id, start) not in ctx.runs:
+            job = ctx.jobs.get(job_id)
+            what = ("a job cancelled while pending" if job and job.cancel_at
+                    else "no such job" if job is None else "no run at that time")
+            add("invented", job_id, f"{len(rows)} record(s) with startTime {start}: {what}")
+    # requeued runs: state.db must agree with cc-backend on which run it holds
+    for (job_id, start), (job, index, _run) in ctx.runs.items():
+        if len(job.runs) < 2:
+            continue
+        said = ctx.status(job_id, start, "start")
+        if said in ("done", "already_done") and not ctx.records.get((job_id, start)):
+            add("requeue", job_id, f"state.db has run {index + 1} (start {start}) as "
+                f"delivered ({said}); cc-backend has no record of it")
+    # stops: never before the run ended, never for a run that does not exist
+    for request, body in ctx.stops:
+        job_id, start = body.get("jobId"), body.get("startTime")
+        found = ctx.runs.get((job_id, start)) if start is not None else None
+        if found is None:
+            add("early_stop", job_id, f"stop_job for a run that does not exist "
+                f"(startTime {start}, answered {request['status']})")
+            continue
+        _, _, run = found
+        if request["received"] < run.end:
+            add("early_stop", job_id, f"stop_job arrived at {request['received']:.1f}, the run "
+                f"started at {start} ended at {run.end}")
+    # degraded starts
+    _degraded(ctx, add)
+    # refusals and the outbox
+    for delivery in result.deliveries:
+        if delivery["status"] != "permanent":
+            continue
+        _, job_text, start_text = [*delivery["key"].split("/"), "", ""][:3]
+        found = ctx.runs.get((int(job_text), int(start_text))) if (
+            job_text.isdigit() and start_text.isdigit()) else None
+        if found is not None and ctx.duplicate_rule_applies(found[0], found[2]):
+            continue
+        detail = json.loads(delivery["detail"]).get("detail", "") if delivery["detail"] else ""
+        add("refused", int(job_text) if job_text.isdigit() else None,
+            f"{delivery['kind']} {delivery['key']} refused for good: {detail}")
+    for entry in result.outbox:
+        add("outbox", None, f"{entry['kind']} {entry['key']} still queued after "
+            f"{entry['attempts']} attempt(s): {entry['last_error']}")
+    # exit codes
+    for cycle in result.cycles:
+        if cycle.killed or cycle.exit_code is None:
+            continue
+        failed = [c for c in ctx.calls_of.get(cycle.pid, [])
+                  if c["cmd"] == "squeue" and c["rc"] != 0]
+        if failed and cycle.exit_code != EXIT_SLURM:
+            add("exit_codes", None, f"cycle {cycle.index} (pid {cycle.pid}): squeue failed, "
+                f"exit code {cycle.exit_code}")
+    return out
+
+
+def _degraded(ctx: _Context, add: Any) -> None:
+    """Starts accepted without hwthreads that slurm-sync could have sent whole."""
+    for request, body in ctx.starts:
+        if request["status"] not in (200, 201):
+            continue
+        resources = body.get("resources") or []
+        if all(r.get("hwthreads") for r in resources):
+            continue
+        found = ctx.runs.get((body.get("jobId"), body.get("startTime")))
+        if found is None:
+            continue  # "invented" says it
+        job, index, run = found
+        sent = request["received"]
+        cycle = _cycle_at(ctx.result.cycles, sent)
+        why = ""
+        if cycle is not None:
+            sacct = [c for c in ctx.calls_of.get(cycle.pid, [])
+                     if c["cmd"] == "sacct" and "--json" in c["args"] and c["rc"] == 0]
+            if sacct and any(st.run == index and st.state == "RUNNING"
+                             for st in sacct_records(job, sacct[0]["t"], True)):
+                why = "sacct said the run was still running"
+        if not why:
+            for pid, calls in ctx.calls_of.items():
+                if pid in ctx.killed and (cycle is None or pid != cycle.pid):
+                    continue
+                for call in calls:
+                    if (call["cmd"] != "squeue" or "--json" not in call["args"]
+                            or call["rc"] != 0 or call.get("fault") == "empty"
+                            or not run.start <= call["t"] < sent):
+                        continue
+                    st = squeue_state(job, call["t"], ctx.timeline.min_job_age)
+                    if st is not None and st.run == index and st.allocation:
+                        why = f"squeue showed its cores at {call['t']:.1f}"
+                        break
+                if why:
+                    break
+        if why:
+            notes = (body.get("metaData") or {}).get("slurmSyncNotes", "")
+            add("degraded", job.job_id, f"start of the run at {run.start} sent at {sent:.1f} "
+                f"without hwthreads, but {why} (notes: {notes!r})")
+
+
+def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any]:
+    """The numbers of one run, for the report and BENCHMARKS.md."""
+    timeline = result.timeline
+    runs = timeline.runs()
+    requests = Counter(q["status"] for q in result.requests)
+    by_path = Counter(q["path"].rstrip("/").rsplit("/", 1)[-1] or "jobs"
+                      for q in result.requests)
+    faults = {
+        "cc_5xx": sum(n for s, n in requests.items() if s >= 500),
+        "cc_429": requests.get(429, 0),
+        "cc_hang": requests.get(-1, 0),
+        "cc_reset": requests.get(-2, 0),
+        "squeue_failed": sum(1 for c in result.calls if c["fault"] == "fail"
+                             and c["cmd"] == "squeue"),
+        "sacct_empty": sum(1 for c in result.calls if c["fault"] == "empty"),
+        "slow_answers": sum(1 for c in result.calls if c["fault"].startswith("slow")),
+    }
+    ctx = _Context(result)
+    duplicate_rule = sum(1 for (jid, s), (job, _, run) in ctx.runs.items()
+                         if not ctx.records.get((jid, s)) and len(job.runs) > 1
+                         and ctx.duplicate_rule_applies(job, run))
+    return {
+        "seed": result.scenario.seed,
+        "cc_version": result.scenario.cc_version,
+        "jobs": len(timeline.jobs),
+        "runs": len(runs),
+        "short_runs": sum(1 for _, _, r in runs if r.end - r.start < result.scenario.poll),
+        "requeued_jobs": sum(1 for j in timeline.jobs if len(j.runs) > 1),
+        "array_tasks": sum(1 for j in timeline.jobs if j.array_job_id),
+        "cancelled_pending": sum(1 for j in timeline.jobs if j.cancel_at is not None),
+        "gpu_jobs": sum(1 for j in timeline.jobs if j.gpus_per_node),
+        "records": len(result.records),
+        "records_running": sum(1 for r in result.records if r["jobState"] == "running"),
+        "duplicate_rule_refusals": duplicate_rule,
+        "requests": len(result.requests),
+        "requests_by_endpoint": dict(by_path),
+        "faults": faults,
+        "kills": result.kills,
+        "cycles": len(result.cycles),
+        "exit_codes": dict(Counter(str(c.exit_code) for c in result.cycles)),
+        "slurm_calls": len(result.calls),
+        "drained": result.drained,
+        "wall_seconds": round(result.wall, 1),
+        "failed": {k: len(v) for k, v in findings.items() if v},
+        "passed": not any(findings.values()),
+    }

@@ -1,0 +1,107 @@
+"""Run the chaos scenario for one or more seeds and print what broke.
+
+    python -m tests.chaos.run --seed 1 --seed 2 --seed 3 --jobs 1000      # the long run
+    python -m tests.chaos.run --short --seed 7                             # what make test runs
+    python -m tests.chaos.run --seed 4 --cc-version 1.4.4 --keep /tmp/c4   # keep the work folder
+
+Each seed prints its figures and every failed assertion with a count and a few examples; the
+exit code is 1 when any seed failed. ``--json FILE`` writes the figures of every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.chaos.check import ASSERTIONS, check, figures
+from tests.chaos.harness import run_scenario
+from tests.chaos.timeline import Scenario
+
+EXAMPLES = 5
+
+
+def run_one(scenario: Scenario, work: Path, quiet: bool = False,
+            product: Path | None = None) -> dict[str, Any]:
+    say = (lambda *_: None) if quiet else (lambda text: print(f"  {text}", flush=True))
+    result = run_scenario(scenario, work, log=say, product=product)
+    findings = check(result)
+    numbers = figures(result, findings)
+    numbers["examples"] = {name: [str(f) for f in items[:EXAMPLES]]
+                           for name, items in findings.items() if items}
+    return numbers
+
+
+def report(numbers: dict[str, Any]) -> str:
+    lines = [
+        f"seed {numbers['seed']} (cc-backend {numbers['cc_version']}): "
+        f"{'PASS' if numbers['passed'] else 'FAIL'} in {numbers['wall_seconds']} s",
+        f"  {numbers['jobs']} jobs, {numbers['runs']} runs ({numbers['short_runs']} shorter "
+        f"than a poll, {numbers['requeued_jobs']} jobs requeued, {numbers['array_tasks']} array "
+        f"tasks, {numbers['gpu_jobs']} GPU jobs, {numbers['cancelled_pending']} cancelled "
+        f"while pending)",
+        f"  {numbers['cycles']} cycles (exit codes {numbers['exit_codes']}), "
+        f"{numbers['kills']} kill -9, {numbers['slurm_calls']} Slurm calls, "
+        f"{numbers['requests']} requests {numbers['requests_by_endpoint']}",
+        f"  faults: {numbers['faults']}",
+        f"  records {numbers['records']}, still running {numbers['records_running']}, "
+        f"refused by cc-backend's duplicate rule {numbers['duplicate_rule_refusals']}, "
+        f"drained {numbers['drained']}",
+    ]
+    for name in ASSERTIONS:
+        count = numbers["failed"].get(name, 0)
+        if count:
+            lines.append(f"  FAILED {name}: {count}")
+            lines.extend(f"    {example}" for example in numbers["examples"][name])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, action="append", default=[])
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--short", action="store_true", help="the short scenario of make test")
+    parser.add_argument("--cc-version", default=None, help="1.5.4 (default) or 1.4.4")
+    parser.add_argument("--keep", default=None, help="work folder (kept); default: a temp one")
+    parser.add_argument("--json", default=None, help="write every seed's figures here")
+    parser.add_argument("--product", default=None,
+                        help="run the slurm-sync of this folder (e.g. an older commit's "
+                             "`git archive`) instead of the installed one")
+    args = parser.parse_args(argv)
+    seeds = args.seed or [1]
+    product = Path(args.product).resolve() if args.product else None
+    results = []
+    started = time.time()
+    for seed in seeds:
+        changes: dict[str, Any] = {}
+        if args.cc_version:
+            changes["cc_version"] = args.cc_version
+        if args.short:
+            if args.jobs:
+                changes["jobs"] = args.jobs
+            scenario = Scenario.short(seed=seed, **changes)
+        else:
+            scenario = Scenario.long(seed=seed, jobs=args.jobs or 1000, **changes)
+        print(f"seed {seed}: {scenario.jobs} jobs, {scenario.kills} kills, syncer stop "
+              f"{scenario.syncer_outage:g} s, cc-backend down {scenario.cc_outage:g} s", flush=True)
+        if args.keep:
+            work = Path(args.keep) / f"seed-{seed}"
+            numbers = run_one(scenario, work, product=product)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"chaos-{seed}-") as folder:
+                numbers = run_one(scenario, Path(folder), product=product)
+        print(report(numbers), flush=True)
+        results.append(numbers)
+    print(f"{len(results)} seed(s) in {time.time() - started:.0f} s: "
+          f"{sum(r['passed'] for r in results)} passed", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
