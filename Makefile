@@ -1,6 +1,8 @@
 # slurm-sync: everything a newcomer or CI needs, each target installing what it uses.
 #   make demo   bring up the Slurm lab, submit a few jobs, show what slurm-sync reads
-#   make test   lint, type-check, unit tests, and (as root) the lab tests on 22.05, 24.11, 26.05
+#   make test   lint, type-check, unit tests, the short chaos run (tests/chaos, ~2 min), and
+#               (as root) the lab tests on 22.05, 24.11, 26.05
+#   make chaos  the long chaos run: 1,000 jobs, three seeds (one on cc-backend 1.4), ~25 min
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +10,7 @@ BIN := $(VENV)/bin
 LAB_VERSIONS ?= all
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: all venv lint unit lab-up lab-down test demo bench clean
+.PHONY: all venv lint unit lab-up lab-down test demo bench chaos clean
 
 all: test
 
@@ -52,6 +54,14 @@ demo: venv lab-up
 
 bench: venv
 	$(BIN)/python bench/parse_bench.py
+
+# The long chaos run (tests/chaos/run.py): simulated Slurm 24.11, a faulty cc-backend, five
+# kill -9, a 60 s syncer stop, a 75 s cc-backend outage; figures go to BENCHMARKS.md.
+CHAOS_SEEDS ?= 1 2 3@1.4.4
+CHAOS_JOBS ?= 1000
+chaos: venv
+	$(BIN)/python -m tests.chaos.run $(foreach s,$(CHAOS_SEEDS),--seed $(s)) \
+	  --jobs $(CHAOS_JOBS) --json bench/out/chaos.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -3,6 +3,7 @@
     python -m tests.chaos.run --seed 1 --seed 2 --seed 3 --jobs 1000      # the long run
     python -m tests.chaos.run --short --seed 7                             # what make test runs
     python -m tests.chaos.run --seed 4 --cc-version 1.4.4 --keep /tmp/c4   # keep the work folder
+    python -m tests.chaos.run --seed 1 --seed 2@1.4.4                      # per-seed cc-backend
 
 Each seed prints its figures and every failed assertion with a count and a few examples; the
 exit code is 1 when any seed failed. ``--json FILE`` writes the figures of every seed.
@@ -62,7 +63,8 @@ def report(numbers: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, action="append", default=[])
+    parser.add_argument("--seed", action="append", default=[],
+                        help="a seed, or SEED@VERSION for that seed's cc-backend (repeatable)")
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--short", action="store_true", help="the short scenario of make test")
     parser.add_argument("--cc-version", default=None, help="1.5.4 (default) or 1.4.4")
@@ -72,14 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the slurm-sync of this folder (e.g. an older commit's "
                              "`git archive`) instead of the installed one")
     args = parser.parse_args(argv)
-    seeds = args.seed or [1]
+    seeds = args.seed or ["1"]
     product = Path(args.product).resolve() if args.product else None
     results = []
     started = time.time()
-    for seed in seeds:
+    for text in seeds:
+        seed_text, _, version = text.partition("@")
+        seed = int(seed_text)
         changes: dict[str, Any] = {}
-        if args.cc_version:
-            changes["cc_version"] = args.cc_version
+        if version or args.cc_version:
+            changes["cc_version"] = version or args.cc_version
         if args.short:
             if args.jobs:
                 changes["jobs"] = args.jobs
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} seed(s) in {time.time() - started:.0f} s: "
           f"{sum(r['passed'] for r in results)} passed", flush=True)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0 if all(r["passed"] for r in results) else 1
 
