@@ -752,18 +752,25 @@ class BuildkiteConnector(Connector):
         return Outcome.done(action, f"removed {path}")
 
     def _cancel_all(self, actions: Sequence[Action], *, signal: bool) -> list[Outcome]:
+        """One scancel for the cancels; the SIGTERMs through ``SlurmControl.signal``, which
+        Slurm takes at once even for a task of an array whose other tasks pend, and which
+        says per job whether it was taken (a refused one is retried, its grace not begun)."""
         assert self.control is not None
         ids = [str(a.payload["slurm_id"]) for a in actions]
         parsed: list[int | str] = [int(i) if i.isdigit() else i for i in ids]
         try:
             if signal:
-                self.control.signal(parsed, "TERM")
+                refused = self.control.signal(parsed, "TERM")
             else:
                 self.control.cancel(parsed)
+                refused = {}
         except (SlurmError, ValueError) as exc:
             return [Outcome.transient(a, f"scancel: {exc}") for a in actions]
         what = "SIGTERM sent" if signal else "cancelled"
-        return [Outcome.done(a, f"Slurm job {a.payload['slurm_id']} {what}") for a in actions]
+        return [Outcome.transient(a, f"scancel: Slurm job {job_id}: {why}")
+                if (why := refused.get(job_id)) is not None
+                else Outcome.done(a, f"Slurm job {job_id} {what}")
+                for a, job_id in zip(actions, parsed)]
 
     def _submit_all(self, actions: Sequence[Action]) -> list[Outcome]:
         outcomes: dict[str, Outcome] = {}

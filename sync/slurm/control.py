@@ -36,7 +36,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from signal import Signals
 from types import MappingProxyType
 from typing import Literal
@@ -181,6 +181,13 @@ _GONE_LINE = re.compile(
 # ESLURM_ALREADY_DONE (2021) or ESLURM_INVALID_JOB_ID (2017) without a message, and scancel
 # exits with that code: 229 or 225 once truncated to 8 bits. Every other error is printed.
 _SILENT_GONE_EXITS = frozenset({2017 % 256, 2021 % 256})
+# Any job's line of scancel's: "scancel: error: Kill job error on job id 12_3: <why>".
+_KILL_ERROR = re.compile(r"Kill job error on job id (?P<id>\S+): (?P<why>.*)")
+# scancel -v between its tries when slurmctld answered ESLURM_TRANSITION_STATE_NO_UPDATE
+# ("Job is in transitional state, retrying" in 21.08 to 26.05; "transistional" before).
+_RETRYING = re.compile(r"in transi\w*ional state, retrying")
+# scancel --ctld (one REQUEST_KILL_JOBS for every id, each answered) exists from 24.05.
+_CTLD_SIGNALS = (24, 5, 0)
 # What squeue prints when a single --jobs id is unknown to slurmctld (the single-job RPC).
 _SQUEUE_UNKNOWN_ID = "Invalid job id specified"
 
@@ -390,40 +397,123 @@ class SlurmControl:
     def cancel(
         self, job_ids: Iterable[int | str], signal: str | None = None, *, full: bool = True
     ) -> None:
-        """One ``scancel`` for all ``job_ids``; no call for none.
+        """One ``scancel ID...`` for all ``job_ids``; no call for none.
 
-        Without ``signal`` it is a plain ``scancel ID...``: the jobs are ended (pending ones
-        leave the queue, running ones are killed with all their processes). With ``signal``
-        it is ``scancel --signal=SIG [--full] ID...``: see ``signal``. Jobs that had
-        already ended or that slurmctld no longer knows count as done; any other failure
-        (slurmctld unreachable, permission denied) raises ``SlurmCommandError``.
+        The jobs are ended: pending ones leave the queue, running ones are killed with all their
+        processes (Slurm sends SIGTERM, then SIGKILL after its KillWait). Jobs that had already
+        ended or that slurmctld no longer knows count as done; any other failure (slurmctld
+        unreachable, permission denied) raises ``SlurmCommandError``. With ``signal`` it is
+        ``signal`` instead, raising on the first id Slurm did not take it for.
         """
+        if signal is not None:
+            for job_id, why in self.signal(job_ids, signal, full=full).items():
+                if why is not None:
+                    raise SlurmCommandError(["scancel", f"--signal={signal}", str(job_id)],
+                                            None, why)
+            return
         ids = _cancel_ids(job_ids)
         if not ids:
             return
-        args: list[str] = []
-        if signal is not None:
-            args.append(f"--signal={_signal_arg(signal)}")
-            if full:
-                args.append("--full")
-        args += [str(job_id) for job_id in ids]
         try:
-            result = self.runner.run("scancel", args, check=False)
+            result = self.runner.run("scancel", [str(job_id) for job_id in ids], check=False)
         finally:
             self.clear_cache()
         if result.returncode != 0:
             _check_scancel(result)
 
-    def signal(self, job_ids: Iterable[int | str], signal: str, *, full: bool = True) -> None:
-        """``scancel --signal=SIG --full ID...``: send ``signal`` (``"TERM"``, ``"USR1"``, a
-        number) to running jobs.
+    def signal(
+        self, job_ids: Iterable[int | str], signal: str, *, full: bool = True
+    ) -> dict[int | str, str | None]:
+        """Send ``signal`` (``"TERM"``, ``"USR1"``, a number; never KILL: ``cancel`` ends
+        jobs) to running jobs; for each id, None when Slurm took it (or the job had already
+        ended) and otherwise why not. Raises ``SlurmCommandError`` when scancel could not
+        reach slurmctld at all.
 
         ``--signal`` alone reaches only the job's steps (``srun``); ``--full`` (the default)
         also signals the batch shell and its children, so a process the batch script started
         directly (a ``buildkite-agent``) gets it. The job ends only if its processes exit.
         Meant for running jobs: slurmctld does not signal a pending job, cancel it instead.
+
+        No call blocks for long. Signalling a running task of an array whose other tasks are
+        still pending, slurmctld delivers the signal and answers "Job can not be altered now,
+        try again later" all the same (``job_str_signal``, 21.08 to 26.05); scancel then
+        retries ten times over 95 s, signalling each time. From Slurm 24.05 ``scancel --ctld``
+        asks slurmctld once for all ids and reports each: one call, at once. Before 24.05 each
+        id gets its own ``scancel -v``, stopped at its first "retrying" (the signal went out
+        with that first answer), all within the runner's timeout in all.
         """
-        self.cancel(job_ids, signal, full=full)
+        ids = _cancel_ids(job_ids)
+        sig = _signal_arg(signal)
+        if sig in ("KILL", "9"):
+            # scancel --signal names a pending task by its array's whole pending record
+            # (12_[3-7]): KILL there would end every pending task of the array
+            raise ValueError("SIGKILL ends jobs: use cancel(), not signal()")
+        if not ids:
+            return {}
+        flags = [f"--signal={sig}", *(["--full"] if full else [])]
+        try:
+            if self.reader.version() >= _CTLD_SIGNALS:
+                return self._signal_ctld(ids, flags)
+            return self._signal_each(ids, flags)
+        finally:
+            self.clear_cache()
+
+    def _signal_ctld(self, ids: tuple[int | str, ...],
+                     flags: list[str]) -> dict[int | str, str | None]:
+        result = self.runner.run("scancel", ["--ctld", *flags, *map(str, ids)], check=False)
+        if result.returncode != 0:
+            _check_scancel(result)  # the request itself failed: raises
+        out: dict[int | str, str | None] = dict.fromkeys(ids)
+        by_text = {str(i): i for i in ids}
+        for line in result.stderr.splitlines():
+            match = _KILL_ERROR.search(line)
+            if match is None or _GONE_LINE.search(line):
+                continue  # an ended job, or not a job's line
+            why = match.group("why").strip()[:300]
+            if match.group("id") in by_text:
+                out[by_text[match.group("id")]] = why
+            else:
+                # Slurm names a task by ARRAY_TASK where we gave its own job id: which of
+                # ours it is, is not known, so none counts as signalled
+                out = {i: f"{match.group('id')}: {why}" for i in ids}
+                break
+        return out
+
+    def _signal_each(self, ids: tuple[int | str, ...],
+                     flags: list[str]) -> dict[int | str, str | None]:
+        deadline = time.monotonic() + self.runner.commands.timeout
+        out: dict[int | str, str | None] = {}
+        for job_id in ids:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                out[job_id] = "not tried: the time for this call was spent before it"
+                continue
+            try:
+                result = self.runner.run("scancel", ["-v", *flags, str(job_id)], check=False,
+                                         timeout=left, stop_on=_RETRYING)
+            except SlurmCommandError as exc:
+                if exc.returncode is not None or "timed out" not in str(exc):
+                    raise
+                out[job_id] = str(exc)
+                deadline = 0.0  # slurmctld is slow: the ids after it wait for the next cycle
+                continue
+            if result.stopped:
+                log.info("scancel: Slurm took the signal and asked to try again (a task of an "
+                         "array with pending tasks); not retried", extra={"fields": {
+                             "job-id": job_id}})
+                out[job_id] = None
+                continue
+            errors = [line for line in result.stderr.splitlines() if "error:" in line]
+            try:
+                if result.returncode != 0:
+                    _check_scancel(replace(result, stderr="\n".join(errors)))
+                out[job_id] = None
+            except SlurmCommandError as exc:
+                if not errors or not any(_KILL_ERROR.search(line) for line in errors):
+                    raise  # not about this job: slurmctld unreachable, scancel broken
+                match = _KILL_ERROR.search(exc.stderr)
+                out[job_id] = match.group("why").strip() if match else str(exc)
+        return out
 
     # -- holds ---------------------------------------------------------------------------
 

@@ -347,3 +347,28 @@ def test_a_pending_cancel_is_not_sent_again_while_slurm_removes_the_job(tmp_path
     assert _plan(connector, remote, active=(pending,), snapshot=sent) == []
     assert _plan(connector, remote, active=(pending,), snapshot=Snapshot(
         queued={"cancel": frozenset({key})})) == []
+
+
+def test_a_sigterm_slurm_took_starts_the_grace_and_a_refused_one_is_retried(
+    tmp_path: Path
+) -> None:
+    from sync.actions import Action, Status
+
+    class Control:
+        def __init__(self) -> None:
+            self.asked: list[Any] = []
+
+        def signal(self, ids: list[Any], sig: str) -> dict[Any, str | None]:
+            self.asked.append((ids, sig))
+            return {i: ("Access/permission denied" if i == 9 else None) for i in ids}
+
+    connector = _connector(tmp_path)
+    control = Control()
+    connector.control = control  # type: ignore[assignment]
+    actions = [Action("buildkite", "signal", f"c/{i}/x", {"slurm_id": str(i), "ref": "a/1/x"})
+               for i in (8, 9)] + [Action("buildkite", "signal", "c/7_2/x",
+                                          {"slurm_id": "7_2", "ref": "a/1/y"})]
+    outcomes = connector.apply_many(actions)
+    assert control.asked == [([8, 9, "7_2"], "TERM")]
+    assert [o.status for o in outcomes] == [Status.DONE, Status.TRANSIENT, Status.DONE]
+    assert "permission denied" in outcomes[1].detail

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,18 @@ env = {k: v for k, v in os.environ.items() if k.startswith("SYNC_TEST_")}
 with open(os.path.join(here, "calls.jsonl"), "a") as log:
     log.write(json.dumps({"command": name, "argv": args, "stdin": stdin, "env": env}) + "\\n")
 if name == "squeue" and args == ["--version"]:
-    print("slurm 24.11.5")
+    with open(os.path.join(here, "version")) as f:
+        print(f.read())
     sys.exit(0)
 if "stdout_file" in plan:
     with open(plan["stdout_file"]) as f:
         sys.stdout.write(f.read())
 sys.stdout.write(plan.get("stdout", ""))
 sys.stderr.write(plan.get("stderr", ""))
+sys.stderr.flush()
+if plan.get("then_sleep"):
+    import time
+    time.sleep(plan["then_sleep"])
 sys.exit(plan.get("code", 0))
 """
 
@@ -63,14 +69,21 @@ class Slurm:
             "scontrol": {},
         }
         self._write_plan()
+        self.version("slurm 24.11.5")
         for name in self.plan:
             path = directory / name
             path.write_text(f"#!{sys.executable}\n{_STAND_IN}")
             path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
-    def answer(self, command: str, *, stdout: str = "", stderr: str = "", code: int = 0) -> None:
-        self.plan[command] = {"stdout": stdout, "stderr": stderr, "code": code}
+    def answer(self, command: str, *, stdout: str = "", stderr: str = "", code: int = 0,
+               then_sleep: float = 0) -> None:
+        self.plan[command] = {"stdout": stdout, "stderr": stderr, "code": code,
+                              "then_sleep": then_sleep}
         self._write_plan()
+
+    def version(self, text: str) -> None:
+        """What ``squeue --version`` prints."""
+        (self.dir / "version").write_text(text)
 
     def _write_plan(self) -> None:
         (self.dir / "plan.json").write_text(json.dumps(self.plan))
@@ -327,14 +340,90 @@ def test_cancel_of_many_ids_is_one_plain_scancel(slurm: Slurm, control: SlurmCon
 
 
 def test_signal_reaches_the_batch_shell_with_full(slurm: Slurm, control: SlurmControl) -> None:
-    control.signal([3, 8], "TERM")
+    """From 24.05, one scancel --ctld for every id: slurmctld answers each at once."""
+    assert control.signal([3, "8_2"], "TERM") == {3: None, "8_2": None}
     control.signal([3], "sigusr1", full=False)
     control.cancel([3], signal="15")
     assert [c["argv"] for c in slurm.calls("scancel")] == [
-        ["--signal=TERM", "--full", "3", "8"],
-        ["--signal=USR1", "3"],
-        ["--signal=15", "--full", "3"],
+        ["--ctld", "--signal=TERM", "--full", "3", "8_2"],
+        ["--ctld", "--signal=USR1", "3"],
+        ["--ctld", "--signal=15", "--full", "3"],
     ]
+
+
+def test_signal_says_per_id_what_slurm_refused(slurm: Slurm, control: SlurmControl) -> None:
+    """scancel --ctld exits 0 and names each job it could not signal on stderr."""
+    slurm.answer("scancel", stderr=(
+        "scancel: error: Kill job error on job id 3: Job/step already completing or completed\n"
+        "scancel: error: Kill job error on job id 8: Access/permission denied\n"))
+    assert control.signal([3, 8, 9], "TERM") == {3: None, 8: "Access/permission denied",
+                                                   9: None}
+    with pytest.raises(SlurmCommandError, match="permission denied"):
+        control.cancel([8], signal="TERM")
+    # a task named ARRAY_TASK where we gave its own job id: none of ours counts as signalled
+    slurm.answer("scancel", stderr="scancel: error: Kill job error on job id 7_1: "
+                                   "Job can not be altered now, try again later\n")
+    assert set(control.signal([8, 9], "TERM").values()) == {
+        "7_1: Job can not be altered now, try again later"}
+    slurm.answer("scancel", stderr="scancel: error: Unable to contact slurm controller\n",
+                 code=1)
+    with pytest.raises(SlurmCommandError, match="Unable to contact"):
+        control.signal([8], "TERM")
+
+
+_PLUGIN_NOISE = "scancel: select/cons_tres: common_init: select/cons_tres loaded\n"
+
+
+def test_before_24_05_each_id_is_signalled_alone_and_never_waits_out_scancels_retries(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    """22.05 has no scancel --ctld. slurmctld signals a running task of an array with pending
+    tasks and answers "try again later" all the same; scancel would retry for 95 s. Each id
+    gets its own scancel -v, stopped at its first "retrying": taken at once."""
+    slurm.version("slurm 22.05.8")
+    slurm.answer("scancel", stderr=_PLUGIN_NOISE + "scancel: Signal 15 to full job 7_0\n"
+                 "scancel: Job is in transitional state, retrying\n", then_sleep=60)
+    started = time.monotonic()
+    assert control.signal([8, "7_1"], "TERM") == {8: None, "7_1": None}
+    assert time.monotonic() - started < 20
+    assert [c["argv"] for c in slurm.calls("scancel")] == [
+        ["-v", "--signal=TERM", "--full", "8"], ["-v", "--signal=TERM", "--full", "7_1"]]
+    # verbose lines are not errors; an id Slurm refused is named, the others taken
+    slurm.answer("scancel", stderr=_PLUGIN_NOISE + "scancel: Signal 15 to full job 8\n")
+    assert control.signal([8], "TERM") == {8: None}
+    slurm.answer("scancel", stderr=_PLUGIN_NOISE + "scancel: error: Kill job error on job id "
+                 "8: Access/permission denied\n", code=1)
+    assert control.signal([8], "TERM") == {8: "Access/permission denied"}
+    slurm.answer("scancel", stderr=_PLUGIN_NOISE + "scancel: error: Kill job error on job id "
+                 "8: Invalid job id specified\n", code=1)
+    assert control.signal([8], "TERM") == {8: None}
+    slurm.answer("scancel", stderr="scancel: error: slurm_load_jobs error: Unable to contact "
+                 "slurm controller (connect failure)\n", code=1)
+    with pytest.raises(SlurmCommandError, match="Unable to contact"):
+        control.signal([8, 9], "TERM")
+
+
+def test_before_24_05_all_the_signals_of_a_call_share_the_runners_time_bound(
+    slurm: Slurm, clock: Clock, tmp_path: Path
+) -> None:
+    slurm.version("slurm 23.11.10")
+    control = SlurmControl(Runner(SlurmCommands(bin_dir=str(slurm.dir), timeout=1.0)),
+                           clock=clock)
+    slurm.answer("scancel", stderr="scancel: Signal 15 to full job 8\n", then_sleep=0.4)
+    started = time.monotonic()
+    result = control.signal(list(range(1, 11)), "TERM")
+    assert time.monotonic() - started < 4
+    assert all(why for why in list(result.values())[3:]), result
+    assert len(slurm.calls("scancel")) < 10
+
+
+def test_sigkill_is_not_a_signal_to_send_cancel_ends_jobs(
+    slurm: Slurm, control: SlurmControl
+) -> None:
+    for name in ("KILL", "SIGKILL", "9"):
+        with pytest.raises(ValueError, match="cancel"):
+            control.signal([3], name)
+    assert slurm.calls("scancel") == []
 
 
 @pytest.mark.parametrize("name", ["TERM --user=root", "", "NOSUCH", "99", "-9"])
