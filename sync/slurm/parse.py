@@ -627,12 +627,19 @@ def exit_code(value: object, state: JobState, field: str = "exit_code") -> ExitC
 # --- allocations --------------------------------------------------------------------------------
 
 
+MAX_INDEX = 1 << 24
+"""The largest socket, core or node index read (nodes have hundreds of cores, not millions)."""
+
+
 def _index(key: object, field: str) -> int:
     if type(key) is str and ascii_digits(key):
-        return int(key)
-    number = slurm_int(key, field)
+        number: int | None = int(key)
+    else:
+        number = slurm_int(key, field)
     if number is None or number < 0:
         raise SlurmFormatError(field, key, "expected an index")
+    if number > MAX_INDEX:
+        raise SlurmFormatError(field, key, f"an index beyond {MAX_INDEX}")
     return number
 
 
@@ -677,7 +684,7 @@ def _node_allocation(
     for key, socket in socket_items:
         s = (int(key) if type(key) is str and key.isdigit() and key.isascii() and len(key) < 10
              else key)
-        if type(s) is not int or not isinstance(socket, dict):
+        if type(s) is not int or not 0 <= s <= MAX_INDEX or not isinstance(socket, dict):
             s = _index(key, f"{field}.sockets.{key}")
             if not isinstance(socket, dict):
                 raise SlurmFormatError(f"{field}.sockets.{key}", socket, "expected a socket")
@@ -698,7 +705,7 @@ def _node_allocation(
         for core_key, status in pairs:
             c = (int(core_key) if type(core_key) is str and core_key.isdigit()
                  and core_key.isascii() and len(core_key) < 10 else core_key)
-            if type(c) is not int or c < 0:
+            if type(c) is not int or not 0 <= c <= MAX_INDEX:
                 c = _index(core_key, f"{field}.sockets.{key}.cores")
             count += 1
             if _allocated(status, f"{field}.sockets.{key}.cores.{core_key}"):

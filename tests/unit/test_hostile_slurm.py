@@ -205,13 +205,13 @@ def test_a_node_without_cores_per_socket_leaves_cpu_ids_unknown() -> None:
     assert out.allocations[0].cpu_ids is None
 
 
-@pytest.mark.parametrize("key", ["\u00b2", "\u0663", "9" * 5000])
-def test_core_and_socket_keys_must_be_ascii_numbers(key: str) -> None:
+@pytest.mark.parametrize("key", ["\u00b2", "\u0663", "9" * 5000, 10**30, 2**40, -1])
+def test_core_and_socket_keys_must_be_ascii_numbers_of_a_real_node(key: object) -> None:
     doc = _doc()
     sockets = doc["jobs"][SLEEPER]["job_resources"]["nodes"]["allocation"][0]["sockets"]
     sockets[0]["cores"][0]["index"] = key
     result = parse_squeue(json.dumps(doc))
-    _skipped_only(result, SLEEPER, "expected")
+    _skipped_only(result, SLEEPER, "sockets.0.cores")
 
 
 # --- through the CLI ---------------------------------------------------------------------------
@@ -260,3 +260,19 @@ def test_jobs_says_slurm_output_is_broken_with_exit_3(
     config = _serve(tmp_path, '{"jobs": [' + "[" * 5000 + "]" * 5000 + "]}")
     assert main(["-c", str(config), "jobs", "--json"]) == 3
     assert "nested too deep" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "sync/cli.py's _cmd_jobs prints job names and skip reasons as rich markup ('[/x]' raises "
+    "MarkupError, exit 70): needs rich.markup.escape there (and in check's rows); remove this "
+    "marker with that fix"))
+def test_jobs_prints_names_and_reasons_that_look_like_markup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = _doc()
+    doc["jobs"][SLEEPER]["name"] = "[/x] [bold]y"
+    doc["jobs"][GPU2]["nodes"] = "n[/x]"
+    config = _serve(tmp_path, json.dumps(doc))
+    assert main(["-c", str(config), "jobs", "-t", "all"]) == 0
+    out, err = capsys.readouterr()
+    assert "[/x] [bold]y" in out and "n[/x]" in err
