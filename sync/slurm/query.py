@@ -110,15 +110,18 @@ class JobFilter:
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    """`parse_version("slurm 24.11.5")` is ``(24, 11, 5)``; "slurm-wlm 22.05.8" works too."""
+    """`parse_version("slurm 24.11.5")` is ``(24, 11, 5)``; "slurm-wlm 22.05.8" works too.
+
+    Only ASCII digits count (``str.isdigit`` takes "²", which ``int`` refuses), at most six
+    per part."""
     for word in text.split():
         parts = word.split(".")
-        if len(parts) >= 2 and parts[0].isdigit():
+        if len(parts) >= 2 and parts[0].isascii() and parts[0].isdigit() and len(parts[0]) <= 6:
             numbers = []
             for part in parts[:3]:
                 digits = ""
-                for char in part:
-                    if not char.isdigit():
+                for char in part[:6]:
+                    if not "0" <= char <= "9":
                         break
                     digits += char
                 numbers.append(int(digits or 0))

@@ -17,6 +17,7 @@ from sync.errors import SlurmError, SlurmFormatError
 from sync.slurm.gres import MAX_GPU_INDICES, MAX_HOSTS, expand_hosts, gpu_indices
 from sync.slurm.model import NodeAllocation, NodeTopology
 from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue, resolve_cpu_ids
+from sync.slurm.query import parse_version
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 SQUEUE = FIXTURES / "24.11" / "squeue-running.json"
@@ -276,3 +277,13 @@ def test_jobs_prints_names_and_reasons_that_look_like_markup(
     assert main(["-c", str(config), "jobs", "-t", "all"]) == 0
     out, err = capsys.readouterr()
     assert "[/x] [bold]y" in out and "n[/x]" in err
+
+
+@pytest.mark.parametrize("text", ["slurm \u00b24.11.1", "slurm 24.1\u00b2", "slurm 2\u0664.11",
+                                  "slurm " + "9" * 5000 + ".1"])
+def test_a_version_line_with_non_ascii_digits_or_thousands_of_them(text: str) -> None:
+    try:
+        version = parse_version(text)
+    except SlurmFormatError:
+        return
+    assert all(0 <= part < 1_000_000 for part in version)
