@@ -215,7 +215,11 @@ class SlurmRun:
     """One of our Slurm jobs (or array tasks) and the Buildkite job it runs."""
 
     ref: Ref
-    slurm_id: str  # what scancel takes: "1234", or "1234_5" for a task still in its array
+    # what scancel takes: "1234", or "1234_5" for any task of an array, pending or running.
+    # Never a running task's own job id: Slurm 22.05's plain scancel of that id answers 0 and
+    # does nothing (job_str_signal finds no array of that id: ESLURM_INVALID_JOB_ID, which
+    # scancel ignores on its cancel path), so the full cancel would never happen.
+    slurm_id: str
     job: Job
 
 
@@ -257,7 +261,8 @@ def runs_of(jobs: Iterable[Job], batches: Mapping[str, Sequence[Ref]],
         refs = batches.get(comment[len(BATCH):], ())
         if job.array_task_id is not None and job.array_job_id is not None:
             if 0 <= job.array_task_id < len(refs):
-                out.append(SlurmRun(refs[job.array_task_id], str(job.job_id), job))
+                out.append(SlurmRun(refs[job.array_task_id],
+                                    f"{job.array_job_id}_{job.array_task_id}", job))
         elif job.array_tasks_pending and job.array_job_id is not None:
             for task in _task_ids(job.array_tasks_pending):
                 if 0 <= task < len(refs):

@@ -400,7 +400,9 @@ class SlurmControl:
         """One ``scancel ID...`` for all ``job_ids``; no call for none.
 
         The jobs are ended: pending ones leave the queue, running ones are killed with all their
-        processes (Slurm sends SIGTERM, then SIGKILL after its KillWait). Jobs that had already
+        processes (Slurm sends SIGTERM, then SIGKILL after its KillWait). Name a task of an
+        array ``"1234_5"``, running or not: Slurm 22.05 answers 0 to a running task's own job
+        id and cancels nothing (24.11 and 26.05 cancel it). Jobs that had already
         ended or that slurmctld no longer knows count as done; any other failure (slurmctld
         unreachable, permission denied) raises ``SlurmCommandError``. With ``signal`` it is
         ``signal`` instead, raising on the first id Slurm did not take it for.

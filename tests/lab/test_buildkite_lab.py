@@ -228,3 +228,76 @@ def test_a_build_path_left_by_a_job_slurm_killed_is_pruned(
     assert not (builds / f"job-{victim}").exists()
     assert (builds / f"job-{survivor}" / "src" / "file").exists()
     assert lab.state(survivor) == "RUNNING"
+
+
+def test_a_running_array_task_with_pending_siblings_is_cancelled_within_the_grace(
+    lab: LabCluster, tmp_path: Path, shared: Path, kite: Buildkite
+) -> None:
+    """A Buildkite cancel of a running array task whose siblings still pend. slurmctld
+    delivers ``scancel --signal=TERM --full <task>`` but answers "try again later" (exit 228,
+    after scancel retried for 95 s). The SIGTERM must be taken at once, so the grace starts
+    and the full cancel follows one cycle after it, and is sent once while Slurm ends the job;
+    no cycle may wait on Slurm longer than slurm.timeout; a pending sibling cancelled at the
+    same time leaves in the same cycle.
+
+    The array is made by hand as the connector makes one (name, ``bk-batch:`` comment, map
+    file), running a step that ignores SIGTERM as an agent busy with its hooks would: only
+    the full cancel ends it."""
+    config = _config(lab, tmp_path, shared, kite, "rest")
+    settings = json.loads(config.read_text())
+    settings["slurm"]["timeout"] = 20
+    config.write_text(json.dumps(settings))
+    build = kite.add_build("app", jobs=[
+        {"step_key": f"s{i}", "command": "true", "agent_query_rules": ["queue=slurm"]}
+        for i in range(3)])
+    batch = uuid.uuid4().hex
+    (shared / "batches" / f"{batch}.refs").write_text(
+        "".join(f"app/{build.number}/{job}\n" for job in build.job_ids))
+    array = lab.submit("#!/bin/sh\ntrap '' TERM\nsleep 300\n", "--job-name=buildkite",
+                       f"--comment=bk-batch:{batch}", "--array=0-2", "-n4", user=None)
+    task = f"{array}_0"
+    lab.wait(f"task {task} running, 1 and 2 pending",
+             lambda: sorted(_ours(lab)) == [f"{task} RUNNING", f"{array}_1 PENDING",
+                                            f"{array}_2 PENDING"])
+    time.sleep(3)  # a just-started job may not take signals yet
+    running, pending = build.job_ids[0], build.job_ids[1]
+    kite.set_job_state(running, "running")  # as if task 0's agent ran it
+    kite.cancel_job(running)
+    kite.cancel_job(pending)
+    assert kite.job_state(running) == "canceling" and kite.job_state(pending) == "canceled"
+
+    def still_running() -> bool:
+        return f"{task} RUNNING" in _ours(lab)
+
+    cycles: list[tuple[float, float, list[dict[str, Any]]]] = []  # start, seconds, actions
+    deadline = time.monotonic() + 150
+    while still_running() and time.monotonic() < deadline:
+        started = time.monotonic()
+        result = _sync(config, "--json")
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        cycles.append((started, time.monotonic() - started,
+                       json.loads(result.stdout)["actions"]))
+        if len(cycles) == 1:
+            # the SIGTERM and the pending cancel both went out in this cycle, at once
+            done = sorted((a["kind"], a["outcome"]) for a in cycles[0][2])
+            assert done == [("cancel", "done"), ("signal", "done")], result.stdout
+            assert f"{array}_1 PENDING" not in _ours(lab)
+            assert still_running()  # it ignores SIGTERM
+        time.sleep(1)
+    ended = time.monotonic()
+    seconds = [round(c[1], 1) for c in cycles]
+    assert max(seconds) < 20, f"a cycle waited on Slurm past slurm.timeout (20 s): {seconds}"
+    assert not still_running(), (_ours(lab), seconds)
+    # signalled in the first cycle, cancelled in the first cycle after the 5 s grace
+    assert ended - cycles[0][0] <= 5 + max(seconds) + 1 + 5, (ended - cycles[0][0], seconds)
+    # while Slurm ends it (KillWait: it ignores SIGTERM), the cancel is not sent again
+    for _ in range(3):
+        result = _sync(config, "--json")
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        cycles.append((0, 0, json.loads(result.stdout)["actions"]))
+        time.sleep(1)
+    sent = [a for c in cycles for a in c[2] if a["key"].split("/")[1] not in (
+        f"{array}_1",)]
+    assert [a["kind"] for a in sent] == ["signal", "cancel"], sent
+    assert kite.job_state(build.job_ids[2]) == "scheduled"  # the other sibling is left alone
+    assert any(t.startswith(f"{array}_2 ") for t in _ours(lab)), _ours(lab)

@@ -89,7 +89,7 @@ def test_slurm_jobs_map_to_buildkite_jobs_by_comment_and_batch_map() -> None:
     ]
     runs = runs_of(jobs, {"a" * 32: batch}, "buildkite")
     assert [(r.slurm_id, r.ref.job) for r in runs] == [
-        ("10", one.job), ("12", batch[1].job), ("11_0", batch[0].job), ("11_2", batch[2].job)]
+        ("10", one.job), ("11_1", batch[1].job), ("11_0", batch[0].job), ("11_2", batch[2].job)]
 
 
 def test_scheduled_jobs_are_submitted_by_priority_within_the_caps(tmp_path: Path) -> None:
