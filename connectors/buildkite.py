@@ -370,6 +370,7 @@ class BuildkiteConnector(Connector):
         self.taken_grace = float(settings.get("taken_grace_seconds", 120))
         self.cancel_resend = float(settings.get("cancel_resend_seconds", 600))
         timeout = float(settings.get("timeout", 30))
+        _refuse_slurm_variables(settings)
         if self.mode == "rest":
             rest = settings.get("rest")
             if not rest:
@@ -940,6 +941,21 @@ class BuildkiteConnector(Connector):
         if not reply.ok:
             problems.append(f"Buildkite: {reply.describe()}")
         return problems
+
+
+def _refuse_slurm_variables(settings: Mapping[str, Any]) -> None:
+    """A token read from a ``SLURM_*`` variable is refused: Slurm hands every such variable of
+    the environment a job is submitted from to the job, whatever ``--export`` says. sbatch
+    runs here without the service's environment, but an srun, salloc or wrapper the service
+    is run from would still pass it on to every job."""
+    for section in ("rest", "stacks"):
+        ref = (settings.get(section) or {}).get("token")
+        name = ref.get("env") if isinstance(ref, Mapping) else None
+        if isinstance(name, str) and name.startswith("SLURM_"):
+            raise ConfigError(
+                f"$.connectors.buildkite.{section}.token: the variable {name} is a SLURM_* "
+                "variable, which Slurm passes to every job (even with --export=NONE); give "
+                "the token another name, or read it from a file")
 
 
 class _Unavailable(Exception):

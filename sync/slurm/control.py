@@ -33,6 +33,7 @@ Not thread-safe: give each thread its own ``SlurmControl``.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,11 +52,13 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "COARSE_STATES",
+    "SUBMIT_ENVIRONMENT",
     "CoarseState",
     "SlurmControl",
     "SubmitRequest",
     "Submitted",
     "coarse_state",
+    "submit_environment",
 ]
 
 
@@ -255,6 +258,22 @@ def _parse_parsable(result: CommandResult, array_size: int | None) -> Submitted:
     return Submitted(job_id=int(match.group(1)), cluster=match.group(2), array_size=array_size)
 
 
+# All sbatch gets of the service's environment: what it needs to find its binary (PATH), its
+# configuration (SLURM_CONF), the controller through a prefix such as ssh (HOME,
+# SSH_AUTH_SOCK), and the locale and time zone it reads dates in. Never the rest: sbatch hands
+# every SLURM_* variable of its own environment to the job whatever --export says (only
+# SLURM_CONF is kept), and the service's environment may hold secrets ({"env": ...} tokens).
+SUBMIT_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SLURM_CONF",
+                      "SSH_AUTH_SOCK")
+
+
+def submit_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment ``sbatch`` runs with: ``SUBMIT_ENVIRONMENT`` of ``environ`` (the
+    service's own by default), nothing else."""
+    source = os.environ if environ is None else environ
+    return {k: source[k] for k in SUBMIT_ENVIRONMENT if k in source}
+
+
 def _with_env(runner: Runner, env: Mapping[str, str]) -> Runner:
     """A runner like ``runner`` whose processes also get ``env``, recording into the same
     ``calls``. (``Runner.run`` takes no per-call environment.)"""
@@ -302,7 +321,10 @@ class SlurmControl:
     # -- submit ------------------------------------------------------------------------
 
     def submit(self, request: SubmitRequest) -> Submitted:
-        """``sbatch --parsable --job-name=NAME [--comment=C] OPTIONS`` with the script on stdin.
+        """``sbatch --parsable --job-name=NAME [--comment=C] OPTIONS`` with the script on stdin,
+        run with ``submit_environment()`` and ``request.env``, never the service's whole
+        environment: sbatch passes every ``SLURM_*`` variable it has to the job, even with
+        ``--export=NONE``.
 
         A failure raises ``SlurmCommandError`` with sbatch's first error line. A timeout
         does not prove nothing was submitted: before submitting again, look for the job (by
@@ -331,7 +353,8 @@ class SlurmControl:
         args += request.options
         runner = _with_env(self.runner, request.env) if request.env else self.runner
         try:
-            result = runner.run("sbatch", args, stdin=request.script.encode("utf-8"))
+            result = runner.run("sbatch", args, stdin=request.script.encode("utf-8"),
+                                environ=submit_environment())
         finally:
             self.clear_cache()
         return _parse_parsable(result, array_size)

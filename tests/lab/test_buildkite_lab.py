@@ -301,3 +301,36 @@ def test_a_running_array_task_with_pending_siblings_is_cancelled_within_the_grac
     assert [a["kind"] for a in sent] == ["signal", "cancel"], sent
     assert kite.job_state(build.job_ids[2]) == "scheduled"  # the other sibling is left alone
     assert any(t.startswith(f"{array}_2 ") for t in _ours(lab)), _ours(lab)
+
+
+def test_no_slurm_variable_of_the_services_environment_reaches_a_job(
+    lab: LabCluster, tmp_path: Path, shared: Path, kite: Buildkite
+) -> None:
+    """Slurm passes every SLURM_* variable of sbatch's environment to the job, --export=NONE
+    or not: sbatch runs without the service's environment, so a SLURM_* variable of the
+    service (a secret, or the SLURM_JOB_ID of a service run inside a job) reaches no job:
+    neither the environment slurmctld keeps for it nor the one its processes see."""
+    config = _config(lab, tmp_path, shared, kite, "rest")
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    blocker = lab.submit("#!/bin/sh\nsleep 600\n", "--job-name=blocker", "-n4")
+    lab.wait_state(blocker, "RUNNING")
+    seen = shared / "job-environment"
+    build = kite.add_build("app", jobs=[
+        {"step_key": "env", "command": f"env > {seen}", "agent_query_rules": ["queue=slurm"]}])
+    env = {**os.environ, "COLUMNS": "200", "BK_LAB_API_TOKEN": Buildkite().api_token,
+           "SLURM_SYNC_LAB_SECRET": secret, "SLURM_JOB_ID": "999999", "SBATCH_SECRET": secret}
+    result = subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), "-q"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(_ours(lab)) == 1, _ours(lab)
+    kept = _environments(lab)
+    assert "SLURM_" in kept  # Slurm's own are there
+    assert secret not in kept and "SLURM_SYNC_LAB_SECRET" not in kept, kept
+    assert "SLURM_JOB_ID=999999" not in kept
+    lab.cmd("scancel", str(blocker))
+    lab.wait("the job to run", lambda: kite.job_state(build.job_ids[0]) == "passed",
+             timeout=120)
+    environment = seen.read_text()
+    assert "SLURM_JOB_ID=" in environment  # the job's own
+    assert secret not in environment and "SLURM_SYNC_LAB_SECRET" not in environment
+    assert "SLURM_JOB_ID=999999" not in environment

@@ -372,3 +372,24 @@ def test_a_sigterm_slurm_took_starts_the_grace_and_a_refused_one_is_retried(
     assert control.asked == [([8, 9, "7_2"], "TERM")]
     assert [o.status for o in outcomes] == [Status.DONE, Status.TRANSIENT, Status.DONE]
     assert "permission denied" in outcomes[1].detail
+
+
+@pytest.mark.parametrize("mode", ["rest", "stacks"])
+def test_a_token_in_a_slurm_variable_is_refused(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sync.errors import ConfigError
+
+    monkeypatch.setenv("SLURM_BK_TOKEN", "bkua_s3cret")
+    settings: dict[str, Any] = {
+        "mode": mode, "queue": "slurm",
+        "agent": {"config": "/etc/bk.cfg", "build_root": "/scratch/bk"},
+        "batch_dir": "/scratch/bk/batches"}
+    if mode == "rest":
+        settings["rest"] = {"organization": "acme", "token": {"env": "SLURM_BK_TOKEN"}}
+    else:
+        settings["stacks"] = {"stack_key": "hpc", "token": {"env": "SLURM_BK_TOKEN"}}
+    with pytest.raises(ConfigError) as err:
+        BuildkiteConnector(settings)
+    assert f"$.connectors.buildkite.{mode}.token" in str(err.value)
+    assert "SLURM_BK_TOKEN" in str(err.value) and "bkua_s3cret" not in str(err.value)

@@ -19,6 +19,7 @@ from sync.slurm.control import (
     SubmitRequest,
     Submitted,
     coarse_state,
+    submit_environment,
 )
 from sync.slurm.model import Job, JobState
 from sync.slurm.run import Runner, SlurmCommands
@@ -36,7 +37,7 @@ args = sys.argv[1:]
 with open(os.path.join(here, "plan.json")) as f:
     plan = json.load(f).get(name, {})
 stdin = sys.stdin.read() if name == "sbatch" else None
-env = {k: v for k, v in os.environ.items() if k.startswith("SYNC_TEST_")}
+env = {k: v for k, v in os.environ.items() if k.startswith(("SYNC_TEST_", "SLURM_SYNC_TEST"))}
 with open(os.path.join(here, "calls.jsonl"), "a") as log:
     log.write(json.dumps({"command": name, "argv": args, "stdin": stdin, "env": env}) + "\\n")
 if name == "squeue" and args == ["--version"]:
@@ -166,6 +167,25 @@ def test_submit_environment_reaches_sbatch_only_never_argv_or_repr(
     assert not any("s3cret" in a for record in control.runner.calls for a in record.argv)
     assert len(control.runner.calls) == 2  # both calls recorded in the one runner
     assert "s3cret" not in repr(request) and "MARKER" not in repr(request)
+
+
+def test_sbatch_never_gets_the_services_environment(
+    slurm: Slurm, control: SlurmControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch hands every SLURM_* variable it has to the job, --export=NONE or not: it runs
+    with a minimal environment (PATH, SLURM_CONF...) and the request's own, nothing else."""
+    monkeypatch.setenv("SYNC_TEST_SERVICE_TOKEN", "s3cret")
+    monkeypatch.setenv("SLURM_SYNC_TEST_TOKEN", "s3cret")
+    control.submit(_request(env={"SYNC_TEST_FOR_THE_JOB": "1"}))
+    control.submit_array(_request(), 2)
+    first, second = (c["env"] for c in slurm.calls("sbatch"))
+    assert first == {"SYNC_TEST_FOR_THE_JOB": "1"} and second == {}
+    environ = {"PATH": "/usr/bin", "SLURM_CONF": "/etc/slurm/slurm.conf", "HOME": "/root",
+               "SLURM_JOB_ID": "7", "SLURM_SYNC_TOKEN": "s3cret", "BK_TOKEN": "s3cret",
+               "SBATCH_EXPORT": "ALL", "LANG": "C.UTF-8"}
+    assert submit_environment(environ) == {"PATH": "/usr/bin", "HOME": "/root",
+                                           "SLURM_CONF": "/etc/slurm/slurm.conf",
+                                           "LANG": "C.UTF-8"}
 
 
 def test_a_failing_sbatch_raises_with_its_error_line(slurm: Slurm, control: SlurmControl) -> None:
