@@ -96,16 +96,23 @@ class Quirks:
     ``sacct_start_is_eligible``: dbv0.0.37, and dbv0.0.38 before 22.05.8, fill sacct
     ``time.start`` from the eligible time (Slurm bug 15644); the start is then rebuilt as
     ``end - elapsed - suspended`` for ended jobs and left unknown for others.
+
+    ``sacct_exit_code_lost``: dbv0.0.37 to v0.0.39 (21.08 to 23.02) give sacct ``exit_code``
+    as ``{status: "SUCCESS", return_code: 0}`` for every normal exit, 3 included; parsed, a
+    job that ended otherwise than COMPLETED then has an unknown code, and the reader asks
+    sacct's text output (``ExitCode`` is right there) for those jobs.
     """
 
     sacct_start_is_eligible: bool = False
+    sacct_exit_code_lost: bool = False
 
 
 def quirks_of(producer: Producer) -> Quirks:
     """`quirks_of(p)` lists the known-wrong values of producer ``p``."""
     plugin = producer.plugin.removeprefix("db")
     old_start = plugin == "v0.0.37" or (plugin == "v0.0.38" and producer.version < (22, 5, 8))
-    return Quirks(sacct_start_is_eligible=old_start)
+    return Quirks(sacct_start_is_eligible=old_start,
+                  sacct_exit_code_lost=plugin in ("v0.0.37", "v0.0.38", "v0.0.39"))
 
 
 # --- document level ---------------------------------------------------------------------------

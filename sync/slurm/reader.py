@@ -12,19 +12,34 @@ filters the Slurm version honours, filters the rest after parsing, and fetches n
 
 from __future__ import annotations
 
+import logging
+import re
+from collections import Counter
 from dataclasses import replace
 
 from sync.errors import SlurmCommandError, SlurmFormatError
-from sync.slurm.model import NodeTopology
-from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue, resolve_cpu_ids
+from sync.slurm.model import ExitCode, Job, JobState, NodeTopology
+from sync.slurm.parse import (
+    ParseResult,
+    parse_sacct,
+    parse_squeue,
+    quirks_of,
+    resolve_cpu_ids,
+)
 from sync.slurm.query import JobFilter, SacctWindow, parse_version, sacct_args, squeue_args
 from sync.slurm.run import Runner
 from sync.slurm.statesave import JobFiles, read_job_files
 
 __all__ = ["SlurmReader"]
 
+log = logging.getLogger(__name__)
+
 NOT_FINISHED = JobFilter()
 ALL_STATES = JobFilter(states=("all",))
+#: at most this many jobs' exit codes are read from sacct's text output in one call
+TEXT_EXIT_CODES_MAX = 5000
+# sacct -n -P -o JobIDRaw,ExitCode: "1234|3:0" (return code : signal)
+_EXIT_LINE = re.compile(r"^(?P<id>[0-9]{1,10})\|(?P<code>[0-9]{1,3}):(?P<signal>[0-9]{1,3})$")
 
 
 class SlurmReader:
@@ -62,10 +77,49 @@ class SlurmReader:
         return replace(parsed, jobs=jobs)
 
     def sacct(self, window: SacctWindow, job_filter: JobFilter = ALL_STATES) -> ParseResult:
-        """Jobs whose life overlaps ``window``, from the accounting database."""
+        """Jobs whose life overlaps ``window``, from the accounting database.
+
+        Where the producer loses exit codes (``quirks_of``: 21.08 to 23.02 say SUCCESS/0 for
+        any normal exit), the jobs left with an unknown code get it from one more call, sacct's
+        text output, so they read as on later versions (a job that exited 3: return code 3).
+        """
         result = self.runner.run("sacct", sacct_args(window, job_filter))
         parsed = parse_sacct(result.stdout, cluster=self.cluster)
-        return replace(parsed, jobs=tuple(j for j in parsed.jobs if job_filter.matches(j)))
+        jobs = tuple(j for j in parsed.jobs if job_filter.matches(j))
+        if quirks_of(parsed.producer).sacct_exit_code_lost:
+            jobs = self._exit_codes_from_text(jobs)
+        return replace(parsed, jobs=jobs)
+
+    def _exit_codes_from_text(self, jobs: tuple[Job, ...]) -> tuple[Job, ...]:
+        """Ended jobs whose exit code the JSON lost, with sacct's text ``ExitCode``
+        (``rc:signal``): one ``sacct -X -n -P -o JobIDRaw,ExitCode -j ...`` for all. A failed
+        call leaves them unknown (logged): the JSON answer stands."""
+        # an id with two records (a requeued run and the next) is left alone: the text output
+        # (without --duplicates) speaks of its last run only
+        records = Counter(j.job_id for j in jobs)
+        lost = sorted({j.job_id for j in jobs if j.state.finished and records[j.job_id] == 1
+                       and j.state is not JobState.COMPLETED and j.exit_code == ExitCode()})
+        if not lost:
+            return jobs
+        lost = lost[:TEXT_EXIT_CODES_MAX]
+        try:
+            result = self.runner.run("sacct", [
+                "-X", "-n", "-P", "-a", "-o", "JobIDRaw,ExitCode",
+                "-j", ",".join(map(str, lost))])
+        except SlurmCommandError as exc:
+            log.warning("sacct text output failed; exit codes stay unknown", extra={"fields": {
+                "jobs": len(lost), "error": str(exc)}})
+            return jobs
+        found: dict[int, ExitCode] = {}
+        for line in result.stdout.decode("utf-8", errors="replace").splitlines():
+            match = _EXIT_LINE.match(line.strip())
+            if match:
+                code, sig = int(match["code"]), int(match["signal"])
+                found[int(match["id"])] = (ExitCode(None, sig) if sig
+                                           else ExitCode(code, None))
+        wanted = set(lost)
+        return tuple(replace(j, exit_code=found[j.job_id])
+                     if j.job_id in wanted and j.job_id in found else j for j in jobs)
 
     def topology(self) -> dict[str, NodeTopology]:
         """Sockets, cores per socket and threads per core of every node (one ``sinfo`` call)."""
