@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 from sync import __version__
 from sync.actions import Action, Outcome, Status
@@ -204,6 +205,11 @@ class ServiceClient:
             return Reply(method, path, 0, error=_connection_error(exc), attempts=attempt)
         except requests.RequestException as exc:
             return Reply(method, path, 0, error=f"invalid request ({type(exc).__name__})",
+                         attempts=attempt)
+        except urllib3.exceptions.LocationValueError:
+            # urllib3 2 finds a host name it cannot encode (a label of more than 63 characters)
+            # only when connecting, and requests lets that through unwrapped
+            return Reply(method, path, 0, error="invalid request (a host name that cannot be)",
                          attempts=attempt)
         body: Any = None
         if response.content:

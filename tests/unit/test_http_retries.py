@@ -62,3 +62,11 @@ def test_no_answer_is_retried_only_when_it_can_pass(error: BaseException, calls:
     answers = _Answers(error)
     reply = _client(answers).get("/api/x")
     assert reply.status == 0 and answers.calls == calls
+
+
+def test_a_host_name_urllib3_cannot_encode_is_an_answer_not_an_exception() -> None:
+    """urllib3 2 raises LocationParseError while connecting, which requests does not wrap."""
+    client = ServiceClient("http://127." + "9" * 300 + "0.0.1:9", retries=2,
+                           sleep=lambda _: None)
+    reply = client.get("/api/x")
+    assert reply.status == 0 and reply.attempts == 1 and "invalid request" in reply.error
