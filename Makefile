@@ -61,7 +61,7 @@ CHAOS_SEEDS ?= 1 2 3@1.4.4
 CHAOS_JOBS ?= 1000
 chaos: venv
 	$(BIN)/python -m tests.chaos.run $(foreach s,$(CHAOS_SEEDS),--seed $(s)) \
-	  --jobs $(CHAOS_JOBS) --json bench/out/chaos.json
+	  --jobs $(CHAOS_JOBS) --json bench/out/chaos.json --keep bench/out/chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out

@@ -24,6 +24,16 @@ Assertions (each a key of ``check``'s answer; an empty list means it held):
 - ``refused``: nothing in state.db is refused for good but the duplicate rule's refusals;
   ``outbox``: the outbox is empty at the end.
 - ``exit_codes``: a cycle whose ``squeue`` failed exits 3.
+
+Against the bank (myBRC keeps one record per job id, ``jobslurmid``):
+- ``lost``/``invented``: every job that ran has a record, none that never ran has one;
+- ``charged``: the record carries the last run's actual cost (price x cpus x elapsed, half-up to
+  cents), start, end, state, account and partition;
+- ``usage``: each account's and user's usage is the sum of their records: nothing charged twice
+  (a start POST and an end PUT after a kill, a retried PUT) and no difference lost;
+- ``every_run_charged``: the usage covers every run, a requeued job's earlier runs too;
+- ``early_stop``: no end report arrived before its run ended; plus ``refused``, ``outbox`` and
+  ``exit_codes`` as above.
 """
 
 from __future__ import annotations
@@ -31,17 +41,26 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from connectors.clustercockpit import cc_state
 from sync.slurm.model import JobState
-from tests.chaos.harness import CC_CLUSTER, Cycle, Result
+from tests.chaos.harness import Cycle, Result
+from tests.chaos.services import CC_CLUSTER, price
 from tests.chaos.timeline import Job, Run, sacct_records, squeue_state
 
-__all__ = ["ASSERTIONS", "Finding", "check", "figures"]
+__all__ = ["ASSERTIONS", "BANK_ASSERTIONS", "Finding", "assertions_of", "check", "figures"]
 
 ASSERTIONS = ("lost", "duplicated", "invented", "not_stopped", "wrong_stop", "early_stop",
               "requeue", "wrong_fields", "degraded", "refused", "outbox", "exit_codes")
+BANK_ASSERTIONS = ("lost", "invented", "charged", "usage", "every_run_charged", "early_stop",
+                   "refused", "outbox", "exit_codes")
+
+
+def assertions_of(service: str) -> tuple[str, ...]:
+    return BANK_ASSERTIONS if service == "bank" else ASSERTIONS
 DUPLICATE_WINDOW = 86400
 EXIT_SLURM = 3
 
@@ -113,13 +132,24 @@ class _Context:
 
 
 def check(result: Result) -> dict[str, list[Finding]]:
-    """Every assertion with its findings (empty: it held)."""
+    """Every assertion of the run's service with its findings (empty: it held)."""
     ctx = _Context(result)
-    out: dict[str, list[Finding]] = {name: [] for name in ASSERTIONS}
-    api = result.api_version
+    out: dict[str, list[Finding]] = {name: [] for name in assertions_of(result.service)}
 
     def add(name: str, job_id: int | None, detail: str) -> None:
         out[name].append(Finding(name, job_id, detail))
+
+    if result.service == "bank":
+        _check_bank(ctx, add)
+    else:
+        _check_cc(ctx, add)
+    _check_common(ctx, add)
+    return out
+
+
+def _check_cc(ctx: _Context, add: Any) -> None:
+    result = ctx.result
+    api = result.api_version
 
     # one record per run; none without a run
     for (job_id, start), (job, index, run) in ctx.runs.items():
@@ -206,14 +236,19 @@ def check(result: Result) -> dict[str, list[Finding]]:
                 f"started at {start} ended at {run.end}")
     # degraded starts
     _degraded(ctx, add)
-    # refusals and the outbox
+
+
+def _check_common(ctx: _Context, add: Any) -> None:
+    """Nothing refused (but cc-backend's duplicate rule), the outbox empty, exit codes."""
+    result = ctx.result
     for delivery in result.deliveries:
         if delivery["status"] != "permanent":
             continue
         _, job_text, start_text = [*delivery["key"].split("/"), "", ""][:3]
         found = ctx.runs.get((int(job_text), int(start_text))) if (
             job_text.isdigit() and start_text.isdigit()) else None
-        if found is not None and ctx.duplicate_rule_applies(found[0], found[2]):
+        if (result.service != "bank" and found is not None
+                and ctx.duplicate_rule_applies(found[0], found[2])):
             continue
         detail = json.loads(delivery["detail"]).get("detail", "") if delivery["detail"] else ""
         add("refused", int(job_text) if job_text.isdigit() else None,
@@ -230,11 +265,98 @@ def check(result: Result) -> dict[str, list[Finding]]:
         if failed and cycle.exit_code != EXIT_SLURM:
             add("exit_codes", None, f"cycle {cycle.index} (pid {cycle.pid}): squeue failed, "
                 f"exit code {cycle.exit_code}")
-    return out
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_cost(job: Job, run: Run) -> Decimal:
+    """What the bank charges for a run: price x allocated cpus x hours, half-up to cents."""
+    cpus = job.cpus_per_node * job.nodes
+    return (price(job.partition) * cpus * Decimal(run.end - run.start) / 3600).quantize(
+        Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def _check_bank(ctx: _Context, add: Any) -> None:
+    """Every ended job charged exactly once, with its own figures; usage adds up."""
+    result = ctx.result
+    records = {str(r["jobslurmid"]): r for r in result.records}
+    expected_total: dict[str, Decimal] = defaultdict(Decimal)
+    charged_total: dict[str, Decimal] = defaultdict(Decimal)
+    for job in ctx.timeline.jobs:
+        record = records.pop(str(job.job_id), None)
+        if not job.runs:
+            if record is not None:
+                add("invented", job.job_id, f"a record for a job cancelled while pending: "
+                    f"{record['amount']} SU")
+            continue
+        last = job.runs[-1]
+        if record is None:
+            add("lost", job.job_id, f"{len(job.runs)} run(s), the last ended {last.state} at "
+                f"{last.end}: no record (state.db end: "
+                f"{ctx.status(job.job_id, last.start, 'stop') or 'nothing'})")
+            continue
+        amount = Decimal(record["amount"])
+        for run in job.runs:
+            expected_total[job.account] += run_cost(job, run)
+        charged_total[job.account] += amount
+        problems = []
+        want = run_cost(job, last)
+        if amount != want:
+            problems.append(f"amount {amount} != {want} (the last run's cost)")
+        for name, value in (("startdate", _iso(last.start)), ("enddate", _iso(last.end)),
+                            ("accountid", job.account), ("partition", job.partition),
+                            ("jobstatus", last.state)):
+            if record.get(name) != value:
+                problems.append(f"{name} {record.get(name)!r} != {value!r}")
+        if problems:
+            add("charged", job.job_id, "; ".join(problems))
+    for jobslurmid, record in records.items():
+        add("invented", int(jobslurmid) if jobslurmid.isdigit() else None,
+            f"a record for no job of the timeline: {record['amount']} SU")
+    # the service's own usage is the sum of its records: no double charge, no lost difference
+    by_account: dict[str, Decimal] = defaultdict(Decimal)
+    by_user: dict[str, Decimal] = defaultdict(Decimal)
+    users = {str(j.job_id): j.user for j in ctx.timeline.jobs}
+    for record in result.records:
+        by_account[record["accountid"]] += Decimal(record["amount"])
+        user = users.get(str(record["jobslurmid"]), "?")
+        by_user[f"{record['accountid']}/{user}"] += Decimal(record["amount"])
+    for name, value in sorted(result.usage.items()):
+        want = (by_user if "/" in name else by_account).get(name, Decimal("0.00"))
+        if Decimal(value) != want:
+            add("usage", None, f"{name}: usage {value} SU, its records add up to {want}")
+    for account, want in sorted(expected_total.items()):
+        if charged_total[account] != want:
+            add("every_run_charged", None, f"account {account}: {charged_total[account]} SU "
+                f"charged, its runs cost {want} (requeued jobs' earlier runs included)")
+    # no end reported before the run ended
+    for request in result.requests:
+        if request["method"] != "PUT" or not request["path"].startswith("/jobs/"):
+            continue
+        body = _body(request["body"])
+        job = ctx.jobs.get(int(body.get("jobslurmid") or 0))
+        run = next((r for r in job.runs if _iso(r.start) == body.get("startdate")), None) if (
+            job) else None
+        if run is None:
+            add("early_stop", job.job_id if job else None,
+                f"end report for a run that does not exist: {request['body'][:200]}")
+        elif request["received"] < run.end:
+            add("early_stop", job.job_id if job else None, f"end report arrived at "
+                f"{request['received']:.1f}, the run started at {run.start} ended at {run.end}")
 
 
 def _degraded(ctx: _Context, add: Any) -> None:
-    """Starts accepted without hwthreads that slurm-sync could have sent whole."""
+    """Starts accepted without hwthreads that slurm-sync could have sent whole: sent while sacct
+    said the run was still running (the run must wait for squeue's view), or planned after a
+    successful squeue of a cycle that lived had shown its cores. The plan of a payload is taken
+    to be made at the first start_job request of the run: a payload planned without cores (the
+    run ended while squeue failed) and retried from the outbox is no new finding."""
+    first: dict[tuple[Any, Any], float] = {}
+    for request, body in ctx.starts:
+        ident = (body.get("jobId"), body.get("startTime"))
+        first[ident] = min(first.get(ident, request["received"]), request["received"])
     for request, body in ctx.starts:
         if request["status"] not in (200, 201):
             continue
@@ -246,6 +368,7 @@ def _degraded(ctx: _Context, add: Any) -> None:
             continue  # "invented" says it
         job, index, run = found
         sent = request["received"]
+        planned = first[(body.get("jobId"), body.get("startTime"))]
         cycle = _cycle_at(ctx.result.cycles, sent)
         why = ""
         if cycle is not None:
@@ -256,12 +379,12 @@ def _degraded(ctx: _Context, add: Any) -> None:
                 why = "sacct said the run was still running"
         if not why:
             for pid, calls in ctx.calls_of.items():
-                if pid in ctx.killed and (cycle is None or pid != cycle.pid):
+                if pid in ctx.killed:
                     continue
                 for call in calls:
                     if (call["cmd"] != "squeue" or "--json" not in call["args"]
                             or call["rc"] != 0 or call.get("fault") == "empty"
-                            or not run.start <= call["t"] < sent):
+                            or not run.start <= call["t"] < planned):
                         continue
                     st = squeue_state(job, call["t"], ctx.timeline.min_job_age)
                     if st is not None and st.run == index and st.allocation:
@@ -275,13 +398,23 @@ def _degraded(ctx: _Context, add: Any) -> None:
                 f"without hwthreads, but {why} (notes: {notes!r})")
 
 
+def _endpoint(path: str) -> str:
+    """``/api/jobs/start_job/`` -> start_job; ``/jobs/1234/`` -> jobs/ID; ``/can_submit_job/
+    ...`` -> can_submit_job."""
+    parts = [p for p in path.split("/") if p and p != "api"]
+    if not parts:
+        return "/"
+    if parts[0] == "jobs" and len(parts) > 1:
+        return parts[-1] if not parts[1].isdigit() else "jobs/ID"
+    return parts[0]
+
+
 def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any]:
     """The numbers of one run, for the report and BENCHMARKS.md."""
     timeline = result.timeline
     runs = timeline.runs()
     requests = Counter(q["status"] for q in result.requests)
-    by_path = Counter(q["path"].rstrip("/").rsplit("/", 1)[-1] or "jobs"
-                      for q in result.requests)
+    by_path = Counter(f"{q['method']} {_endpoint(q['path'])}" for q in result.requests)
     faults = {
         "cc_5xx": sum(n for s, n in requests.items() if s >= 500),
         "cc_429": requests.get(429, 0),
@@ -293,12 +426,15 @@ def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any
         "slow_answers": sum(1 for c in result.calls if c["fault"].startswith("slow")),
     }
     ctx = _Context(result)
-    duplicate_rule = sum(1 for (jid, s), (job, _, run) in ctx.runs.items()
-                         if not ctx.records.get((jid, s)) and len(job.runs) > 1
-                         and ctx.duplicate_rule_applies(job, run))
+    bank = result.service == "bank"
+    duplicate_rule = 0 if bank else sum(
+        1 for (jid, s), (job, _, run) in ctx.runs.items()
+        if not ctx.records.get((jid, s)) and len(job.runs) > 1
+        and ctx.duplicate_rule_applies(job, run))
     return {
         "seed": result.scenario.seed,
-        "cc_version": result.scenario.cc_version,
+        "service": result.service,
+        "cc_version": "" if bank else result.scenario.cc_version,
         "jobs": len(timeline.jobs),
         "runs": len(runs),
         "short_runs": sum(1 for _, _, r in runs if r.end - r.start < result.scenario.poll),
@@ -307,7 +443,8 @@ def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any
         "cancelled_pending": sum(1 for j in timeline.jobs if j.cancel_at is not None),
         "gpu_jobs": sum(1 for j in timeline.jobs if j.gpus_per_node),
         "records": len(result.records),
-        "records_running": sum(1 for r in result.records if r["jobState"] == "running"),
+        "records_running": sum(1 for r in result.records if r.get("jobState") == "running"
+                               or (bank and not r.get("enddate"))),
         "duplicate_rule_refusals": duplicate_rule,
         "requests": len(result.requests),
         "requests_by_endpoint": dict(by_path),

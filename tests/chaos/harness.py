@@ -1,23 +1,25 @@
-"""Run the real ``slurm-sync`` CLI like cron against the simulated Slurm and a faulty cc-backend.
+"""Run the real ``slurm-sync`` CLI like cron against the simulated Slurm and a faulty service.
 
     result = run_scenario(Scenario.short(seed=7), work=Path("/tmp/chaos-7"))
     findings = check(result)              # check.py: what went wrong, per assertion
 
-What happens, in real time (the timeline is compressed: jobs of 0-40 s, a cycle every 2 s):
-- a cycle (``.venv/bin/slurm-sync -c config.json``, the clustercockpit connector with default
-  settings but url, token, cluster, bin_dir and state_dir) is launched every ``poll`` seconds,
-  whether or not the last one has finished, as cron would; each cycle's exit code, output and the
-  ``slurm-sync status`` that follows it are kept;
-- at seeded moments a cycle is killed with SIGKILL mid-cycle: after its n-th request reached
-  cc-backend (so between cc-backend's commit and slurm-sync's), or after a short delay when it
+The service is cc-backend (``Scenario.service == "clustercockpit"``, the default) or the myBRC
+allocation service (``"bank"``), see services.py. What happens, in real time (the timeline is
+compressed: jobs of 0-40 s, a cycle every 2 s):
+- a cycle (``.venv/bin/slurm-sync -c config.json``, the one connector with default settings but
+  url, token, cluster or prices, bin_dir and state_dir) is launched every ``poll`` seconds,
+  whether or not the last one has finished, as cron would; each cycle's exit code, output and
+  the ``slurm-sync status`` that follows it are kept;
+- at seeded moments a cycle is killed with SIGKILL mid-cycle: after its n-th request reached the
+  service (so between the service's commit and slurm-sync's), or after a short delay when it
   sends nothing;
-- the syncer stops for ``syncer_outage`` seconds; cc-backend is down for ``cc_outage`` seconds
+- the syncer stops for ``syncer_outage`` seconds; the service is down for ``cc_outage`` seconds
   (connections refused, then 503 for the last third), and otherwise faults a share of requests
   (5xx, 429 with Retry-After, hangs, resets);
 - ``squeue`` fails twice (exit 1, slurm_load_jobs error), ``sacct`` answers once with no jobs,
   and answers come slow (stale) once or twice;
-- then the drain: faults off, every job ends, cycles go on until the outbox is empty and
-  cc-backend's tables have not changed for five cycles (or ``max_drain`` runs out).
+- then the drain: faults off, every job ends, cycles go on until the outbox is empty and the
+  service's records have not changed for five cycles (or ``max_drain`` runs out).
 """
 
 from __future__ import annotations
@@ -35,15 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos import slurmsim
-from tests.chaos.timeline import Scenario, Timeline, build_timeline
+from tests.chaos.services import CC_CLUSTER, SERVICES, TOKEN, bank_users
+from tests.chaos.timeline import USERS, Scenario, Timeline, build_timeline
 from tests.emulators.base import Faults
-from tests.emulators.ccbackend import CCBackend
 
 __all__ = ["CC_CLUSTER", "Cycle", "Result", "run_scenario"]
 
 ROOT = Path(__file__).resolve().parents[2]
-CC_CLUSTER = "chaos"
-TOKEN = "chaos-token"
 LEAD_IN = 4.0
 STABLE_CYCLES = 5
 EXIT_LOCKED = 75
@@ -78,8 +78,8 @@ class Result:
     work: Path
     api_version: str
     cycles: list[Cycle]
-    records: list[dict[str, Any]]  # cc-backend's job and job_cache rows at the end
-    requests: list[dict[str, Any]]  # every request cc-backend saw
+    records: list[dict[str, Any]]  # the service's records at the end (cc: job and job_cache)
+    requests: list[dict[str, Any]]  # every request the service saw
     calls: list[dict[str, Any]]  # every stand-in Slurm call
     deliveries: list[dict[str, Any]]  # state.db deliveries at the end
     outbox: list[dict[str, Any]]  # state.db outbox at the end
@@ -90,6 +90,8 @@ class Result:
     wall: float
     drained: bool
     armed_left: dict[str, list[str]] = field(default_factory=dict)
+    service: str = "clustercockpit"
+    usage: dict[str, str] = field(default_factory=dict)  # bank: account (and account/user) SU
 
     def summary(self) -> dict[str, Any]:
         return {"scenario": asdict(self.scenario), "work": str(self.work),
@@ -97,17 +99,11 @@ class Result:
                 "drained": self.drained, "windows": self.windows}
 
 
-def _config(work: Path, url: str, api_version: str | None) -> Path:
-    token = work / "cc-token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o600)
-    cc: dict[str, Any] = {"url": url, "token": {"file": str(token)}, "cluster": CC_CLUSTER}
-    if api_version is not None:
-        cc["api_version"] = api_version
+def _config(work: Path, name: str, settings: dict[str, Any]) -> Path:
     config = {
         "state_dir": str(work / "state"),
         "slurm": {"bin_dir": str(work / "bin")},
-        "connectors": {"clustercockpit": cc},
+        "connectors": {name: settings},
     }
     path = work / "config.json"
     path.write_text(json.dumps(config, indent=2))
@@ -188,15 +184,16 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     work.mkdir(parents=True, exist_ok=True)
     (work / "cycles").mkdir(exist_ok=True)
     t0 = started + LEAD_IN
-    timeline = build_timeline(scenario, t0)
+    service = SERVICES[scenario.service]
+    users = bank_users() if service.name == "bank" else list(USERS)
+    timeline = build_timeline(scenario, t0, users=users)
     slurmsim.install(work, timeline)
-    flavour14 = scenario.cc_version.startswith("1.4")
-    api_version = "1.4" if flavour14 else None
-    emu = CCBackend(scenario.cc_version,
-                    clusters={CC_CLUSTER: {"subclusters": {"main": "*", "gpu": "g[01-16]"}}},
-                    tokens={TOKEN}, commit_interval=None if flavour14 else 5.0)
+    emu: Any = service.make(scenario, users)
     emu.start()
-    config = _config(work, emu.url, api_version)
+    token = work / "service-token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    config = _config(work, service.name, service.settings(emu.url, token, scenario))
     store = work / "state" / "state.db"
     last_end = timeline.last_end + max(
         (r.end_lag for _, _, r in timeline.runs()), default=0) + 2
@@ -205,7 +202,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
                                        "cc_outage": list(plan.cc)}
     say(f"seed {scenario.seed}: {len(timeline.jobs)} jobs, {len(timeline.runs())} runs, "
         f"jobs end by +{last_end - t0:.0f} s; syncer stops at +{plan.syncer[0] - t0:.0f} s, "
-        f"cc-backend down at +{plan.cc[0] - t0:.0f} s")
+        f"{service.name} down at +{plan.cc[0] - t0:.0f} s")
     cycles: list[Cycle] = []
     procs: dict[int, subprocess.Popen[bytes]] = {}
     status_procs: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -224,8 +221,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         env["PYTHONPATH"] = str(product)
 
     def snapshot() -> tuple[Any, ...]:
-        return tuple(sorted((r["jobId"], r["startTime"], r["jobState"])
-                            for r in emu.all_jobs()))
+        return service.snapshot(emu)
 
     def launch(phase: str, armed: list[str], kill: bool) -> None:
         index = len(cycles)
@@ -292,14 +288,14 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
             if cc_phase == "up" and now >= plan.cc[0] and scenario.cc_outage > 0:
                 emu.outage(None, "refuse")
                 cc_phase = "refuse"
-                say(f"+{now - t0:.0f} s: cc-backend refuses connections")
+                say(f"+{now - t0:.0f} s: {service.name} refuses connections")
             elif cc_phase == "refuse" and now >= plan.cc[0] + scenario.cc_outage * 2 / 3:
                 emu.outage(None, "error")
                 cc_phase = "error"
             elif cc_phase == "error" and now >= plan.cc[1]:
                 emu.restore()
                 cc_phase = "done"
-                say(f"+{now - t0:.0f} s: cc-backend is back")
+                say(f"+{now - t0:.0f} s: {service.name} is back")
             # the drain: faults off once every job has ended and sacct has said so
             if drain_start is None and now >= plan.active_end and cc_phase in ("up", "done"):
                 drain_start = now
@@ -349,7 +345,8 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         final = subprocess.run([_slurm_sync(), "-c", str(config), "status"],
                                capture_output=True, env=env, check=False)
         deliveries, outbox = _read_store(store)
-        records = emu.all_jobs()
+        records = service.records(emu)
+        usage = service.usage(emu, users)
         requests = [{"method": s.method, "path": s.path, "status": s.status, "at": s.at,
                      "received": s.received, "body": s.body.decode("utf-8", "replace")}
                     for s in emu.seen]
@@ -359,12 +356,12 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         emu.stop()
     result = Result(
         scenario=scenario, timeline=timeline, work=work,
-        api_version=api_version or "1.5", cycles=cycles, records=records,
+        api_version=service.api_version(scenario), cycles=cycles, records=records,
         requests=requests, calls=slurmsim.calls(work), deliveries=deliveries, outbox=outbox,
         final_status=(final.stdout + final.stderr).decode("utf-8", "replace"),
         final_status_code=final.returncode, windows=windows, kills=kills_done,
         wall=time.time() - started, drained=drained,
-        armed_left=slurmsim.pending_faults(work))
+        armed_left=slurmsim.pending_faults(work), service=service.name, usage=usage)
     _save(result)
     return result
 
@@ -377,6 +374,7 @@ def _save(result: Result) -> None:
         "records": result.records,
         "deliveries": result.deliveries,
         "outbox": result.outbox,
+        "usage": result.usage,
         "final_status": result.final_status,
         "armed_left": result.armed_left,
     }

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.chaos.check import ASSERTIONS, check, figures
+from tests.chaos.check import assertions_of, check, figures
 from tests.chaos.harness import run_scenario
 from tests.chaos.timeline import Scenario
 
@@ -39,7 +40,7 @@ def run_one(scenario: Scenario, work: Path, quiet: bool = False,
 
 def report(numbers: dict[str, Any]) -> str:
     lines = [
-        f"seed {numbers['seed']} (cc-backend {numbers['cc_version']}): "
+        f"seed {numbers['seed']} ({numbers['service']} {numbers['cc_version']}): "
         f"{'PASS' if numbers['passed'] else 'FAIL'} in {numbers['wall_seconds']} s",
         f"  {numbers['jobs']} jobs, {numbers['runs']} runs ({numbers['short_runs']} shorter "
         f"than a poll, {numbers['requeued_jobs']} jobs requeued, {numbers['array_tasks']} array "
@@ -53,7 +54,7 @@ def report(numbers: dict[str, Any]) -> str:
         f"refused by cc-backend's duplicate rule {numbers['duplicate_rule_refusals']}, "
         f"drained {numbers['drained']}",
     ]
-    for name in ASSERTIONS:
+    for name in assertions_of(numbers["service"]):
         count = numbers["failed"].get(name, 0)
         if count:
             lines.append(f"  FAILED {name}: {count}")
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--short", action="store_true", help="the short scenario of make test")
     parser.add_argument("--cc-version", default=None, help="1.5.4 (default) or 1.4.4")
-    parser.add_argument("--keep", default=None, help="work folder (kept); default: a temp one")
+    parser.add_argument("--service", default="clustercockpit",
+                        help="clustercockpit (default) or bank")
+    parser.add_argument("--keep", default=None,
+                        help="keep each seed's work folder in KEEP/seed-N (emptied first); "
+                             "default: a temporary one")
     parser.add_argument("--json", default=None, help="write every seed's figures here")
     parser.add_argument("--product", default=None,
                         help="run the slurm-sync of this folder (e.g. an older commit's "
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for text in seeds:
         seed_text, _, version = text.partition("@")
         seed = int(seed_text)
-        changes: dict[str, Any] = {}
+        changes: dict[str, Any] = {"service": args.service}
         if version or args.cc_version:
             changes["cc_version"] = version or args.cc_version
         if args.short:
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{scenario.syncer_outage:g} s, cc-backend down {scenario.cc_outage:g} s", flush=True)
         if args.keep:
             work = Path(args.keep) / f"seed-{seed}"
+            if work.exists():
+                shutil.rmtree(work)  # an earlier run's call log and state.db would mix in
             numbers = run_one(scenario, work, product=product)
         else:
             with tempfile.TemporaryDirectory(prefix=f"chaos-{seed}-") as folder:

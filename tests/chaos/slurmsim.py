@@ -25,6 +25,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import pwd
 import sys
 import time
 import zlib
@@ -127,7 +128,12 @@ def _exit(code: int, signal: int) -> dict[str, Any]:
 
 
 def _uid(name: str) -> int:
-    return 10000 + zlib.crc32(name.encode()) % 50000
+    """The user's uid on this machine when there is one (the Bank connector looks ended jobs'
+    users up by name), else a made-up one."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return 10000 + zlib.crc32(name.encode()) % 50000
 
 
 # --- squeue ------------------------------------------------------------------------------------

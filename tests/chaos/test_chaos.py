@@ -10,6 +10,7 @@ check.py is its own test, so a failure names what broke; the long run is ``make 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ SHOWN = 8
 def outcome(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict[str, list[Finding]]]:
     keep = os.environ.get("CHAOS_KEEP")
     work = Path(keep) / f"seed-{SEED}" if keep else tmp_path_factory.mktemp(f"chaos-{SEED}")
+    if keep and work.exists():
+        shutil.rmtree(work)
     result = run_scenario(Scenario.short(seed=SEED), work)
     return result, check(result)
 

@@ -29,12 +29,15 @@ What Slurm shows:
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "ACCOUNTS",
     "CORES_PER_SOCKET",
     "GPUS_PER_NODE",
+    "USERS",
     "Job",
     "Run",
     "Scenario",
@@ -68,6 +71,7 @@ class Scenario:
     """How big and how nasty one run of the suite is. Times are seconds from the timeline's t0."""
 
     seed: int = 1
+    service: str = "clustercockpit"  # or "bank" (services.py)
     jobs: int = 250
     span: float = 40.0  # submissions spread over [0, span]
     max_duration: int = 20
@@ -233,9 +237,12 @@ def _run(rng: random.Random, job: Job, start: int, scenario: Scenario, later: bo
                start_lag=rng.randint(0, 2), end_lag=end_lag)
 
 
-def build_timeline(scenario: Scenario, t0: float, cluster: str = "sim2411") -> Timeline:
-    """The seeded timeline of ``scenario.jobs`` job ids starting at epoch ``t0``."""
+def build_timeline(scenario: Scenario, t0: float, cluster: str = "sim2411",
+                   users: Sequence[str] | None = None) -> Timeline:
+    """The seeded timeline of ``scenario.jobs`` job ids starting at epoch ``t0``, owned by
+    ``users`` (made-up names by default)."""
     rng = random.Random(scenario.seed)
+    pool = list(users or USERS)
     base = int(t0)
     next_id = 1000 + rng.randint(0, 500)
     jobs: list[Job] = []
@@ -249,7 +256,7 @@ def build_timeline(scenario: Scenario, t0: float, cluster: str = "sim2411") -> T
         nodes = rng.choice((2, 2, 3, 4)) if rng.random() < scenario.multinode_share else 1
         cpus = rng.choice((1, 2, 4, 8, 16, 32)) if nodes == 1 else rng.choice((8, 16, 32))
         common = dict(
-            user=rng.choice(USERS), account=rng.choice(ACCOUNTS),
+            user=rng.choice(pool), account=rng.choice(ACCOUNTS),
             partition="gpu" if gpus else "main", submit=submit, cpus_per_node=cpus,
             nodes=nodes, gpus_per_node=gpus, time_limit=rng.choice((10, 30, 60, 120)),
         )
