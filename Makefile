@@ -1,7 +1,8 @@
 # slurm-sync: everything a newcomer or CI needs, each target installing what it uses.
 #   make demo   bring up the Slurm lab, submit a few jobs, show what slurm-sync reads
-#   make test   lint, type-check, unit tests, the short chaos run (tests/chaos, ~2 min), and
-#               (as root) the lab tests on 22.05, 24.11, 26.05
+#   make test   lint, type-check, unit tests, the short chaos run (tests/chaos, ~2 min), the
+#               short fuzz run (tests/fuzz, ~40 s), and (as root) the lab tests on 22.05, 24.11, 26.05
+#   make fuzz   the long fuzz run: twenty times the inputs (SLURM_SYNC_FUZZ_SEED=N for others)
 #   make chaos  the long chaos run: 1,000 jobs, three seeds (one on cc-backend 1.4), ~25 min
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,7 +11,7 @@ BIN := $(VENV)/bin
 LAB_VERSIONS ?= all
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: all venv lint unit lab-up lab-down test demo bench chaos clean
+.PHONY: all venv lint unit fuzz lab-up lab-down test demo bench chaos clean
 
 all: test
 
@@ -31,6 +32,10 @@ lint: venv
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
+
+# Mutated Slurm documents and configs (tests/fuzz); `make test` runs the same suite short.
+fuzz: venv
+	SLURM_SYNC_FUZZ=long $(BIN)/pytest -q tests/fuzz
 
 lab-up:
 	@if [ "$(IS_ROOT)" != yes ]; then echo "the lab runs Slurm daemons and needs root"; exit 1; fi
