@@ -63,7 +63,7 @@ from sync.connector import (
 )
 from sync.errors import ConfigError, SlurmError
 from sync.http import Reply, ServiceClient, outcome_of
-from sync.secrets import SECRET_REF_SCHEMA
+from sync.secrets import SECRET_REF_SCHEMA, header_problem
 from sync.slurm.model import Job, JobState, NodeAllocation
 from sync.slurm.query import JobFilter, SacctWindow
 
@@ -917,6 +917,9 @@ def _token(text: str, json_key: str | None) -> str:
         node = node[part]
     if not isinstance(node, str) or not node.strip():
         raise ConfigError(f"{where}: {json_key!r} in the token file is not a non-empty string")
+    problem = header_problem(node)
+    if problem:
+        raise ConfigError(f"{where}: {json_key!r} in the token file {problem}")
     return node
 
 

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -204,7 +206,7 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
     for skipped in result.skipped:
         err.print(
             f"[yellow]skipped[/] squeue record {skipped.index} (job {skipped.job_id}): "
-            f"{skipped.reason}",
+            f"{escape(skipped.reason)}",
             highlight=False,
         )
     if args.json:
@@ -219,7 +221,7 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
     for column in ("JOBID", "NAME", "USER", "STATE", "NODES", "CPUS", "GPUS", "START", "LIMIT"):
         table.add_column(column, overflow="fold")
     for job in result.jobs:
-        table.add_row(
+        table.add_row(*map(escape, (
             job.display_id,
             job.name,
             job.user or "-",
@@ -229,7 +231,7 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
             _gpus(job),
             _when(job.start_time),
             _limit(job.time_limit),
-        )
+        )))
     out.print(table)
     out.print(f"{len(result.jobs)} jobs, {len(result.skipped)} records skipped", highlight=False)
     return EXIT_OK
@@ -266,6 +268,8 @@ def _cmd_run(
 ) -> int:
     if args.limit is not None and args.limit < 0:
         raise ConfigError("--limit must be 0 or more")
+    if args.loop is not None and not (math.isfinite(args.loop) and args.loop > 0):
+        raise ConfigError(f"--loop {args.loop}: give the seconds between cycles, a number above 0")
     connectors = _connectors(args, config, registry, reader)
     options = CycleOptions(
         direction=Direction(args.direction),
@@ -330,7 +334,7 @@ def _one_run(
         except LockHeld as exc:
             if not args.loop:
                 raise
-            err.print(f"[yellow]skipped a cycle:[/] {exc}", highlight=False)
+            err.print(f"[yellow]skipped a cycle:[/] {escape(str(exc))}", highlight=False)
             return EXIT_LOCKED
     if not (args.quiet and report.exit_code == 0 and not report.refused):
         _print_report(report, args.run_json, args.dry_run, out, err)
@@ -341,13 +345,13 @@ def _print_report(
     report: CycleReport, as_json: bool, dry_run: bool, out: Console, err: Console
 ) -> None:
     for line in report.slurm_errors:
-        err.print(f"[red]Slurm:[/] {line}", highlight=False)
+        err.print(f"[red]Slurm:[/] {escape(line)}", highlight=False)
     for line in report.connector_errors:
-        err.print(f"[red]connector:[/] {line}", highlight=False)
+        err.print(f"[red]connector:[/] {escape(line)}", highlight=False)
     for line in report.refused:
-        err.print(f"[yellow]refused:[/] {line}", highlight=False)
+        err.print(f"[yellow]refused:[/] {escape(line)}", highlight=False)
     for line in report.behind:
-        err.print(f"[red]behind:[/] {line}", highlight=False)
+        err.print(f"[red]behind:[/] {escape(line)}", highlight=False)
     outcome_of = {(o.action.connector, o.action.kind, o.action.key): o for o in report.outcomes}
     shown_actions = [*report.retried, *report.planned]
     if as_json:
@@ -388,7 +392,7 @@ def _print_report(
         if outcome is not None and outcome.detail:
             shown += f": {outcome.detail}"
         why = f"retry: {action.reason}" if id(action) in retried else action.reason
-        table.add_row(action.connector, action.kind, action.key, why, shown)
+        table.add_row(*map(escape, (action.connector, action.kind, action.key, why, shown)))
     if shown_actions:
         out.print(table)
     done = sum(o.status.delivered for o in report.outcomes)
@@ -449,7 +453,7 @@ def _cmd_check(
     table.add_column("CHECK")
     table.add_column("RESULT", overflow="fold")
     for what, problem in rows:
-        table.add_row(what, f"[red]{problem}[/]" if problem else "[green]ok[/]")
+        table.add_row(escape(what), f"[red]{escape(problem)}[/]" if problem else "[green]ok[/]")
     out.print(table)
     return EXIT_FAILED if any(problem for _, problem in rows) else EXIT_OK
 
@@ -524,14 +528,16 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
     out.print(table)
     for row in rows:
         if row["behind"]:
-            out.print(f"[red]behind:[/] {row['connector']}: {row['behind']}", highlight=False)
+            out.print(f"[red]behind:[/] {escape(row['connector'])}: {escape(row['behind'])}",
+                      highlight=False)
     if refusals:
         refused = Table(title="refused for good (newest first; `slurm-sync retry` sends again)")
         for column in ("CONNECTOR", "ACTION", "JOB", "WHEN", "WHY"):
             refused.add_column(column, overflow="fold")
         for item in refusals:
-            refused.add_row(item.connector, item.kind, item.key, _when(int(item.at)),
-                            str(item.detail.get("detail", "")))
+            refused.add_row(*map(escape, (item.connector, item.kind, item.key,
+                                          _when(int(item.at)),
+                                          str(item.detail.get("detail", "")))))
         out.print(refused)
     if last is None:
         out.print("no run recorded yet")
@@ -594,8 +600,8 @@ def _cmd_retry(args: argparse.Namespace, config: Config, out: Console, err: Cons
     for column in ("CONNECTOR", "ACTION", "JOB", "REFUSED", "WHY"):
         table.add_column(column, overflow="fold")
     for item in requeued:
-        table.add_row(item.connector, item.kind, item.key, _when(int(item.at)),
-                      str(item.detail.get("detail", "")))
+        table.add_row(*map(escape, (item.connector, item.kind, item.key, _when(int(item.at)),
+                                    str(item.detail.get("detail", "")))))
     out.print(table)
     verb = "would be planned" if dry_run else "are planned"
     out.print(f"{len(requeued)} refused action(s) {verb} again by the next run, from what "
@@ -643,7 +649,8 @@ def _cmd_bank_reconcile(
         outcome = connector.apply(action)
         if not outcome.status.delivered:
             failed += 1
-            err.print(f"job {record['jobslurmid']}: {outcome.detail}", highlight=False)
+            err.print(f"job {record['jobslurmid']}: {outcome.detail}", highlight=False,
+                      markup=False)
     connector.close()
     verb = "would re-send" if args.bank_dry_run else "re-sent"
     out.print(f"{verb} {len(actions) - failed} ended jobs from {_when(int(since))} to "
@@ -664,7 +671,7 @@ def _cmd_discover_accelerators(out: Console, err: Console) -> int:
         done = subprocess.run([smi, *NVIDIA_SMI_QUERY], capture_output=True, timeout=60,
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        err.print(f"nvidia-smi did not run: {exc}", highlight=False)
+        err.print(f"nvidia-smi did not run: {exc}", highlight=False, markup=False)
         return EXIT_FAILED
     if done.returncode != 0:
         first = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
@@ -689,7 +696,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     # Every way out is one line and a documented exit code, never a traceback: messages are
     # printed as text (a value in them may look like rich markup, "[/x]").
-    from rich.markup import escape
 
     logging_ready = False
     try:

@@ -249,3 +249,26 @@ def test_bank_reconcile_resends_a_period_from_sacct(
         # 1 cpu for 1 s at 3600 SU/h
         assert [bank.job(j)["amount"] for j in bank.job_ids()] == ["1.00"] * 4
         assert bank.usage("lab") == Decimal("4.00")
+
+
+@pytest.mark.parametrize("loop", ["nan", "inf", "-5", "0"])
+def test_loop_needs_a_finite_interval_above_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], loop: str
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"state_dir": str(tmp_path / "state")}))
+    assert main(["-c", str(config), "--loop", loop]) == 2
+    assert "--loop" in capsys.readouterr().err
+
+
+def test_a_json_token_a_header_cannot_carry_is_named_not_shown(tmp_path: Path) -> None:
+    from connectors.clustercockpit import ClusterCockpitConnector
+    from sync.errors import ConfigError
+
+    token = tmp_path / "cc-slurm-sync.json"
+    token.write_text(json.dumps({"cc-backend": {"apikey": "s\u00e9cr\u20acT"}}))
+    token.chmod(0o600)
+    with pytest.raises(ConfigError) as caught:
+        ClusterCockpitConnector({"url": "http://127.0.0.1:9", "token": {"file": str(token)},
+                                 "token_json_key": "cc-backend.apikey", "api_version": "1.5"})
+    assert "outside Latin-1" in str(caught.value) and "\u20ac" not in str(caught.value)

@@ -263,10 +263,6 @@ def test_jobs_says_slurm_output_is_broken_with_exit_3(
     assert "nested too deep" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sync/cli.py's _cmd_jobs prints job names and skip reasons as rich markup ('[/x]' raises "
-    "MarkupError, exit 70): needs rich.markup.escape there (and in check's rows); remove this "
-    "marker with that fix"))
 def test_jobs_prints_names_and_reasons_that_look_like_markup(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
