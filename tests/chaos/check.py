@@ -105,7 +105,7 @@ class _Context:
         self.runs: dict[tuple[int, int], tuple[Job, int, Run]] = {
             (j.job_id, r.start): (j, i, r) for j, i, r in result.timeline.runs()}
         self.records: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-        for row in result.records:
+        for row in result.records if result.service != "bank" else ():
             self.records[(row["jobId"], row["startTime"])].append(row)
         self.deliveries: dict[tuple[str, str], dict[str, Any]] = {
             (d["key"], d["kind"]): d for d in result.deliveries}
@@ -172,7 +172,8 @@ def _check_cc(ctx: _Context, add: Any) -> None:
         # stop
         if row["jobState"] == "running":
             add("not_stopped", job_id, f"run started at {start} ended {run.state} at "
-                f"{run.end}, its record is still running (state.db stop: "
+                f"{run.end}, its record is still running (state.db start: "
+                f"{ctx.status(job_id, start, 'start') or 'nothing'}, stop: "
                 f"{ctx.status(job_id, start, 'stop') or 'nothing'})")
         else:
             want = cc_state(JobState[run.state], api)
@@ -398,6 +399,27 @@ def _degraded(ctx: _Context, add: Any) -> None:
                 f"without hwthreads, but {why} (notes: {notes!r})")
 
 
+def _stop_delays(ctx: _Context) -> list[float]:
+    """Seconds from each run's end to the stop (cc) or end report (bank) the service took."""
+    done: dict[tuple[int, int], float] = {}
+    if ctx.result.service == "bank":
+        for request in ctx.result.requests:
+            if request["method"] == "PUT" and request["status"] == 200:
+                body = _body(request["body"])
+                job = ctx.jobs.get(int(body.get("jobslurmid") or 0))
+                run = next((r for r in job.runs if _iso(r.start) == body.get("startdate")),
+                           None) if job else None
+                if run is not None:
+                    done.setdefault((job.job_id, run.start), request["received"] - run.end)
+    else:
+        for request, body in ctx.stops:
+            found = ctx.runs.get((body.get("jobId"), body.get("startTime")))
+            if request["status"] == 200 and found is not None:
+                done.setdefault((found[0].job_id, found[2].start),
+                                request["received"] - found[2].end)
+    return list(done.values())
+
+
 def _endpoint(path: str) -> str:
     """``/api/jobs/start_job/`` -> start_job; ``/jobs/1234/`` -> jobs/ID; ``/can_submit_job/
     ...`` -> can_submit_job."""
@@ -416,10 +438,10 @@ def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any
     requests = Counter(q["status"] for q in result.requests)
     by_path = Counter(f"{q['method']} {_endpoint(q['path'])}" for q in result.requests)
     faults = {
-        "cc_5xx": sum(n for s, n in requests.items() if s >= 500),
-        "cc_429": requests.get(429, 0),
-        "cc_hang": requests.get(-1, 0),
-        "cc_reset": requests.get(-2, 0),
+        "service_5xx": sum(n for s, n in requests.items() if s >= 500),
+        "service_429": requests.get(429, 0),
+        "service_hang": requests.get(-1, 0),
+        "service_reset": requests.get(-2, 0),
         "squeue_failed": sum(1 for c in result.calls if c["fault"] == "fail"
                              and c["cmd"] == "squeue"),
         "sacct_empty": sum(1 for c in result.calls if c["fault"] == "empty"),
@@ -431,9 +453,14 @@ def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any
         1 for (jid, s), (job, _, run) in ctx.runs.items()
         if not ctx.records.get((jid, s)) and len(job.runs) > 1
         and ctx.duplicate_rule_applies(job, run))
+    delays = sorted(_stop_delays(ctx))
     return {
         "seed": result.scenario.seed,
         "service": result.service,
+        "stop_delay_p50": round(delays[len(delays) // 2], 1) if delays else None,
+        "stop_delay_max": round(delays[-1], 1) if delays else None,
+        "stops_later_than_min_job_age": sum(1 for d in delays
+                                            if d > result.timeline.min_job_age),
         "cc_version": "" if bank else result.scenario.cc_version,
         "jobs": len(timeline.jobs),
         "runs": len(runs),

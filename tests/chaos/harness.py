@@ -18,8 +18,9 @@ compressed: jobs of 0-40 s, a cycle every 2 s):
   (5xx, 429 with Retry-After, hangs, resets);
 - ``squeue`` fails twice (exit 1, slurm_load_jobs error), ``sacct`` answers once with no jobs,
   and answers come slow (stale) once or twice;
-- then the drain: faults off, every job ends, cycles go on until the outbox is empty and the
-  service's records have not changed for five cycles (or ``max_drain`` runs out).
+- then the drain: faults off, every job ends, and once squeue has forgotten the last of them
+  (MinJobAge), cycles go on until the outbox is empty and the service's records have not changed
+  for five cycles (or ``max_drain`` runs out).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tests.chaos.services import CC_CLUSTER, SERVICES, TOKEN, bank_users
 from tests.chaos.timeline import USERS, Scenario, Timeline, build_timeline
 from tests.emulators.base import Faults
 
-__all__ = ["CC_CLUSTER", "Cycle", "Result", "run_scenario"]
+__all__ = ["CC_CLUSTER", "Cycle", "Result", "load_result", "run_scenario"]
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAD_IN = 4.0
@@ -198,6 +199,9 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     last_end = timeline.last_end + max(
         (r.end_lag for _, _, r in timeline.runs()), default=0) + 2
     plan = _Schedule(scenario, t0, last_end)
+    # slurm-sync may act on a job only once squeue has forgotten it (a stop held back while
+    # squeue alone says the run ended): "nothing changes" counts only after that
+    settled_after = timeline.last_end + timeline.min_job_age + 2 * scenario.poll
     windows: dict[str, list[float]] = {"syncer_outage": list(plan.syncer),
                                        "cc_outage": list(plan.cc)}
     say(f"seed {scenario.seed}: {len(timeline.jobs)} jobs, {len(timeline.runs())} runs, "
@@ -260,7 +264,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
             del procs[index]
             kill_plan.pop(index, None)
             if cycle.phase == "drain" and not cycle.killed and code != EXIT_LOCKED:
-                stable.append((index, snapshot(), _outbox_depth(store)))
+                stable.append((index, snapshot(), _outbox_depth(store), cycle.launched))
             if not cycle.killed and code != EXIT_LOCKED:
                 path = work / "cycles" / f"{index:04d}.status"
                 with open(path, "wb") as out:
@@ -326,8 +330,8 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
                             armed.append(f"{command}:slow")
                 # a planned kill whose cycle ends before the trigger moves to the next cycle
                 launch("drain" if drain_start is not None else "active", armed, kill)
-            if drain_start is not None:
-                recent = stable[-STABLE_CYCLES:]
+            if drain_start is not None and now >= settled_after:
+                recent = [s for s in stable if s[3] >= settled_after][-STABLE_CYCLES:]
                 if (len(recent) == STABLE_CYCLES and all(s[1] == recent[0][1] for s in recent)
                         and all(s[2] == 0 for s in recent)):
                     drained = True
@@ -364,6 +368,25 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         armed_left=slurmsim.pending_faults(work), service=service.name, usage=usage)
     _save(result)
     return result
+
+
+def load_result(work: Path) -> Result:
+    """The Result a finished run left in ``work`` (result.json, requests.json, calls.jsonl,
+    timeline.json), to check it again without running it again."""
+    data = json.loads((work / "result.json").read_text())
+    summary = data["summary"]
+    scenario = Scenario(**summary["scenario"])
+    timeline = Timeline.from_dict(json.loads((work / "timeline.json").read_text()))
+    return Result(
+        scenario=scenario, timeline=timeline, work=work,
+        api_version=SERVICES[scenario.service].api_version(scenario),
+        cycles=[Cycle(**c) for c in data["cycles"]], records=data["records"],
+        requests=json.loads((work / "requests.json").read_text()),
+        calls=slurmsim.calls(work), deliveries=data["deliveries"], outbox=data["outbox"],
+        final_status=data["final_status"], final_status_code=0, windows=summary["windows"],
+        kills=summary["kills"], wall=summary["wall"], drained=summary["drained"],
+        armed_left=data.get("armed_left", {}), service=scenario.service,
+        usage=data.get("usage", {}))
 
 
 def _save(result: Result) -> None:

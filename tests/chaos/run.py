@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.chaos.check import assertions_of, check, figures
-from tests.chaos.harness import run_scenario
+from tests.chaos.harness import load_result, run_scenario
 from tests.chaos.timeline import Scenario
 
 EXAMPLES = 5
@@ -40,7 +40,8 @@ def run_one(scenario: Scenario, work: Path, quiet: bool = False,
 
 def report(numbers: dict[str, Any]) -> str:
     lines = [
-        f"seed {numbers['seed']} ({numbers['service']} {numbers['cc_version']}): "
+        f"seed {numbers['seed']} ({numbers['service']} {numbers['cc_version']}".rstrip()
+        + f"): "
         f"{'PASS' if numbers['passed'] else 'FAIL'} in {numbers['wall_seconds']} s",
         f"  {numbers['jobs']} jobs, {numbers['runs']} runs ({numbers['short_runs']} shorter "
         f"than a poll, {numbers['requeued_jobs']} jobs requeued, {numbers['array_tasks']} array "
@@ -50,9 +51,13 @@ def report(numbers: dict[str, Any]) -> str:
         f"{numbers['kills']} kill -9, {numbers['slurm_calls']} Slurm calls, "
         f"{numbers['requests']} requests {numbers['requests_by_endpoint']}",
         f"  faults: {numbers['faults']}",
-        f"  records {numbers['records']}, still running {numbers['records_running']}, "
-        f"refused by cc-backend's duplicate rule {numbers['duplicate_rule_refusals']}, "
-        f"drained {numbers['drained']}",
+        f"  stops {numbers['stop_delay_p50']} s after the end (median), at most "
+        f"{numbers['stop_delay_max']} s; {numbers['stops_later_than_min_job_age']} later than "
+        f"MinJobAge",
+        f"  records {numbers['records']}, still running {numbers['records_running']}"
+        + (f", refused by cc-backend's duplicate rule {numbers['duplicate_rule_refusals']}"
+           if numbers["service"] != "bank" else "")
+        + f", drained {numbers['drained']}",
     ]
     for name in assertions_of(numbers["service"]):
         count = numbers["failed"].get(name, 0)
@@ -75,10 +80,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep each seed's work folder in KEEP/seed-N (emptied first); "
                              "default: a temporary one")
     parser.add_argument("--json", default=None, help="write every seed's figures here")
+    parser.add_argument("--recheck", default=None, metavar="WORK",
+                        help="check a kept work folder (KEEP/seed-N) again; run nothing")
     parser.add_argument("--product", default=None,
                         help="run the slurm-sync of this folder (e.g. an older commit's "
                              "`git archive`) instead of the installed one")
     args = parser.parse_args(argv)
+    if args.recheck:
+        result = load_result(Path(args.recheck))
+        findings = check(result)
+        numbers = figures(result, findings)
+        numbers["examples"] = {name: [str(f) for f in items[:EXAMPLES]]
+                               for name, items in findings.items() if items}
+        print(report(numbers))
+        for items in findings.values():
+            for finding in items[EXAMPLES:]:
+                print(f"    {finding}")
+        return 0 if numbers["passed"] else 1
     seeds = args.seed or ["1"]
     product = Path(args.product).resolve() if args.product else None
     results = []

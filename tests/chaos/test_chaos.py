@@ -5,6 +5,7 @@ check.py is its own test, so a failure names what broke; the long run is ``make 
 
     pytest tests/chaos/test_chaos.py -ra
     CHAOS_SEED=9 CHAOS_KEEP=/tmp/chaos pytest tests/chaos/test_chaos.py   # another seed, kept
+    CHAOS_SERVICE=bank pytest tests/chaos/test_chaos.py                   # against the bank
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.check import ASSERTIONS, Finding, check, figures
+from tests.chaos.check import Finding, assertions_of, check, figures
 from tests.chaos.harness import Result, run_scenario
 from tests.chaos.timeline import Scenario
 
 SEED = int(os.environ.get("CHAOS_SEED", "7"))
+SERVICE = os.environ.get("CHAOS_SERVICE", "clustercockpit")
 SHOWN = 8
 
 
@@ -30,7 +32,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, dict[str,
     work = Path(keep) / f"seed-{SEED}" if keep else tmp_path_factory.mktemp(f"chaos-{SEED}")
     if keep and work.exists():
         shutil.rmtree(work)
-    result = run_scenario(Scenario.short(seed=SEED), work)
+    result = run_scenario(Scenario.short(seed=SEED, service=SERVICE), work)
     return result, check(result)
 
 
@@ -43,12 +45,12 @@ def test_the_scenario_happened(outcome: tuple[Result, dict[str, list[Finding]]])
     assert faults["squeue_failed"] == result.scenario.squeue_failures, numbers
     assert faults["sacct_empty"] == result.scenario.sacct_empty, numbers
     assert faults["slow_answers"] == result.scenario.slow_answers, numbers
-    assert faults["cc_5xx"] and faults["cc_hang"] + faults["cc_reset"], numbers
+    assert faults["service_5xx"] and faults["service_hang"] + faults["service_reset"], numbers
     assert numbers["runs"] >= 200 and numbers["requeued_jobs"] and numbers["array_tasks"]
     assert result.drained, f"cc-backend's tables or the outbox still changed: {numbers}"
 
 
-@pytest.mark.parametrize("assertion", ASSERTIONS)
+@pytest.mark.parametrize("assertion", assertions_of(SERVICE))
 def test_assertion(outcome: tuple[Result, dict[str, list[Finding]]], assertion: str) -> None:
     result, findings = outcome
     found = findings[assertion]

@@ -81,7 +81,7 @@ class Scenario:
     array_share: float = 0.08  # share of jobs that are array tasks
     gpu_share: float = 0.15
     multinode_share: float = 0.10
-    min_job_age: int = 300
+    min_job_age: int = 30  # squeue's MinJobAge, compressed like the rest (long run: Slurm's 300)
     poll: float = 2.0
     # faults of the harness (see harness.py)
     kills: int = 1
@@ -98,7 +98,7 @@ class Scenario:
     cc_rate_limit: int | None = 60
     cc_latency: float = 0.003
     cc_version: str = "1.5.4"
-    max_drain: float = 75.0
+    max_drain: float = 120.0
 
     @classmethod
     def short(cls, seed: int = 1, **changes: Any) -> Scenario:
@@ -112,7 +112,8 @@ class Scenario:
         base: dict[str, Any] = dict(
             seed=seed, jobs=jobs, span=240.0 * jobs / 1000, max_duration=40, kills=5,
             syncer_outage=60.0, cc_outage=75.0, cc_error_share=0.12, cc_timeout_share=0.03,
-            cc_reset_share=0.03, cc_rate_limit=40, max_drain=420.0, slow_answers=2)
+            cc_reset_share=0.03, cc_rate_limit=40, min_job_age=300, max_drain=720.0,
+            slow_answers=2)
         base.update(changes)
         return cls(**base)
 
