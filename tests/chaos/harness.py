@@ -182,6 +182,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     by default the installed one."""
     say = log or (lambda *_: None)
     started = time.time()
+    work = work.resolve()  # the config's paths must be absolute, and cycles run in work
     work.mkdir(parents=True, exist_ok=True)
     (work / "cycles").mkdir(exist_ok=True)
     t0 = started + LEAD_IN
