@@ -315,7 +315,7 @@ def _one_run(
                 ended = time.time()
                 store.record_run(
                     started=started, ended=ended, exit_code=report.exit_code,
-                    counts=RunCount.from_outcomes(report.outcomes),
+                    counts=RunCount.from_outcomes(report.outcomes), skipped=len(report.skipped),
                 )
                 if config.metrics_file:
                     write_metrics(config.metrics_file, render_metrics(
@@ -330,13 +330,14 @@ def _one_run(
                         behind={line.split(":", 1)[0] for line in report.behind},
                         slurm_failed=bool(report.slurm_errors),
                         connector_errors=len(report.connector_errors),
+                        skipped_records=len(report.skipped),
                     ))
         except LockHeld as exc:
             if not args.loop:
                 raise
             err.print(f"[yellow]skipped a cycle:[/] {escape(str(exc))}", highlight=False)
             return EXIT_LOCKED
-    if not (args.quiet and report.exit_code == 0 and not report.refused):
+    if not (args.quiet and report.exit_code == 0 and not report.refused and not report.skipped):
         _print_report(report, args.run_json, args.dry_run, out, err)
     return report.exit_code
 
@@ -348,6 +349,8 @@ def _print_report(
         err.print(f"[red]Slurm:[/] {escape(line)}", highlight=False)
     for line in report.connector_errors:
         err.print(f"[red]connector:[/] {escape(line)}", highlight=False)
+    for line in report.skipped:
+        err.print(f"[yellow]skipped[/] {escape(line)}", highlight=False)
     for line in report.refused:
         err.print(f"[yellow]refused:[/] {escape(line)}", highlight=False)
     for line in report.behind:
@@ -375,6 +378,7 @@ def _print_report(
             "refused": report.refused,
             "slurm_errors": report.slurm_errors,
             "connector_errors": report.connector_errors,
+            "skipped_records": report.skipped,
             "behind": report.behind,
             "lag": {name: {"ended_unstopped": lag.ended_unstopped, "oldest_end": lag.oldest_end,
                            "unknown": lag.unknown, "refused": lag.refused}
@@ -510,7 +514,7 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
                           "detail": r.detail.get("detail", "")} for r in refusals],
             "last_run": None if last is None else {
                 "started": last.started, "ended": last.ended, "exit_code": last.exit_code,
-                "actions": sum(c.count for c in last.counts)},
+                "actions": sum(c.count for c in last.counts), "skipped_records": last.skipped},
         }))
         return EXIT_OK
     table = Table(title=f"slurm-sync state in {path}")
@@ -544,7 +548,8 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
     else:
         out.print(
             f"last run: {_when(int(last.started))}, exit code {last.exit_code}, "
-            f"{sum(c.count for c in last.counts)} actions",
+            f"{sum(c.count for c in last.counts)} actions, "
+            f"{last.skipped} Slurm records skipped (unreadable; the run names them)",
             highlight=False,
         )
     return EXIT_OK

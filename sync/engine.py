@@ -139,6 +139,7 @@ class CycleReport:
     connector_errors: list[str] = field(default_factory=list)
     lag: dict[str, Lag] = field(default_factory=dict)
     behind: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -282,21 +283,30 @@ def limit(actions: Sequence[Action], cap: int | None) -> tuple[list[Action], lis
 
 def _view(
     reader: SlurmReader, squeue_filter: JobFilter | None, window: SacctWindow | None,
-    now: float, scope: Scope, errors: list[str],
+    now: float, scope: Scope, errors: list[str], skipped: list[str] | None = None,
 ) -> View:
+    """The cycle's view: one squeue, one sacct. Records the parser skipped are named in
+    ``skipped`` (``squeue record 3 (job 42): why``), so a cycle reports them."""
+    skipped = [] if skipped is None else skipped
     active: tuple[Job, ...] = ()
     ended: tuple[Job, ...] = ()
     squeue_ok = sacct_ok = True
     if squeue_filter is not None:
         try:
-            active = reader.squeue(squeue_filter).jobs
+            answer = reader.squeue(squeue_filter)
+            active = answer.jobs
+            skipped += [f"squeue record {s.index} (job {s.job_id}): {s.reason}"
+                        for s in answer.skipped]
         except SlurmError as exc:
             squeue_ok = False
             errors.append(str(exc))
     if window is not None:
         try:
             sacct_filter = JobFilter(states=("all",), job_ids=tuple(scope.job_ids))
-            ended = reader.sacct(window, sacct_filter).jobs
+            answer = reader.sacct(window, sacct_filter)
+            ended = answer.jobs
+            skipped += [f"sacct record {s.index} (job {s.job_id}): {s.reason}"
+                        for s in answer.skipped]
         except SlurmError as exc:
             sacct_ok = False
             errors.append(str(exc))
@@ -499,7 +509,9 @@ def run_cycle(
     if windows:
         widest = SacctWindow(min(w.start for w in windows.values()), int(now) + 1)
     view = _view(reader, merged_filter(needs.values(), options.scope), widest, now,
-                 options.scope, report.slurm_errors)
+                 options.scope, report.slurm_errors, report.skipped)
+    for line in report.skipped:
+        log.warning("slurm record skipped", extra={"fields": {"record": line}})
     snapshots = {name: _snapshot(store, name, _kinds(connectors[name]),
                                  connectors[name].timed_kinds) for name in needs}
     if view.sacct_ok and not options.scope.job_ids:

@@ -44,6 +44,7 @@ def render_metrics(
     behind: Collection[str] = (),
     slurm_failed: bool = False,
     connector_errors: int = 0,
+    skipped_records: int = 0,
 ) -> str:
     """The metrics of one run, as text. The lag figures are what an alert needs: a connector
     whose ended runs are not stopped (and since when), runs Slurm has no record of, stops the
@@ -87,6 +88,9 @@ def render_metrics(
         "# HELP slurm_sync_connector_errors Connectors whose cycle failed in the last run.",
         "# TYPE slurm_sync_connector_errors gauge",
         f"slurm_sync_connector_errors {connector_errors}",
+        "# HELP slurm_sync_skipped_records Slurm records the last run could not read.",
+        "# TYPE slurm_sync_skipped_records gauge",
+        f"slurm_sync_skipped_records {skipped_records}",
     ]
     records = sorted(lag, key=lambda r: r.connector)
     gauges: tuple[tuple[str, str, Callable[[LagRecord], float]], ...] = (

@@ -164,6 +164,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        version=3,
+        description="runs: how many Slurm records the run could not read",
+        statements=("ALTER TABLE runs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -275,6 +280,7 @@ class Run:
     ended: float
     exit_code: int
     counts: tuple[RunCount, ...] = ()
+    skipped: int = 0
 
     def count(self, *, connector: str | None = None, status: Status | None = None) -> int:
         """`run.count(connector=..., status=...)` sums the counts matching both (None: any)."""
@@ -841,7 +847,8 @@ class Store:
     # --------------------------------------------------------------------------- runs
 
     def record_run(
-        self, *, started: float, ended: float, exit_code: int, counts: Iterable[RunCount] = ()
+        self, *, started: float, ended: float, exit_code: int, counts: Iterable[RunCount] = (),
+        skipped: int = 0,
     ) -> Run:
         """`store.record_run(started=, ended=, exit_code=, counts=)` records one run."""
         _check_time(started, "started")
@@ -856,8 +863,8 @@ class Store:
 
         def write(conn: sqlite3.Connection) -> int:
             cursor = conn.execute(
-                "INSERT INTO runs (started, ended, exit_code) VALUES (?, ?, ?)",
-                (started, ended, exit_code),
+                "INSERT INTO runs (started, ended, exit_code, skipped) VALUES (?, ?, ?, ?)",
+                (started, ended, exit_code, skipped),
             )
             run_id = int(cursor.lastrowid or 0)
             conn.executemany(
@@ -869,7 +876,7 @@ class Store:
         run_id = self._write("recording the run", write)
         return Run(
             run_id, started, ended, exit_code,
-            tuple(RunCount(c, s, n) for (c, s), n in sorted(merged.items())),
+            tuple(RunCount(c, s, n) for (c, s), n in sorted(merged.items())), skipped,
         )
 
     def last_run(self) -> Run | None:
@@ -877,7 +884,7 @@ class Store:
 
         def read(conn: sqlite3.Connection) -> Run | None:
             row = conn.execute(
-                "SELECT id, started, ended, exit_code FROM runs ORDER BY id DESC LIMIT 1"
+                "SELECT id, started, ended, exit_code, skipped FROM runs ORDER BY id DESC LIMIT 1"
             ).fetchone()
             if row is None:
                 return None
@@ -886,10 +893,10 @@ class Store:
                 " ORDER BY connector, status",
                 (row[0],),
             ).fetchall()
-            run_id, started, ended, exit_code = row
+            run_id, started, ended, exit_code, skipped = row
             return Run(
                 run_id, started, ended, exit_code,
-                tuple(RunCount(c, Status(s), n) for c, s, n in counts),
+                tuple(RunCount(c, Status(s), n) for c, s, n in counts), skipped,
             )
 
         return self._read("reading the last run", read, snapshot=True)

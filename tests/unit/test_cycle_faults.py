@@ -5,6 +5,7 @@ what happened. Slurm is a small in-memory timeline that honours sacct's window a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from connectors.events import EventsConnector
@@ -12,7 +13,7 @@ from sync.actions import Action, Outcome
 from sync.connector import Direction, Scope, SlurmNeeds, Snapshot, View
 from sync.engine import EXIT_BEHIND, EXIT_CONNECTOR, EXIT_SLURM, CycleOptions, run_cycle
 from sync.errors import SlurmCommandError
-from sync.slurm.model import Job, JobState
+from sync.slurm.model import Job, JobState, Skipped
 from sync.slurm.parse import ParseResult, Producer
 from sync.slurm.query import JobFilter, SacctWindow
 from sync.slurm.reader import SlurmReader
@@ -201,3 +202,22 @@ def test_a_connector_behind_more_than_max_lag_turns_the_exit_code() -> None:
     assert "not stopped" in report.behind[0] and "outbox" in report.behind[0]
     lag = store.lag(connector="events")
     assert lag is not None and lag.ended_unstopped == 1 and lag.oldest_end == T0 + 20
+
+
+class OneBadRecord(Timeline):
+    def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        good = super().squeue(job_filter)
+        return ParseResult(jobs=good.jobs, producer=good.producer,
+                           skipped=(Skipped(3, 42, "job_resources: node index outside"),))
+
+
+def test_a_cycle_says_which_slurm_records_it_skipped_and_why(tmp_path: Path) -> None:
+    slurm = OneBadRecord([(1, T0, None)])
+    slurm.now = T0 + 10
+    with Store.open(str(tmp_path / "state.db")) as store:
+        report = _run(slurm, store, {"events": Recorder()})
+        store.record_run(started=T0, ended=T0 + 1, exit_code=report.exit_code,
+                         skipped=len(report.skipped))
+        last = store.last_run()
+    assert report.skipped == ["squeue record 3 (job 42): job_resources: node index outside"]
+    assert last is not None and last.skipped == 1
