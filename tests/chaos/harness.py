@@ -223,6 +223,8 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SLURM_CONF", None)
     if product is not None:
+        if not (product / "sync" / "cli.py").is_file():
+            raise FileNotFoundError(f"{product} holds no slurm-sync (sync/cli.py)")
         env["PYTHONPATH"] = str(product)
 
     def snapshot() -> tuple[Any, ...]:
