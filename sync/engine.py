@@ -594,9 +594,13 @@ def _connector_cycle(
         report.connector_errors.append(f"{name}: {halted}")
     # Actions --limit deferred from the outbox stay queued there: only new ones hold the
     # watermark. Stops the guard refused do not: their runs are tracked and looked up by id.
+    # A cycle whose squeue failed plans no start of a run sacct alone shows, and a sacct that
+    # came back empty while squeue shows runs older than the window cannot be right: in both
+    # the watermark stays, or a requeued job's earlier run would fall out of every later window.
     move = (
         window is not None
-        and view.sacct_ok
+        and view.slurm_ok
+        and not sacct_suspect(view)
         and not options.scope.job_ids
         and not any(id(a) not in due_ids for a in deferred)
         and not halted
@@ -617,6 +621,15 @@ def _connector_cycle(
                   store.outbox_stats(connector=name).oldest, store.get_watermark(connector=name))
     if late:
         report.behind.append(f"{name}: {late}")
+
+
+def sacct_suspect(view: View) -> bool:
+    """sacct listed nothing though squeue shows a run that started before the window began
+    (such a run overlaps the window, so sacct must list it): an empty answer that lies."""
+    if view.window is None or view.ended:
+        return False
+    return any(j.state.active and j.start_time and j.start_time < view.window.start
+               for j in view.active)
 
 
 def behind(now: float, max_lag: float | None, oldest_end: float | None,

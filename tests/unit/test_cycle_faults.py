@@ -221,3 +221,30 @@ def test_a_cycle_says_which_slurm_records_it_skipped_and_why(tmp_path: Path) -> 
         last = store.last_run()
     assert report.skipped == ["squeue record 3 (job 42): job_resources: node index outside"]
     assert last is not None and last.skipped == 1
+
+
+def test_a_failed_squeue_or_an_empty_sacct_holds_the_watermark() -> None:
+    """The chaos suite's loss: a requeued job's first run ended while squeue failed; the
+    cycle moved the watermark past it, and no later window held it again."""
+    slurm = Timeline([(1, T0 - 7200, None)])
+    store = Store.memory()
+    slurm.now = T0
+    _run(slurm, store, {"events": Recorder()})
+    mark = store.get_watermark(connector="events")
+    slurm.failing = {"squeue"}
+    slurm.now = T0 + 60
+    _run(slurm, store, {"events": Recorder()})
+    assert store.get_watermark(connector="events") == mark
+    slurm.failing = set()
+
+    class EmptySacct(Timeline):
+        def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+            return _result([])
+
+    empty = EmptySacct(slurm.runs)
+    empty.now = T0 + 120
+    _run(empty, store, {"events": Recorder()})
+    assert store.get_watermark(connector="events") == mark
+    slurm.now = T0 + 180
+    _run(slurm, store, {"events": Recorder()})
+    assert store.get_watermark(connector="events") == T0 + 181
