@@ -133,8 +133,10 @@ def test_quiet_for_cron_and_every_slurm_call_logged_with_vv(
     calls = [json.loads(line) for line in loud.stderr.splitlines()
              if json.loads(line)["message"] == "slurm call"]
     commands = [c["argv"].split()[0].rsplit("/", 1)[-1] for c in calls]
-    # One squeue and one sacct per cycle (plus squeue --version): never one per job.
-    assert commands.count("sacct") == 1
+    # One squeue and one sacct window per cycle (plus squeue --version), never one per job. At
+    # most two more sacct calls, each for many jobs: the lookup of tracked runs outside the
+    # window, and on 21.08-23.02 the exit codes Slurm's JSON lost (earlier tests' jobs).
+    assert 1 <= commands.count("sacct") <= 3, [c["argv"] for c in calls]
     assert commands.count("squeue") == 2
     assert all(c["exit-code"] == 0 for c in calls)
 
