@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sync import __version__
-from sync.actions import Outcome, Status
+from sync.actions import Action, Outcome, Status
 from sync.config import Config, ConnectorSettings, load_config
 from sync.connector import Connector, Direction, Scope, SlurmContext, discover
 from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, behind, run_cycle
@@ -357,23 +357,17 @@ def _print_report(
         err.print(f"[red]behind:[/] {escape(line)}", highlight=False)
     outcome_of = {(o.action.connector, o.action.kind, o.action.key): o for o in report.outcomes}
     shown_actions = [*report.retried, *report.planned]
+
+    def entry(a: Action) -> dict[str, str]:
+        o = outcome_of.get((a.connector, a.kind, a.key))
+        return {"connector": a.connector, "kind": a.kind, "key": a.key, "reason": a.reason,
+                "outcome": o.status.value if o else "planned", "detail": o.detail if o else ""}
+
     if as_json:
         out.print_json(json.dumps({
             "dry_run": dry_run,
-            "actions": [
-                {"connector": a.connector, "kind": a.kind, "key": a.key, "reason": a.reason,
-                 "outcome": (o.status.value if (o := outcome_of.get((a.connector, a.kind, a.key)))
-                             else "planned"),
-                 "detail": o.detail if o else ""}
-                for a in report.planned
-            ],
-            "retried": [
-                {"connector": a.connector, "kind": a.kind, "key": a.key, "reason": a.reason,
-                 "outcome": (o.status.value if (o := outcome_of.get((a.connector, a.kind, a.key)))
-                             else "planned"),
-                 "detail": o.detail if o else ""}
-                for a in report.retried
-            ],
+            "actions": [entry(a) for a in report.planned],
+            "retried": [entry(a) for a in report.retried],
             "deferred": len(report.deferred),
             "refused": report.refused,
             "slurm_errors": report.slurm_errors,
