@@ -605,9 +605,15 @@ def _connector_cycle(
         and not any(id(a) not in due_ids for a in deferred)
         and not halted
     )
+    # A stop that waited in the outbox for its start goes with the next cycle once the start
+    # is settled (delivered or refused), not after the backoff it built up while waiting.
+    settled = {(name, o.action.key) for o in outcomes
+               if o.action.kind in START_KINDS and o.status is not Status.TRANSIENT
+               and o.status is not Status.SKIPPED}
     store.record_outcomes(
         outcomes=outcomes, now=now,
         watermarks={name: float(window.end)} if move and window is not None else None,
+        wake=settled,
     )
     if window is None:
         return

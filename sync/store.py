@@ -695,6 +695,7 @@ class Store:
         outcomes: Sequence[Outcome],
         now: float,
         watermarks: Mapping[str, float] | None = None,
+        wake: Collection[tuple[str, str]] = (),
     ) -> BatchResult:
         """`store.record_outcomes(outcomes=, now=, watermarks=)` writes a batch atomically.
 
@@ -702,8 +703,11 @@ class Store:
         TRANSIENT ones go to the outbox (attempts + 1, next retry after the backoff, last error);
         PERMANENT ones become failed delivery records and leave the outbox; SKIPPED ones are not
         stored (an outbox entry they concern stays). ``watermarks`` ({connector: value}) move in
-        the same transaction, forward only (see :meth:`set_watermark`). Nothing is written when
-        nothing changed; on any error nothing of the batch is.
+        the same transaction, forward only (see :meth:`set_watermark`). ``wake`` ({(connector,
+        key)}) makes every queued action of those keys due now: an action that waited for
+        another of its key (a stop for its start) goes as soon as that one is settled, not after
+        its own backoff. Nothing is written when nothing changed; on any error nothing of the
+        batch is.
         """
         _check_time(now, "now")
         marks = dict(watermarks or {})
@@ -711,7 +715,8 @@ class Store:
             _check_time(value, f"watermark of {name!r}")
         rows = [_OutcomeRow.of(o) for o in outcomes if o.status is not Status.SKIPPED]
         skipped = len(outcomes) - len(rows)
-        if not rows and not marks:
+        woken = sorted(set(wake))
+        if not rows and not marks and not woken:
             return BatchResult(skipped=skipped)
         self._check_writable("record_outcomes")
 
@@ -724,6 +729,10 @@ class Store:
                 conn, [r for r in rows if r.status is Status.TRANSIENT]
             )
             counts = {"delivered": 0, "failed": 0, "queued": 0}
+            # before this batch's own rows, which keep the backoff they get here
+            conn.executemany(
+                "UPDATE outbox SET next_retry = ? WHERE connector = ? AND key = ?"
+                " AND next_retry > ?", [(now, name, key, now) for name, key in woken])
             for row in rows:
                 ident = (row.connector, row.key, row.kind)
                 if row.status is Status.TRANSIENT:

@@ -100,6 +100,30 @@ def test_a_start_that_waited_in_the_outbox_still_gets_its_stop_after_the_window(
     assert any(ids == (7,) for _, ids in slurm.sacct_calls), "no lookup of the tracked run"
 
 
+def test_a_stop_that_waited_for_its_start_goes_once_the_start_is_delivered() -> None:
+    """A stop queued behind its start builds up a backoff of its own while it waits; once the
+    start is delivered the stop goes with the next cycle, not when that backoff runs out."""
+    slurm = Timeline([(7, T0 + 5, T0 + 20)])
+    store = Store.memory(rand=lambda: 0.0)
+    sink = Recorder()
+    key = f"c/7/{T0 + 5}"
+    sink.down = True
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": sink})  # the start fails: due again at +40
+    slurm.now = T0 + 25
+    _run(slurm, store, {"events": sink})  # the job ended: its stop waits for the start (+55)
+    assert {e.action.kind for e in store.due(connector="events", now=T0 + 100)} == {
+        "start", "stop"}
+    sink.down = False
+    slurm.now = T0 + 40
+    _run(slurm, store, {"events": sink})
+    assert sink.written == [("start", key)]
+    slurm.now = T0 + 41
+    _run(slurm, store, {"events": sink})
+    assert sink.written == [("start", key), ("stop", key)]
+    assert store.outbox_stats(connector="events").depth == 0
+
+
 def test_after_a_syncer_outage_a_confirmed_backlog_is_stopped_without_force() -> None:
     """90 jobs tracked, the syncer down for an hour, 80 of them ended meanwhile: the catch-up
     cycle stops all 80 (sacct confirms each run's end) and nothing is left behind."""
