@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from sync.actions import Action, Outcome, Status
+from sync.actions import Action, Outcome, RunKey, Status
 from sync.connector import (
     Connector,
     Direction,
@@ -426,14 +426,6 @@ def _schema_error(reply: Reply) -> str | None:
     return text[found.start():] if found else None
 
 
-def _key_parts(key: str) -> tuple[str, int, int] | None:
-    """``cluster/job_id/start_time`` as (cluster, job id, start), None for another shape."""
-    parts = key.split("/")
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-        return None
-    return parts[0], int(parts[1]), int(parts[2])
-
-
 # --- what cc-backend has (reconcile) ------------------------------------------------------------
 
 
@@ -679,8 +671,8 @@ class ClusterCockpitConnector(Connector):
         version, why = self._version() if actions else (None, "")
         groups: dict[tuple[str, int] | str, list[int]] = {}
         for index, action in enumerate(actions):
-            parts = _key_parts(action.key)
-            groups.setdefault(action.key if parts is None else parts[:2], []).append(index)
+            parts = RunKey.parse(action.key)
+            groups.setdefault(action.key if parts is None else parts.job, []).append(index)
         outcomes: list[Outcome | None] = [None] * len(actions)
         batch = {a.key for a in actions}
 
@@ -701,9 +693,9 @@ class ClusterCockpitConnector(Connector):
                 if outcome.status.delivered:
                     self._delivered_now.add(action.key)
                 if outcome.status is Status.TRANSIENT and waits is None:
-                    parts = _key_parts(action.key)
+                    parts = RunKey.parse(action.key)
                     if parts is not None:
-                        waits = f"waits for run {parts[2]} of job {parts[1]}"
+                        waits = f"waits for run {parts.start} of job {parts.job_id}"
 
         workers = max(1, min(self.concurrency, len(groups)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -733,16 +725,16 @@ class ClusterCockpitConnector(Connector):
     def _earlier_run_queued(self, key: str, batch: set[str]) -> str | None:
         """Why this start waits for an earlier run of its job whose start is in the outbox and
         not in this batch (not due yet, or deferred by --limit); None when none is."""
-        parts = _key_parts(key)
+        parts = RunKey.parse(key)
         if parts is None:
             return None
-        earlier = [p[2] for k in self._snapshot.queued.get(START, frozenset())
+        earlier = [p.start for k in self._snapshot.queued.get(START, frozenset())
                    if k not in batch and not self._ours(k)
-                   and (p := _key_parts(k)) is not None and p[:2] == parts[:2]
-                   and p[2] < parts[2]]
+                   and (p := RunKey.parse(k)) is not None and p.job == parts.job
+                   and p.start < parts.start]
         if not earlier:
             return None
-        return f"waits for run {min(earlier)} of job {parts[1]} (queued in the outbox)"
+        return f"waits for run {min(earlier)} of job {parts.job_id} (queued in the outbox)"
 
     def _start_one(self, action: Action, version: str | None, why: str) -> Outcome:
         if action.payload.get("adopt"):
@@ -924,8 +916,8 @@ def _token(text: str, json_key: str | None) -> str:
 
 
 def _start_of(key: str) -> int:
-    parts = _key_parts(key)
-    return parts[2] if parts is not None else 0
+    parts = RunKey.parse(key)
+    return parts.start if parts is not None else 0
 
 
 def _join(first: str | None, second: str) -> str:

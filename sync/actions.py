@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-__all__ = ["Action", "Outcome", "Status"]
+__all__ = ["Action", "Outcome", "RunKey", "Status"]
 
 
 class Status(str, Enum):
@@ -78,3 +78,32 @@ class Outcome:
     @classmethod
     def skipped(cls, action: Action, detail: str) -> Outcome:
         return cls(action, Status.SKIPPED, detail)
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """A delivery key ``cluster/job_id/start_time`` (``sync.connector.delivery_key``) taken
+    apart; runs of one job sort by start.
+
+    >>> RunKey.parse("lab2411/42/1790000000")
+    RunKey(cluster='lab2411', job_id=42, start=1790000000)
+    >>> RunKey.parse("acme/pipeline/7") is None
+    True
+    """
+
+    cluster: str
+    job_id: int
+    start: int
+
+    @classmethod
+    def parse(cls, key: str) -> RunKey | None:
+        """The parts of ``key``, None for a key of another form."""
+        parts = key.split("/")
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
+            return None
+        return cls(parts[0], int(parts[1]), int(parts[2]))
+
+    @property
+    def job(self) -> tuple[str, int]:
+        """The job this run belongs to: (cluster, job id)."""
+        return self.cluster, self.job_id

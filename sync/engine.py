@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
-from sync.actions import Action, Outcome, Status
+from sync.actions import Action, Outcome, RunKey, Status
 from sync.connector import (
     Connector,
     Direction,
@@ -405,12 +405,10 @@ def _snapshot(store: Store, name: str, kinds: Iterable[str],
 def run_key(key: str) -> tuple[int, int] | None:
     """`run_key("c1/42/1790000000")` is ``(42, 1790000000)``: the job id and start time of a
     delivery key (``cluster/job_id/start_time``), None for a key of another form."""
-    parts = key.split("/")
-    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()
-                               and parts[2].isascii() and parts[2].isdigit()):
+    parts = RunKey.parse(key)
+    if parts is None or parts.job_id <= 0 or parts.start <= 0:
         return None
-    job_id, start = int(parts[1]), int(parts[2])
-    return (job_id, start) if job_id > 0 and start > 0 else None
+    return parts.job_id, parts.start
 
 
 def unseen_runs(tracked: Iterable[str], view: View, cap: int = LOOKUP_CAP) -> dict[str, int]:

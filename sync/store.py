@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync.actions import Action, Outcome, Status
+from sync.actions import Action, Outcome, RunKey, Status
 from sync.errors import SyncError
 
 __all__ = [
@@ -1154,15 +1154,14 @@ def _check_time(value: float, name: str) -> None:
 
 def _start_of(key: str) -> int | None:
     """The start time in a delivery key ``cluster/job_id/start``, None for another form."""
-    parts = key.split("/")
-    return int(parts[2]) if len(parts) == 3 and parts[2].isascii() and parts[2].isdigit() \
-        else None
+    parts = RunKey.parse(key)
+    return parts.start if parts is not None else None
 
 
 def _job_id_of(key: str) -> int | None:
     """The Slurm job id in a ``cluster/job_id/start_time`` key, None in a key of another form."""
-    parts = key.split("/")
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+    parts = RunKey.parse(key)
+    return parts.job_id if parts is not None else None
 
 
 def _chunks(keys: Iterable[str]) -> Iterator[list[str]]:
