@@ -43,7 +43,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from connectors.bank_service import SERVICES, AllocationService, Unanswered
-from sync.actions import Action, Outcome
+from sync.actions import Action, Outcome, RunKey
 from sync.connector import (
     Connector,
     Direction,
@@ -613,25 +613,47 @@ class BankConnector(Connector):
         return actions
 
     def _plan_ends(self, view: View, snapshot: Snapshot, scope: Scope) -> list[Action]:
-        actions = []
-        ends: dict[str, Job] = {}
+        """The end of each ended run, one run per job at a time and oldest first: the service
+        keeps one record per job id, so a requeued job's later run is added to what its earlier
+        runs were charged, and must not go before them (or together with them)."""
+        ended: dict[tuple[str, int], dict[str, Job]] = defaultdict(dict)
         for job in view.ended:
             if (job.source == "sacct" and job.state.finished and job.start_time and job.hosts
                     and scope.covers(job) and self.manages(job)):
-                ends.setdefault(delivery_key(job), job)
-        for key, job in ends.items():
-            if snapshot.done(STOP, key):
-                continue
-            uid = uid_of(job)
-            amount = actual_cost(job, self.prices)
-            if uid is None or isinstance(amount, str):
-                why = f"no uid for user {job.user}" if uid is None else str(amount)
-                actions.append(Action(self.name, STOP, key, {"skip": why}, why))
-                continue
-            actions.append(Action(self.name, STOP, key,
-                                  {"record": job_record(job, amount, uid, ended=True)},
-                                  f"ended {job.state.value.lower()}; {amount} SU"))
+                parts = RunKey.parse(delivery_key(job))
+                if parts is not None:
+                    ended[parts.job].setdefault(delivery_key(job), job)
+        waiting = _runs_by_job(snapshot.queued.get(STOP, frozenset())
+                               - snapshot.delivered.get(STOP, frozenset()))
+        known = _runs_by_job((*snapshot.delivered.get(START, frozenset()),
+                              *snapshot.delivered.get(STOP, frozenset())))
+        for job in (*view.active, *view.ended):
+            if job.start_time:
+                known[(job.cluster or "-", job.job_id)].add(job.start_time)
+        actions = []
+        for job_key, runs in ended.items():
+            for key, job in sorted(runs.items(), key=lambda kv: kv[1].start_time or 0):
+                if snapshot.done(STOP, key):
+                    continue
+                start = job.start_time or 0
+                if any(s < start for s in waiting.get(job_key, ())):
+                    break  # an earlier run's end waits in the outbox: this one goes after it
+                actions.append(self._end(key, job, later=job.restart_count > 0 or any(
+                    s < start for s in known.get(job_key, ()))))
+                break  # the next run of this job goes once this one is delivered
         return actions
+
+    def _end(self, key: str, job: Job, *, later: bool) -> Action:
+        uid = uid_of(job)
+        amount = actual_cost(job, self.prices)
+        if uid is None or isinstance(amount, str):
+            why = f"no uid for user {job.user}" if uid is None else str(amount)
+            return Action(self.name, STOP, key, {"skip": why}, why)
+        payload: dict[str, Any] = {"record": job_record(job, amount, uid, ended=True)}
+        if later:
+            payload["adds_to_earlier_runs"] = True
+        return Action(self.name, STOP, key, payload, f"ended {job.state.value.lower()}; "
+                      f"{amount} SU" + (" added to the job's earlier runs" if later else ""))
 
     # -- apply
 
@@ -642,6 +664,8 @@ class BankConnector(Connector):
             return Outcome.permanent(action, f"not reported: {action.payload['skip']}")
         if action.kind == START:
             return self.service.report_start(action, action.payload["record"])
+        if action.kind == STOP and action.payload.get("adds_to_earlier_runs"):
+            return self.service.report_later_end(action, action.payload["record"])
         if action.kind == STOP:
             return self.service.report_end(action, action.payload["record"])
         return self.apply_many([action])[0]
@@ -701,6 +725,16 @@ class BankConnector(Connector):
             except SlurmError as exc:
                 problems.append(f"mode native: {exc}")
         return problems
+
+
+def _runs_by_job(keys: Iterable[str]) -> dict[tuple[str, int], set[int]]:
+    """The start times of the runs in ``keys``, per job (cluster, job id)."""
+    runs: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for key in keys:
+        parts = RunKey.parse(key)
+        if parts is not None:
+            runs[parts.job].add(parts.start)
+    return runs
 
 
 def reconcile_actions(jobs: Iterable[Job], prices: Prices,

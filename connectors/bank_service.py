@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from decimal import ROUND_UP, Decimal
 from typing import Any, Protocol
 
@@ -65,6 +66,10 @@ class AllocationService(Protocol):
 
     def report_end(self, action: Action, record: Mapping[str, Any]) -> Outcome:
         """Record a run that ended, charged its actual amount (idempotent)."""
+
+    def report_later_end(self, action: Action, record: Mapping[str, Any]) -> Outcome:
+        """Record the end of a requeued job's later run on the job's one record: its actual
+        amount is added to what the record holds for the earlier runs (idempotent)."""
 
     def check(self) -> list[str]:
         """Problems with the address or the token, for ``slurm-sync check``."""
@@ -149,6 +154,43 @@ class MybrcService:
         reply = self.client.put(f"/jobs/{record['jobslurmid']}/", json=dict(record))
         return outcome_of(action, reply)
 
+    def report_later_end(self, action: Action, record: Mapping[str, Any]) -> Outcome:
+        """myBRC keeps one record per job id: read it, then PUT this run's dates with the
+        amount it holds plus this run's. A record that already carries this run's start and an
+        end is this very report, delivered before (a lost reply, a kill): nothing is added
+        twice."""
+        path = f"/jobs/{record['jobslurmid']}/"
+        reply = self.client.get(path)
+        if reply.status == 404:
+            return self.report_end(action, record)  # no earlier run was recorded
+        body = reply.body if isinstance(reply.body, Mapping) else None
+        if not reply.ok or body is None:
+            return outcome_of(action, reply) if not reply.ok else Outcome.transient(
+                action, f"GET {path}: the reply is not a job record")
+        held_start, this_start = body.get("startdate"), record.get("startdate")
+        try:
+            held = Decimal(str(body.get("amount") or "0"))
+        except ArithmeticError:
+            return Outcome.transient(action, f"GET {path}: amount {body.get('amount')!r} is "
+                                             "not a number")
+        if held_start == this_start:
+            if body.get("enddate"):
+                return Outcome.already_done(action, "the service has this run's end already")
+            held = Decimal(0)  # the record was made for this run: nothing earlier on it
+        elif isinstance(held_start, str) and isinstance(this_start, str) and (
+                _instant(held_start) > _instant(this_start)):
+            return Outcome.permanent(
+                action, f"the service's record of job {record['jobslurmid']} holds a later run "
+                        f"(start {held_start}); this run's {record.get('amount')} SU are not "
+                        "added to it")
+        amount = (held + Decimal(str(record["amount"]))).quantize(CENT)
+        reply = self.client.put(path, json={**record, "amount": str(amount)})
+        outcome = outcome_of(action, reply)
+        if outcome.status.delivered:
+            return Outcome(action, outcome.status,
+                           f"{outcome.detail}; {held} SU of earlier runs + {record['amount']}")
+        return outcome
+
     def check(self) -> list[str]:
         reply = self.client.get("/jobs/0/")
         if reply.status in (200, 404):
@@ -157,6 +199,15 @@ class MybrcService:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _instant(text: str) -> datetime:
+    """An ISO 8601 date of a job record as an aware datetime (naive ones taken as UTC)."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 #: the connector's ``api`` setting -> what makes a service of it from an HTTP client (any

@@ -27,8 +27,9 @@ Assertions (each a key of ``check``'s answer; an empty list means it held):
 
 Against the bank (myBRC keeps one record per job id, ``jobslurmid``):
 - ``lost``/``invented``: every job that ran has a record, none that never ran has one;
-- ``charged``: the record carries the last run's actual cost (price x cpus x elapsed, half-up to
-  cents), start, end, state, account and partition;
+- ``charged``: the record carries the actual cost of all the job's runs (price x cpus x elapsed,
+  half-up to cents, summed: a requeued job's earlier runs are added to it), and the last run's
+  start, end, state, account and partition;
 - ``usage``: each account's and user's usage is the sum of their records: nothing charged twice
   (a start POST and an end PUT after a kill, a retried PUT) and no difference lost;
 - ``every_run_charged``: the usage covers every run, a requeued job's earlier runs too;
@@ -303,9 +304,10 @@ def _check_bank(ctx: _Context, add: Any) -> None:
             expected_total[job.account] += run_cost(job, run)
         charged_total[job.account] += amount
         problems = []
-        want = run_cost(job, last)
+        want = sum((run_cost(job, run) for run in job.runs), Decimal("0.00"))
         if amount != want:
-            problems.append(f"amount {amount} != {want} (the last run's cost)")
+            problems.append(f"amount {amount} != {want} (the cost of its {len(job.runs)} "
+                            "run(s))")
         for name, value in (("startdate", _iso(last.start)), ("enddate", _iso(last.end)),
                             ("accountid", job.account), ("partition", job.partition),
                             ("jobstatus", last.state)):

@@ -4,6 +4,7 @@ HTTP (approve, hold, release, fail open or closed, reports that survive an outag
 from __future__ import annotations
 
 import pwd
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -211,6 +212,70 @@ def test_a_resent_start_is_already_there(tmp_path: Path, bank: Bank) -> None:
     again: Outcome = connector.apply(action)
     assert (first.status, again.status) == (Status.DONE, Status.ALREADY_DONE)
     assert bank.usage("lab") == Decimal("1.00")
+
+
+def test_a_requeued_jobs_runs_are_all_charged_on_its_one_record_in_order(
+    tmp_path: Path, bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """myBRC keeps one record per job id. Run 1 (60 s, requeued) and run 2 (120 s) are both
+    ended when the syncer first sees them: run 1's end goes first, run 2's is added to it on
+    the next cycle, and a repeat of run 2's report (a lost reply) adds nothing."""
+    monkeypatch.setattr(pwd, "getpwnam", _only_alice)
+    bank.set_allocation("lab", "100.00")
+    bank.set_user_allocation("lab", "alice", "100.00")
+    connector, _ = _connector(tmp_path, bank)
+    common = {"job_id": 8, "user": "alice", "account": "lab", "partition": "main", "cpus": 1,
+              "submit_time": NOW - 400, "hosts": ("n1",), "cluster": "c", "node_count": 1,
+              "source": "sacct"}
+    first = Job(**common, state=JobState.REQUEUED, start_time=NOW - 300, end_time=NOW - 240)
+    second = Job(**common, state=JobState.COMPLETED, start_time=NOW - 200, end_time=NOW - 80,
+                 restart_count=1)
+    slurm = Slurm()
+    slurm.ended = [second, first]
+    store = Store.memory()
+    report = _cycle(connector, store, slurm)
+    stops = [o for o in report.outcomes if o.action.kind == "stop"]
+    assert [o.action.key for o in stops] == [delivery_key(first)]
+    assert bank.job(8)["amount"] == "1.00"
+    report = _cycle(connector, store, slurm, NOW + 60)
+    stops = [o for o in report.outcomes if o.action.kind == "stop"]
+    assert [(o.action.key, o.status) for o in stops] == [(delivery_key(second), Status.DONE)]
+    record = bank.job(8)
+    assert record["amount"] == "3.00" and record["jobstatus"] == "COMPLETED"
+    assert record["startdate"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 200))
+    assert bank.usage("lab") == Decimal("3.00")
+    again = connector.apply(stops[0].action)
+    assert again.status is Status.ALREADY_DONE and bank.usage("lab") == Decimal("3.00")
+    assert _cycle(connector, store, slurm, NOW + 120).outcomes == []
+
+
+def test_a_later_runs_end_waits_while_an_earlier_runs_end_is_in_the_outbox(
+    tmp_path: Path, bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pwd, "getpwnam", _only_alice)
+    bank.set_allocation("lab", "100.00")
+    bank.set_user_allocation("lab", "alice", "100.00")
+    connector, _ = _connector(tmp_path, bank)
+    common = {"job_id": 9, "user": "alice", "account": "lab", "partition": "main", "cpus": 1,
+              "submit_time": NOW - 400, "hosts": ("n1",), "cluster": "c", "node_count": 1,
+              "source": "sacct"}
+    first = Job(**common, state=JobState.REQUEUED, start_time=NOW - 300, end_time=NOW - 240)
+    second = Job(**common, state=JobState.COMPLETED, start_time=NOW - 200, end_time=NOW - 80,
+                 restart_count=1)
+    slurm = Slurm()
+    slurm.ended = [first]
+    store = Store.memory(rand=lambda: 0.0)
+    bank.down = True
+    _cycle(connector, store, slurm)  # run 1's end is queued (due again in 30 s)
+    bank.down = False
+    slurm.ended = [first, second]
+    report = _cycle(connector, store, slurm, NOW + 10)
+    assert [o.action.kind for o in report.outcomes if o.action.kind == "stop"] == []
+    report = _cycle(connector, store, slurm, NOW + 40)
+    assert [o.action.key for o in report.outcomes if o.action.kind == "stop"] == [
+        delivery_key(first)]
+    _cycle(connector, store, slurm, NOW + 50)
+    assert bank.job(9)["amount"] == "3.00" and bank.usage("lab") == Decimal("3.00")
 
 
 # --- mode native ---------------------------------------------------------------------------------
