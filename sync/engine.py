@@ -414,8 +414,11 @@ def run_key(key: str) -> tuple[int, int] | None:
 def unseen_runs(tracked: Iterable[str], view: View, cap: int = LOOKUP_CAP) -> dict[str, int]:
     """Tracked runs this cycle's answers say nothing about: {key: start time}, oldest first,
     at most ``cap``. Their job ended before the sacct window (a start that waited in the outbox,
-    a syncer that was down) or Slurm lost them; the engine asks sacct about them by job id."""
-    seen = {delivery_key(j) for j in (*view.active, *view.ended)}
+    a syncer that was down) or Slurm lost them; the engine asks sacct about them by job id.
+    A run squeue lists as ended (within MinJobAge) is asked about too: only sacct's record
+    confirms an end to the stop guard, and the window may have passed it."""
+    seen = {delivery_key(j) for j in (*view.active, *view.ended)
+            if j.source == "sacct" or j.state.active}
     found = {k: r for k in tracked if k not in seen and (r := run_key(k)) is not None}
     oldest = sorted(found.items(), key=lambda kv: (kv[1][1], kv[0]))[:cap]
     return {k: r[1] for k, r in oldest}
@@ -436,7 +439,7 @@ class Lag:
 
 def lag_of(name: str, tracked: Iterable[str], view: View, refused: int) -> Lag:
     """The ``Lag`` of ``name`` from the keys it still tracks after the cycle (pure)."""
-    ends = {delivery_key(j): j.end_time for j in view.ended
+    ends = {delivery_key(j): j.end_time for j in (*view.active, *view.ended)
             if j.state.finished and j.end_time}
     known = {delivery_key(j) for j in (*view.active, *view.ended)}
     keys = [k for k in tracked if run_key(k) is not None]

@@ -124,6 +124,45 @@ def test_a_stop_that_waited_for_its_start_goes_once_the_start_is_delivered() -> 
     assert store.outbox_stats(connector="events").depth == 0
 
 
+class LaggingSacct(Timeline):
+    """squeue keeps ended jobs (MinJobAge) and says so; sacct's window answer leaves them out
+    (its lag outlasted the window's overlap), its per-job lookup has them."""
+
+    def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        return _result([self._job(i, s, e, "squeue") for i, s, e in self.runs
+                        if s <= self.now])
+
+    def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        answer = super().sacct(window, job_filter)
+        if job_filter.job_ids:
+            return answer
+        return _result([j for j in answer.jobs if not j.state.finished])
+
+
+def test_ends_only_squeue_still_lists_are_confirmed_by_a_lookup_not_held_for_min_job_age(
+) -> None:
+    """All twenty tracked jobs end together; sacct's window misses their ends. The stops are
+    more than the share guard lets through unconfirmed, so the engine asks sacct for those runs
+    by id at once, instead of waiting until squeue forgets them; meanwhile they count as ended
+    and not stopped."""
+    slurm = LaggingSacct([(i, T0, T0 + 100) for i in range(1, 21)])
+    store = Store.memory()
+    sink = Recorder()
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": sink})
+    sink.down = True
+    slurm.now = T0 + 110
+    report = _run(slurm, store, {"events": sink})
+    assert report.refused == [] and report.lag["events"].ended_unstopped == 20
+    assert any(ids == tuple(range(1, 21)) for _, ids in slurm.sacct_calls), "no lookup"
+    sink.down = False
+    slurm.now = T0 + 170
+    report = _run(slurm, store, {"events": sink})
+    assert report.refused == [] and report.exit_code == 0
+    assert sorted(k for kind, k in sink.written if kind == "stop") == [
+        f"c/{i}/{T0}" for i in sorted(range(1, 21), key=str)]
+
+
 def test_after_a_syncer_outage_a_confirmed_backlog_is_stopped_without_force() -> None:
     """90 jobs tracked, the syncer down for an hour, 80 of them ended meanwhile: the catch-up
     cycle stops all 80 (sacct confirms each run's end) and nothing is left behind."""
