@@ -1,8 +1,10 @@
-"""Stand-in ``squeue``, ``sacct`` and ``scontrol`` that answer from a timeline, in Slurm 24.11's
-JSON (data_parser v0.0.42).
+"""Stand-in ``squeue``, ``sacct``, ``scontrol``, ``sinfo``, ``sbatch`` and ``scancel`` that answer
+from a timeline and from what was submitted meanwhile, in Slurm 24.11's JSON (data_parser
+v0.0.42).
 
-    bin_dir = install(work, timeline)         # work/bin/{squeue,sacct,scontrol}, work/timeline.json
+    bin_dir = install(work, timeline)         # work/bin/{squeue,sacct,...}, work/timeline.json
     arm(work, "squeue", "fail")               # the next `squeue --json` exits 1
+    arm(work, "sbatch", "kill:0.01")          # the next sbatch's caller is killed after its answer
     calls(work)                               # every call: time, argv, caller pid, fault, exit code
 
 Records are copies of records captured from the lab (tests/fixtures/slurm/24.11/, picked by
@@ -17,6 +19,15 @@ Faults are armed by the harness in ``work/faults.json`` and taken, one per call,
 ``--json`` call of that command: ``fail`` (exit 1 with slurm_load_jobs' error, nothing on
 stdout), ``empty`` (a valid document with no jobs: a Slurm that lies), ``slow:N`` (the answer as
 it was at the call, printed N seconds later).
+
+``sbatch`` and ``scancel`` act on ``work/submitted.json`` (see submits.py: jobs submitted while
+the simulation runs, which squeue and sacct show beside the timeline's, with their comment).
+sbatch prints the job id as ``--parsable`` does and takes its own faults: ``fail`` (exit 1,
+"Batch job submission failed", nothing submitted), ``lost`` (submitted, yet exit 1 with "Socket
+timed out": the answer lost), ``hang:N`` (submitted, the answer N seconds later: the caller's
+timeout kills it first) and ``kill:D`` (submitted and answered, then the caller is SIGKILLed D
+seconds later: between sbatch and the caller's commit). scancel's ``fail`` exits 1 having
+cancelled nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.chaos import submits
 from tests.chaos.timeline import (
     CORES_PER_SOCKET,
     CPU_HOSTS,
@@ -46,14 +58,14 @@ from tests.chaos.timeline import (
     squeue_state,
 )
 
-__all__ = ["arm", "calls", "install", "main", "sacct_document", "squeue_document"]
+__all__ = ["arm", "calls", "disarm", "install", "main", "sacct_document", "squeue_document"]
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "slurm" / "24.11"
 RELEASE = "24.11.5"
 MEMORY_PER_CPU = 2000
 SIGNAL_NAMES = {9: "KILL", 15: "TERM"}
-COMMANDS = ("squeue", "sacct", "scontrol", "sinfo")
+COMMANDS = ("squeue", "sacct", "scontrol", "sinfo", "sbatch", "scancel")
 _STATE_SHORT = {
     "PD": "PENDING", "R": "RUNNING", "S": "SUSPENDED", "CG": "COMPLETING", "CD": "COMPLETED",
     "CA": "CANCELLED", "F": "FAILED", "TO": "TIMEOUT", "NF": "NODE_FAIL", "PR": "PREEMPTED",
@@ -277,8 +289,9 @@ def _options(argv: Sequence[str], names: dict[str, str]) -> tuple[dict[str, list
 
 
 def squeue_document(timeline: Timeline, templates: dict[str, Any], now: float,
-                    argv: Sequence[str]) -> dict[str, Any]:
-    """``squeue --json [filters]`` at ``now``."""
+                    argv: Sequence[str], submitted: Sequence[dict[str, Any]] = ()
+                    ) -> dict[str, Any]:
+    """``squeue --json [filters]`` at ``now``; ``submitted``: what sbatch added (submits.py)."""
     opts, _ = _options(argv, {"--states": "states", "-t": "states", "--jobs": "jobs",
                               "-j": "jobs", "--name": "name", "-n": "name", "--user": "user",
                               "-u": "user", "--partition": "partition", "-p": "partition"})
@@ -306,6 +319,22 @@ def squeue_document(timeline: Timeline, templates: dict[str, Any], now: float,
         records.append(_squeue_record(templates, job, st, timeline.cluster, now))
     for tasks in pending_arrays.values():
         records.append(_pending_array(templates, tasks, timeline.cluster, now))
+    for entry, tasks, st in submits.shown(submitted, now, timeline.min_job_age):
+        jobs = [submits.as_job(entry, t) for t in tasks]
+        if states is not None and st.state not in states:
+            continue
+        if ids and not ids & {jobs[0].job_id, jobs[0].array_job_id}:
+            continue
+        if (names and entry["name"] not in names) or (users and entry["user"] not in users) or (
+                partitions and entry["partition"] not in partitions):
+            continue
+        if entry["array_size"] and st.state == "PENDING":
+            record = _pending_array(templates, jobs, timeline.cluster, now)
+            record["array_task_string"] = submits.task_string(tasks)
+        else:
+            record = _squeue_record(templates, jobs[0], st, timeline.cluster, now)
+        record["comment"] = entry["comment"]
+        records.append(record)
     head = json.loads(json.dumps(templates["squeue_head"]))
     head["meta"]["command"] = ["squeue", *argv]
     head["meta"]["slurm"]["cluster"] = timeline.cluster
@@ -385,8 +414,10 @@ def _epoch(text: str) -> int:
 
 
 def sacct_document(timeline: Timeline, templates: dict[str, Any], now: float,
-                   argv: Sequence[str]) -> dict[str, Any]:
-    """``sacct --json [-S T -E T -D -j ids -u users|-a --state s --name n --partition p]``."""
+                   argv: Sequence[str], submitted: Sequence[dict[str, Any]] = ()
+                   ) -> dict[str, Any]:
+    """``sacct --json [-S T -E T -D -j ids -u users|-a --state s --name n --partition p]``;
+    ``submitted``: what sbatch added (submits.py)."""
     opts, flags = _options(argv, {
         "-S": "start", "--starttime": "start", "-E": "end", "--endtime": "end",
         "-j": "jobs", "--jobs": "jobs", "-u": "user", "--user": "user", "--uid": "user",
@@ -413,6 +444,25 @@ def sacct_document(timeline: Timeline, templates: dict[str, Any], now: float,
             if states is not None and st.state not in states:
                 continue
             records.append(_sacct_record(templates, job, st, timeline.cluster, now))
+    for entry, tasks, st in submits.shown(submitted, now, None):
+        first = submits.as_job(entry, tasks[0])
+        if ids and not ids & {first.job_id, first.array_job_id}:
+            continue
+        if (users and entry["user"] not in users) or (names and entry["name"] not in names) or (
+                partitions and entry["partition"] not in partitions):
+            continue
+        if not (st.eligible and st.eligible < end and (st.end >= start or st.end == 0)):
+            continue
+        if states is not None and st.state not in states:
+            continue
+        record = _sacct_record(templates, first, st, timeline.cluster, now)
+        if entry["array_size"] and st.state == "PENDING":
+            record["job_id"] = entry["job_id"]
+            record["array"]["task_id"] = _number(0, set_=False)
+            record["array"]["task"] = submits.task_string(tasks)
+        record["comment"] = {"administrator": "", "job": entry["comment"], "system": ""}
+        record["submit_line"] = " ".join(["sbatch", *entry["args"]])
+        records.append(record)
     head = json.loads(json.dumps(templates["sacct_head"]))
     head["meta"]["command"] = ["sacct", *argv]
     head["meta"]["slurm"]["cluster"] = timeline.cluster
@@ -484,6 +534,12 @@ class _locked:
         self.lock.close()
 
 
+def disarm(work: Path, commands: Iterable[str]) -> dict[str, list[str]]:
+    """Take back the faults still queued for ``commands``; return them."""
+    with _locked(work) as state:
+        return {c: state.pop(c) for c in list(commands) if state.get(c)}
+
+
 def pending_faults(work: Path) -> dict[str, list[str]]:
     with _locked(work) as state:
         return {k: list(v) for k, v in state.items() if v}
@@ -546,7 +602,7 @@ def main(command: str, argv: Sequence[str], work: str) -> int:
                    "Connection refused\n")
         else:
             build = squeue_document if command == "squeue" else sacct_document
-            document = build(timeline, templates, now, argv)
+            document = build(timeline, templates, now, argv, submits.load(folder))
             if fault == "empty":
                 document["jobs"] = []
             entry["jobs"] = len(document["jobs"])
@@ -554,6 +610,25 @@ def main(command: str, argv: Sequence[str], work: str) -> int:
             out = json.dumps(document, ensure_ascii=False) + "\n"
             if fault.startswith("slow:"):
                 time.sleep(float(fault.split(":", 1)[1]))
+    elif command == "sbatch":
+        fault = _take(folder, command)
+        entry["fault"] = fault
+        script = sys.stdin.read()
+        job_id, out, err, code = submits.sbatch(folder, argv, script, now=now,
+                                                seed=timeline.seed, fault=fault,
+                                                ppid=os.getppid())
+        entry["job_id"] = job_id
+        if fault.startswith("hang:"):
+            entry["rc"] = code
+            entry["t_end"] = time.time()
+            _log(folder, entry)  # now: the caller's timeout kills this process
+            time.sleep(float(fault.split(":", 1)[1]))
+            sys.stdout.write(out)
+            return code
+    elif command == "scancel":
+        fault = _take(folder, command)
+        entry["fault"] = fault
+        code, out, err = submits.scancel(folder, argv, now, fault)
     elif command == "scontrol":
         code, out, err = _scontrol(timeline, now, argv)
     elif command == "sinfo":
@@ -566,6 +641,10 @@ def main(command: str, argv: Sequence[str], work: str) -> int:
     sys.stdout.write(out)
     sys.stdout.flush()
     sys.stderr.write(err)
+    sys.stderr.flush()
+    if command == "sbatch" and entry["fault"].startswith("kill:"):
+        submits.kill_caller_later(os.getppid(), float(entry["fault"].split(":", 1)[1]),
+                                  lambda line: _log(folder, line))
     return code
 
 
