@@ -3,9 +3,9 @@
     result = run_scenario(Scenario.short(seed=7), work=Path("/tmp/chaos-7"))
     findings = check(result)              # check.py: what went wrong, per assertion
 
-The service is cc-backend (``Scenario.service == "clustercockpit"``, the default) or the myBRC
-allocation service (``"bank"``), see services.py. What happens, in real time (the timeline is
-compressed: jobs of 0-40 s, a cycle every 2 s):
+The service is cc-backend (``Scenario.service == "clustercockpit"``, the default), the myBRC
+allocation service (``"bank"``) or Buildkite (``"buildkite"``), see services.py. What happens, in
+real time (the timeline is compressed: jobs of 0-40 s, a cycle every 2 s):
 - a cycle (``.venv/bin/slurm-sync -c config.json``, the one connector with default settings but
   url, token, cluster or prices, bin_dir and state_dir) is launched every ``poll`` seconds,
   whether or not the last one has finished, as cron would; each cycle's exit code, output and
@@ -21,6 +21,14 @@ compressed: jobs of 0-40 s, a cycle every 2 s):
 - then the drain: faults off, every job ends, and once squeue has forgotten the last of them
   (MinJobAge), cycles go on until the outbox is empty and the service's records have not changed
   for five cycles (or ``max_drain`` runs out).
+
+Against Buildkite the connector submits the jobs itself: builds arrive over the run (and some
+are cancelled), the stand-in sbatch and scancel keep what it submits in the simulated Slurm
+(submits.py) and the service's driver starts those jobs and runs their agents (bkagent.py).
+Besides the faults above, sbatch fails (nothing submitted), loses its answer (submitted, yet it
+failed or hung past slurm.timeout) and has its caller killed right after answering (between
+sbatch and the commit of the cycle: such kills count among the run's kills), and scancel
+fails, each at seeded moments (each taken by the next call).
 """
 
 from __future__ import annotations
@@ -33,12 +41,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tests.chaos import slurmsim
-from tests.chaos.services import CC_CLUSTER, SERVICES, TOKEN, bank_users
+from tests.chaos.services import BK_SLURM_TIMEOUT, CC_CLUSTER, SERVICES, TOKEN, bank_users
 from tests.chaos.timeline import USERS, Scenario, Timeline, build_timeline
 from tests.emulators.base import Faults
 
@@ -93,6 +101,7 @@ class Result:
     armed_left: dict[str, list[str]] = field(default_factory=dict)
     service: str = "clustercockpit"
     usage: dict[str, str] = field(default_factory=dict)  # bank: account (and account/user) SU
+    extra: dict[str, Any] = field(default_factory=dict)  # the service driver's (buildkite)
 
     def summary(self) -> dict[str, Any]:
         return {"scenario": asdict(self.scenario), "work": str(self.work),
@@ -100,10 +109,11 @@ class Result:
                 "drained": self.drained, "windows": self.windows}
 
 
-def _config(work: Path, name: str, settings: dict[str, Any]) -> Path:
+def _config(work: Path, name: str, settings: dict[str, Any],
+            slurm: dict[str, Any] | None = None) -> Path:
     config = {
         "state_dir": str(work / "state"),
-        "slurm": {"bin_dir": str(work / "bin")},
+        "slurm": {"bin_dir": str(work / "bin"), **(slurm or {})},
         "connectors": {name: settings},
     }
     path = work / "config.json"
@@ -173,6 +183,15 @@ class _Schedule:
                      for i, at in enumerate(moments(scenario.slow_answers))]
         self.kill_trigger = [(rng.randint(1, 6), rng.uniform(0.3, 1.5))
                              for _ in range(scenario.kills * 10)]
+        # Buildkite: sbatch's and scancel's faults, each taken by the next call after its moment
+        hang = f"hang:{BK_SLURM_TIMEOUT + 4:g}"
+        faults = [("sbatch", "fail")] * scenario.sbatch_failures + [
+            ("sbatch", "lost")] * scenario.sbatch_lost + [("sbatch", hang)] * (
+            scenario.sbatch_hangs) + [("scancel", "fail")] * scenario.scancel_failures
+        kinds = faults + [("sbatch", "kill")] * scenario.sbatch_kills
+        self.control = sorted(
+            (at, command, f"kill:{rng.uniform(0.0, 0.03):.3f}" if fault == "kill" else fault)
+            for at, (command, fault) in zip(moments(len(kinds)), rng.sample(kinds, len(kinds))))
 
 
 def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
@@ -188,21 +207,28 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     t0 = started + LEAD_IN
     service = SERVICES[scenario.service]
     users = bank_users() if service.name == "bank" else list(USERS)
-    timeline = build_timeline(scenario, t0, users=users)
+    submitting = service.name == "buildkite"  # the connector submits; the timeline is others'
+    timeline = build_timeline(replace(scenario, jobs=scenario.background_jobs) if submitting
+                              else scenario, t0, users=users)
     slurmsim.install(work, timeline)
     emu: Any = service.make(scenario, users)
     emu.start()
     token = work / "service-token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
-    config = _config(work, service.name, service.settings(emu.url, token, scenario))
+    config = _config(work, service.name, service.settings(emu.url, token, scenario),
+                     service.slurm_settings(scenario))
+    driver = service.begin(emu, work, scenario, t0)
     store = work / "state" / "state.db"
-    last_end = timeline.last_end + max(
-        (r.end_lag for _, _, r in timeline.runs()), default=0) + 2
+    last_end = max(timeline.last_end + max(
+        (r.end_lag for _, _, r in timeline.runs()), default=0) + 2,
+        service.active_until(scenario, timeline, t0))
     plan = _Schedule(scenario, t0, last_end)
     # slurm-sync may act on a job only once squeue has forgotten it (a stop held back while
-    # squeue alone says the run ended): "nothing changes" counts only after that
-    settled_after = timeline.last_end + timeline.min_job_age + 2 * scenario.poll
+    # squeue alone says the run ended): "nothing changes" counts only after that. The
+    # Buildkite connector reads only our jobs' active states: once they are over.
+    settled_after = (last_end + 2 * scenario.poll if submitting
+                     else timeline.last_end + timeline.min_job_age + 2 * scenario.poll)
     windows: dict[str, list[float]] = {"syncer_outage": list(plan.syncer),
                                        "cc_outage": list(plan.cc)}
     say(f"seed {scenario.seed}: {len(timeline.jobs)} jobs, {len(timeline.runs())} runs, "
@@ -213,6 +239,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     status_procs: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
     kill_plan: dict[int, tuple[int, float, int]] = {}  # cycle index -> (n, delay, seen at launch)
     kills_done = 0
+    control_armed: list[list[Any]] = []  # [at, command, fault] of sbatch's and scancel's
     triggers = iter(plan.kill_trigger)
     next_tick = t0 - scenario.poll
     cc_phase = "up"
@@ -228,7 +255,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         env["PYTHONPATH"] = str(product)
 
     def snapshot() -> tuple[Any, ...]:
-        return service.snapshot(emu)
+        return (*service.snapshot(emu), *driver.snapshot())
 
     def launch(phase: str, armed: list[str], kill: bool) -> None:
         index = len(cycles)
@@ -262,6 +289,11 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
                     code = proc.returncode
             if code is None:
                 continue
+            if code == -signal.SIGKILL and not cycle.killed:
+                # killed by the stand-in sbatch right after it answered (kill:D)
+                cycle.killed = True
+                cycle.armed.append("sbatch:kill")
+                kills_done += 1
             cycle.ended = time.time()
             cycle.exit_code = code
             del procs[index]
@@ -284,6 +316,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         while True:
             now = time.time()
             reap()
+            driver.tick(now)
             # cc-backend's faults and outage
             if not faults_on and now >= t0 and drain_start is None:
                 emu.faults = Faults(
@@ -307,6 +340,12 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
             if drain_start is None and now >= plan.active_end and cc_phase in ("up", "done"):
                 drain_start = now
                 emu.faults = Faults()
+                plan.control = []
+                left = slurmsim.disarm(work, ("sbatch", "scancel"))
+                for item in control_armed:
+                    if item[1] in left and item[2] in left[item[1]]:
+                        left[item[1]].remove(item[2])
+                        item.append("disarmed")
                 windows["drain"] = [now, now]
                 say(f"+{now - t0:.0f} s: drain ({len(cycles)} cycles so far, "
                     f"{kills_done} kills)")
@@ -331,6 +370,11 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
                             _, command = plan.slow.pop(0)
                             slurmsim.arm(work, command, f"slow:{scenario.slow_seconds:g}")
                             armed.append(f"{command}:slow")
+                # sbatch's and scancel's faults: taken by whichever cycle calls it next
+                while drain_start is None and plan.control and now >= plan.control[0][0]:
+                    _, command, fault = plan.control.pop(0)
+                    slurmsim.arm(work, command, fault)
+                    control_armed.append([now, command, fault])
                 # a planned kill whose cycle ends before the trigger moves to the next cycle
                 launch("drain" if drain_start is not None else "active", armed, kill)
             if drain_start is not None and now >= settled_after:
@@ -353,6 +397,9 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
                                capture_output=True, env=env, check=False)
         deliveries, outbox = _read_store(store)
         records = service.records(emu)
+        extra = driver.extra()
+        if control_armed:
+            extra["control_armed"] = control_armed
         usage = service.usage(emu, users)
         requests = [{"method": s.method, "path": s.path, "status": s.status, "at": s.at,
                      "received": s.received, "body": s.body.decode("utf-8", "replace")}
@@ -368,7 +415,8 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
         final_status=(final.stdout + final.stderr).decode("utf-8", "replace"),
         final_status_code=final.returncode, windows=windows, kills=kills_done,
         wall=time.time() - started, drained=drained,
-        armed_left=slurmsim.pending_faults(work), service=service.name, usage=usage)
+        armed_left=slurmsim.pending_faults(work), service=service.name, usage=usage,
+        extra=extra)
     _save(result)
     return result
 
@@ -389,7 +437,7 @@ def load_result(work: Path) -> Result:
         final_status=data["final_status"], final_status_code=0, windows=summary["windows"],
         kills=summary["kills"], wall=summary["wall"], drained=summary["drained"],
         armed_left=data.get("armed_left", {}), service=scenario.service,
-        usage=data.get("usage", {}))
+        usage=data.get("usage", {}), extra=data.get("extra", {}))
 
 
 def _save(result: Result) -> None:
@@ -401,6 +449,7 @@ def _save(result: Result) -> None:
         "deliveries": result.deliveries,
         "outbox": result.outbox,
         "usage": result.usage,
+        "extra": result.extra,
         "final_status": result.final_status,
         "armed_left": result.armed_left,
     }

@@ -99,10 +99,21 @@ class Scenario:
     cc_latency: float = 0.003
     cc_version: str = "1.5.4"
     max_drain: float = 120.0
+    # the Buildkite run (services.py): ``jobs`` are Buildkite jobs, sbatch'd by the connector;
+    # the timeline holds ``background_jobs`` of other users beside them
+    background_jobs: int = 30
+    build_cancel_share: float = 0.15
+    sbatch_failures: int = 0  # exit 1, nothing submitted
+    sbatch_lost: int = 0  # submitted, yet exit 1 ("Socket timed out"): the answer lost
+    sbatch_hangs: int = 0  # submitted, the answer comes after slurm.timeout
+    sbatch_kills: int = 0  # submitted and answered, then its cycle is SIGKILLed
+    scancel_failures: int = 0
 
     @classmethod
     def short(cls, seed: int = 1, **changes: Any) -> Scenario:
         """About two minutes of wall time: a few hundred jobs, one or two kills, short outages."""
+        if changes.get("service") == "buildkite":
+            changes = {**BUILDKITE_SHORT, **changes}
         return cls(seed=seed, **changes)
 
     @classmethod
@@ -114,8 +125,19 @@ class Scenario:
             syncer_outage=60.0, cc_outage=75.0, cc_error_share=0.12, cc_timeout_share=0.03,
             cc_reset_share=0.03, cc_rate_limit=40, min_job_age=300, max_drain=720.0,
             slow_answers=2)
+        if changes.get("service") == "buildkite":
+            base.update(BUILDKITE_LONG)
         base.update(changes)
         return cls(**base)
+
+
+#: The Buildkite run's faults of sbatch and scancel (other services have none).
+BUILDKITE_SHORT: dict[str, Any] = dict(
+    jobs=150, sbatch_failures=2, sbatch_lost=1, sbatch_hangs=1, sbatch_kills=2,
+    scancel_failures=1)
+BUILDKITE_LONG: dict[str, Any] = dict(
+    background_jobs=60, sbatch_failures=4, sbatch_lost=3, sbatch_hangs=2, sbatch_kills=5,
+    scancel_failures=3)
 
 
 @dataclass
