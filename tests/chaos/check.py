@@ -35,6 +35,25 @@ Against the bank (myBRC keeps one record per job id, ``jobslurmid``):
 - ``every_run_charged``: the usage covers every run, a requeued job's earlier runs too;
 - ``early_stop``: no end report arrived before its run ended; plus ``refused``, ``outbox`` and
   ``exit_codes`` as above.
+
+Against Buildkite (the connector submits Slurm jobs for scheduled CI jobs and cancels them), from
+the emulator's job timelines, what the stand-in sbatch kept (submits.py), the simulated agents'
+log and the call log:
+- ``lost``: every job of our queue that its user never cancelled was submitted, acquired once
+  by one of our agents and passed;
+- ``duplicated``: no Buildkite job was submitted to Slurm twice (two jobs or array tasks whose
+  script runs it), whatever happened between an sbatch and the commit of its cycle (a kill -9,
+  an answer lost or late);
+- ``invented``: every Slurm job we submitted runs a Buildkite job that exists and is of our
+  queue (its ``bk:``/map reference names the job's own pipeline and build);
+- ``left_running``: at the end no Slurm job of ours is pending or running (a job of a cancelled
+  build that had been submitted was scancel'd or ended by itself);
+- ``wrong_cancel``: no scancel (full or ``--signal``) reached a Slurm job whose Buildkite job
+  still wanted it: scheduled (waiting for its agent) or held by that very job's agent, nor
+  named a job that is not ours;
+- ``refused`` and ``outbox`` as above; ``exit_codes``: a cycle whose squeue failed exits 3, one
+  whose scancel or single-job sbatch failed does not exit 0, and ``slurm-sync status`` after it
+  shows what waits in the outbox.
 """
 
 from __future__ import annotations
@@ -49,19 +68,24 @@ from typing import Any
 from connectors.clustercockpit import cc_state
 from sync.slurm.model import JobState
 from tests.chaos.harness import Cycle, Result
-from tests.chaos.services import CC_CLUSTER, price
+from tests.chaos.services import BK_QUEUE, CC_CLUSTER, price
 from tests.chaos.timeline import Job, Run, sacct_records, squeue_state
 
-__all__ = ["ASSERTIONS", "BANK_ASSERTIONS", "Finding", "assertions_of", "check", "figures"]
+__all__ = ["ASSERTIONS", "BANK_ASSERTIONS", "BUILDKITE_ASSERTIONS", "Finding", "assertions_of",
+           "check", "figures"]
 
 ASSERTIONS = ("lost", "duplicated", "invented", "not_stopped", "wrong_stop", "early_stop",
               "requeue", "wrong_fields", "degraded", "refused", "outbox", "exit_codes")
 BANK_ASSERTIONS = ("lost", "invented", "charged", "usage", "every_run_charged", "early_stop",
                    "refused", "outbox", "exit_codes")
+BUILDKITE_ASSERTIONS = ("lost", "duplicated", "invented", "left_running", "wrong_cancel",
+                        "refused", "outbox", "exit_codes")
 
 
 def assertions_of(service: str) -> tuple[str, ...]:
-    return BANK_ASSERTIONS if service == "bank" else ASSERTIONS
+    return {"bank": BANK_ASSERTIONS, "buildkite": BUILDKITE_ASSERTIONS}.get(service, ASSERTIONS)
+
+
 DUPLICATE_WINDOW = 86400
 EXIT_SLURM = 3
 
@@ -106,7 +130,7 @@ class _Context:
         self.runs: dict[tuple[int, int], tuple[Job, int, Run]] = {
             (j.job_id, r.start): (j, i, r) for j, i, r in result.timeline.runs()}
         self.records: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-        for row in result.records if result.service != "bank" else ():
+        for row in result.records if result.service not in ("bank", "buildkite") else ():
             self.records[(row["jobId"], row["startTime"])].append(row)
         self.deliveries: dict[tuple[str, str], dict[str, Any]] = {
             (d["key"], d["kind"]): d for d in result.deliveries}
@@ -142,6 +166,8 @@ def check(result: Result) -> dict[str, list[Finding]]:
 
     if result.service == "bank":
         _check_bank(ctx, add)
+    elif result.service == "buildkite":
+        _check_buildkite(_Kite(result), add)
     else:
         _check_cc(ctx, add)
     _check_common(ctx, add)
@@ -435,6 +461,8 @@ def _endpoint(path: str) -> str:
 
 def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any]:
     """The numbers of one run, for the report and BENCHMARKS.md."""
+    if result.service == "buildkite":
+        return figures_buildkite(result, findings)
     timeline = result.timeline
     runs = timeline.runs()
     requests = Counter(q["status"] for q in result.requests)
@@ -487,3 +515,292 @@ def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any
         "failed": {k: len(v) for k, v in findings.items() if v},
         "passed": not any(findings.values()),
     }
+
+
+# --- Buildkite ----------------------------------------------------------------------------------
+
+BK_HELD = frozenset({"assigned", "accepted", "running"})
+EXIT_OK = 0
+
+
+class _Kite:
+    """What a Buildkite run left, indexed for the checks: Buildkite's jobs and their state
+    over time, every Slurm job (or array task) submitted and which Buildkite job it runs, the
+    agents' log and the stand-ins' calls."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        self.t0 = result.timeline.t0
+        self.jobs: dict[str, dict[str, Any]] = {j["id"]: j for j in result.records}
+        self.states: dict[str, list[tuple[float, str]]] = {
+            j["id"]: [(at, value) for at, kind, value in j["timeline"] if kind == "state"]
+            for j in result.records}
+        self.entries: list[dict[str, Any]] = list(result.extra.get("submitted", []))
+        # (entry, task) per Buildkite job its script runs; and by scancel's names for them
+        self.runs_of: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+        self.by_name: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+        for entry in self.entries:
+            for task in entry["tasks"]:
+                ref = task.get("ref")
+                if ref:
+                    self.runs_of[ref.rsplit("/", 1)[-1]].append((entry, task))
+                if entry["array_size"]:
+                    self.by_name[f"{entry['job_id']}_{task['task']}"].append((entry, task))
+                    self.by_name[str(entry["job_id"])].append((entry, task))
+                    if task["job_id"] is not None and task["job_id"] != entry["job_id"]:
+                        self.by_name[str(task["job_id"])].append((entry, task))
+                else:
+                    self.by_name[str(entry["job_id"])].append((entry, task))
+        self.log: list[dict[str, Any]] = list(result.extra.get("agent_log", []))
+        self.acquired: dict[str, float] = {  # slurm id -> when its agent acquired its job
+            e["slurm_id"]: e["t"] for e in self.log if e["what"] == "acquire"
+            and e["status"] == 200}
+        self.cycles = {c.pid: c for c in result.cycles}
+
+    def state_at(self, job: str, at: float) -> str | None:
+        found = None
+        for when, value in self.states.get(job, []):
+            if when > at:
+                break
+            found = value
+        return found
+
+    def ours(self, job: dict[str, Any]) -> bool:
+        return job.get("queue") == BK_QUEUE
+
+    def cancelled_by_user(self, job: str) -> float | None:
+        """When the job's user cancelled it (it went canceling or canceled), or None."""
+        return next((at for at, value in self.states.get(job, [])
+                     if value in ("canceling", "canceled")), None)
+
+    def accepted(self, job: str) -> int:
+        return sum(1 for _, value in self.states.get(job, []) if value == "accepted")
+
+    @staticmethod
+    def sid(entry: dict[str, Any], task: dict[str, Any]) -> str:
+        return (f"{entry['job_id']}_{task['task']}" if entry["array_size"]
+                else str(entry["job_id"]))
+
+    def sbatch_call(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        return next((c for c in self.result.calls if c["cmd"] == "sbatch"
+                     and c.get("job_id") == entry["job_id"]), None)
+
+    def how(self, entry: dict[str, Any], task: dict[str, Any]) -> str:
+        """One submission told: Slurm id, when, by which cycle, and what befell that cycle."""
+        call = self.sbatch_call(entry)
+        said = f"Slurm {self.sid(entry, task)} at +{entry['t'] - self.t0:.1f} s"
+        if call is None:
+            return said
+        cycle = self.cycles.get(call["ppid"])
+        if cycle is not None:
+            said += f" by cycle {cycle.index}"
+            if cycle.killed:
+                said += " (killed)"
+        if call.get("fault"):
+            said += f" (sbatch fault {call['fault']})"
+        if entry["array_size"]:
+            said += f" (array of {entry['array_size']})"
+        return said + f", ended {task['state'] or 'not'}"
+
+
+def _check_buildkite(kite: _Kite, add: Any) -> None:
+    result = kite.result
+    # lost: every job of ours its user never cancelled ran once, by one of our agents, passed
+    for job_id, job in kite.jobs.items():
+        if not kite.ours(job) or kite.cancelled_by_user(job_id) is not None:
+            continue
+        runs = kite.runs_of.get(job_id, [])
+        if job["state"] != "passed" or kite.accepted(job_id) != 1:
+            states = "/".join(v for _, v in kite.states[job_id])
+            add("lost", None, f"Buildkite job {job_id} ({job['pipeline']} #{job['build']}) "
+                f"ended {job['state']} ({states}), never cancelled by its user; "
+                f"submitted {len(runs)} time(s): "
+                + ("; ".join(kite.how(e, t) for e, t in runs) or "never"))
+    # duplicated: two Slurm jobs (or tasks) for one Buildkite job
+    for job_id, runs in kite.runs_of.items():
+        if len(runs) > 1:
+            refused = [e for e in kite.log if e["job"] == job_id and e["what"] == "acquire"
+                       and e["status"] != 200]
+            add("duplicated", None, f"Buildkite job {job_id} submitted {len(runs)} times: "
+                + "; ".join(kite.how(e, t) for e, t in runs)
+                + (f"; {len(refused)} acquire(s) refused" if refused else ""))
+    # invented: a Slurm job for no job of ours, or for another build's or pipeline's
+    for entry in kite.entries:
+        for task in entry["tasks"]:
+            ref = task.get("ref")
+            job = kite.jobs.get(ref.rsplit("/", 1)[-1]) if ref else None
+            sid = kite.sid(entry, task)
+            if job is None:
+                add("invented", None, f"Slurm {sid} runs {ref or 'no Buildkite job'}: no such "
+                    f"job (comment {entry['comment']!r})")
+            elif not kite.ours(job):
+                add("invented", None, f"Slurm {sid} runs Buildkite job {job['id']} of queue "
+                    f"{job.get('queue')!r}, not ours")
+            elif ref != f"{job['pipeline']}/{job['build']}/{job['id']}":
+                add("invented", None, f"Slurm {sid} names {ref}: the job is of "
+                    f"{job['pipeline']} #{job['build']}")
+            elif kite.state_at(job["id"], entry["t"]) is None:
+                add("invented", None, f"Slurm {sid} submitted at +{entry['t'] - kite.t0:.1f} s "
+                    f"for Buildkite job {job['id']}, created later")
+    # left running: nothing of ours pending or running at the end
+    for entry in kite.entries:
+        for task in entry["tasks"]:
+            if task["end"] is None:
+                job_id = (task.get("ref") or "").rsplit("/", 1)[-1]
+                state = kite.jobs.get(job_id, {}).get("state")
+                what = "pending" if task["start"] is None else "running"
+                gone = kite.cancelled_by_user(job_id)
+                add("left_running", None, f"Slurm {kite.sid(entry, task)} is still {what} at "
+                    f"the end; its Buildkite job {job_id or '?'} is {state}"
+                    + (f" (cancelled at +{gone - kite.t0:.1f} s)" if gone else ""))
+    # wrong cancels: never a job still wanted, never one not ours
+    for call in result.calls:
+        if call["cmd"] != "scancel" or call.get("fault") == "fail":
+            continue
+        signal = any(a.startswith(("--signal", "-s")) for a in call["args"])
+        what = "scancel --signal" if signal else "scancel"
+        words = [a for a in call["args"] if not a.startswith("-")]
+        for word in words:
+            targets = kite.by_name.get(word, [])
+            if not targets:
+                add("wrong_cancel", None, f"{what} at +{call['t'] - kite.t0:.1f} s named {word}: "
+                    f"no job of ours")
+                continue
+            for entry, task in targets:
+                if task["end"] is not None and task["end"] < call["t"]:
+                    continue  # over already: it changed nothing
+                job_id = (task.get("ref") or "").rsplit("/", 1)[-1]
+                state = kite.state_at(job_id, call["t"])
+                mine = kite.acquired.get(kite.sid(entry, task))
+                if state == "scheduled" or (state in BK_HELD and mine is not None
+                                            and mine <= call["t"]):
+                    add("wrong_cancel", None, f"{what} of Slurm {kite.sid(entry, task)} at "
+                        f"+{call['t'] - kite.t0:.1f} s: its Buildkite job {job_id} was {state}"
+                        + (" by this job's agent" if state in BK_HELD else "")
+                        + f" (it ended {kite.jobs.get(job_id, {}).get('state')})")
+    # exit codes and status: a failed scancel or single sbatch is not a clean cycle
+    for cycle in result.cycles:
+        if cycle.killed or cycle.exit_code is None or cycle.exit_code == 75:
+            continue
+        failed = [c for c in kite.result.calls if c["ppid"] == cycle.pid and (
+            (c["cmd"] == "scancel" and c.get("fault") == "fail")
+            or (c["cmd"] == "sbatch" and c.get("fault") in ("fail", "lost")
+                and not any(a.startswith("--array") for a in c["args"]))
+            or (c["cmd"] == "sbatch" and c.get("fault", "").startswith("hang")
+                and not any(a.startswith("--array") for a in c["args"])))]
+        if not failed:
+            continue
+        names = ", ".join(f"{c['cmd']} {c['fault']}" for c in failed)
+        if cycle.exit_code == EXIT_OK:
+            add("exit_codes", None, f"cycle {cycle.index} (pid {cycle.pid}): {names}, yet "
+                f"exit code 0")
+        depth = _outbox_of(cycle.status)
+        if cycle.status and depth == 0:
+            add("exit_codes", None, f"cycle {cycle.index}: {names}, yet the status after it "
+                f"shows an empty outbox")
+
+
+def _outbox_of(status: str) -> int | None:
+    """The OUTBOX column of ``slurm-sync status``'s buildkite row, or None."""
+    for line in status.splitlines():
+        cells = [c.strip() for c in line.replace("┃", "│").split("│")]
+        cells = [c for c in cells if c]
+        if len(cells) >= 3 and cells[0] == "buildkite" and cells[2].isdigit():
+            return int(cells[2])
+    return None
+
+
+def _percentile(values: list[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1)
+
+
+def figures_buildkite(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any]:
+    """The numbers of one Buildkite run."""
+    kite = _Kite(result)
+    ours = [j for j in kite.jobs.values() if kite.ours(j)]
+    builds = result.extra.get("builds", [])
+    tasks = [(e, t) for e in kite.entries for t in e["tasks"]]
+    ended = Counter(f"{t['state']}" + (f" {t['exit_code']}" if t["state"] == "FAILED" else "")
+                    + (" pending" if t["state"] == "CANCELLED" and t["start"] is None else "")
+                    for _, t in tasks)
+    calls = Counter((c["cmd"], c.get("fault") or "") for c in result.calls
+                    if c["cmd"] in ("sbatch", "scancel", "kill"))
+    requests = Counter(q["status"] for q in result.requests)
+    # delays: a job scheduled -> its first sbatch; a job cancelled -> its Slurm job over
+    submit_delay, cancel_delay = [], []
+    for job in ours:
+        runs = kite.runs_of.get(job["id"], [])
+        scheduled = kite.states[job["id"]][0][0] if kite.states[job["id"]] else None
+        if runs and scheduled is not None:
+            submit_delay.append(min(e["t"] for e, _ in runs) - scheduled)
+        gone = kite.cancelled_by_user(job["id"])
+        for _, task in runs:
+            if gone is not None and task["end"] is not None and task["end"] >= gone:
+                cancel_delay.append(task["end"] - gone)
+    cancelled = [j for j in ours if kite.cancelled_by_user(j["id"]) is not None]
+    return {
+        "seed": result.scenario.seed,
+        "service": result.service,
+        "bk_jobs": len(kite.jobs),
+        "bk_jobs_ours": len(ours),
+        "builds": len(builds),
+        "builds_cancelled": dict(Counter(b["cancel_kind"] for b in builds if b["cancel_kind"])),
+        "bk_final_states": dict(Counter(j["state"] for j in ours)),
+        "cancelled_before_running": sum(1 for j in cancelled if not kite.accepted(j["id"])),
+        "cancelled_while_running": sum(1 for j in cancelled if kite.accepted(j["id"])),
+        "submissions": len(kite.entries),
+        "arrays": sum(1 for e in kite.entries if e["array_size"]),
+        "slurm_jobs": len(tasks),
+        "slurm_ended": dict(ended),
+        "held_then_cancelled": sum(1 for _, t in tasks if t.get("held")
+                                   and t["state"] == "CANCELLED"),
+        "acquire_refused": sum(1 for e in kite.log if e["what"] == "acquire"
+                               and e["status"] != 200),
+        "sbatch_calls": sum(n for (cmd, _), n in calls.items() if cmd == "sbatch"),
+        "scancel_calls": sum(n for (cmd, _), n in calls.items() if cmd == "scancel"),
+        "faults": {
+            "service_5xx": sum(n for st, n in requests.items() if st >= 500),
+            "service_429": requests.get(429, 0),
+            "service_hang": requests.get(-1, 0),
+            "service_reset": requests.get(-2, 0),
+            "squeue_failed": sum(1 for c in result.calls if c["fault"] == "fail"
+                                 and c["cmd"] == "squeue"),
+            "sacct_empty": sum(1 for c in result.calls if c["fault"] == "empty"),
+            "slow_answers": sum(1 for c in result.calls if c["fault"].startswith("slow")),
+            "sbatch_failed": calls.get(("sbatch", "fail"), 0),
+            "sbatch_lost": calls.get(("sbatch", "lost"), 0),
+            "sbatch_hang": sum(n for (cmd, f), n in calls.items()
+                               if cmd == "sbatch" and f.startswith("hang")),
+            "sbatch_kill": sum(n for (cmd, f), n in calls.items()
+                               if cmd == "sbatch" and f.startswith("kill")),
+            "scancel_failed": calls.get(("scancel", "fail"), 0),
+        },
+        "submit_delay_p50": _percentile(submit_delay, 0.5),
+        "submit_delay_max": _percentile(submit_delay, 1.0),
+        "cancel_delay_p50": _percentile(cancel_delay, 0.5),
+        "cancel_delay_max": _percentile(cancel_delay, 1.0),
+        "kills": result.kills,
+        "kills_by_sbatch": sum(1 for c in result.cycles if "sbatch:kill" in c.armed),
+        "cycles": len(result.cycles),
+        "exit_codes": dict(Counter(str(c.exit_code) for c in result.cycles)),
+        "requests": len(result.requests),
+        "requests_by_endpoint": dict(Counter(f"{q['method']} {_bk_endpoint(q['path'])}"
+                                             for q in result.requests)),
+        "slurm_calls": len(result.calls),
+        "drained": result.drained,
+        "wall_seconds": round(result.wall, 1),
+        "failed": {k: len(v) for k, v in findings.items() if v},
+        "passed": not any(findings.values()),
+    }
+
+
+def _bk_endpoint(path: str) -> str:
+    """``/v2/organizations/acme/builds`` -> builds; ``.../pipelines/app/builds/12`` ->
+    builds/N."""
+    parts = [p for p in path.split("/") if p]
+    if parts and parts[-1].isdigit():
+        return f"{parts[-2]}/N"
+    return parts[-1] if parts else "/"

@@ -4,6 +4,7 @@
     python -m tests.chaos.run --short --seed 7                             # what make test runs
     python -m tests.chaos.run --seed 4 --cc-version 1.4.4 --keep /tmp/c4   # keep the work folder
     python -m tests.chaos.run --seed 1 --seed 2@1.4.4                      # per-seed cc-backend
+    python -m tests.chaos.run --service buildkite --seed 1 --jobs 300      # the Buildkite run
 
 Each seed prints its figures and every failed assertion with a count and a few examples; the
 exit code is 1 when any seed failed. ``--json FILE`` writes the figures of every seed.
@@ -38,7 +39,46 @@ def run_one(scenario: Scenario, work: Path, quiet: bool = False,
     return numbers
 
 
+def report_buildkite(numbers: dict[str, Any]) -> str:
+    lines = [
+        f"seed {numbers['seed']} (buildkite): {'PASS' if numbers['passed'] else 'FAIL'} in "
+        f"{numbers['wall_seconds']} s",
+        f"  {numbers['bk_jobs']} Buildkite jobs ({numbers['bk_jobs_ours']} for our queue) in "
+        f"{numbers['builds']} builds, cancelled {numbers['builds_cancelled']}; final states "
+        f"{numbers['bk_final_states']}; cancelled before running "
+        f"{numbers['cancelled_before_running']}, while running "
+        f"{numbers['cancelled_while_running']}",
+        f"  {numbers['sbatch_calls']} sbatch calls: {numbers['submissions']} submissions "
+        f"({numbers['arrays']} arrays), {numbers['slurm_jobs']} Slurm jobs/tasks ended "
+        f"{numbers['slurm_ended']}; {numbers['held_then_cancelled']} held pending until "
+        f"scancel'd; {numbers['acquire_refused']} acquires refused; "
+        f"{numbers['scancel_calls']} scancel calls",
+        f"  {numbers['cycles']} cycles (exit codes {numbers['exit_codes']}), "
+        f"{numbers['kills']} kill -9 ({numbers['kills_by_sbatch']} right after sbatch), "
+        f"{numbers['slurm_calls']} Slurm calls, {numbers['requests']} requests "
+        f"{numbers['requests_by_endpoint']}",
+        f"  faults: {numbers['faults']}",
+        f"  submitted {numbers['submit_delay_p50']} s after scheduled (median), at most "
+        f"{numbers['submit_delay_max']} s; a cancelled job's Slurm job over "
+        f"{numbers['cancel_delay_p50']} s after the cancel (median), at most "
+        f"{numbers['cancel_delay_max']} s; drained {numbers['drained']}",
+    ]
+    return "\n".join(lines + _failures(numbers))
+
+
+def _failures(numbers: dict[str, Any]) -> list[str]:
+    lines = []
+    for name in assertions_of(numbers["service"]):
+        count = numbers["failed"].get(name, 0)
+        if count:
+            lines.append(f"  FAILED {name}: {count}")
+            lines.extend(f"    {example}" for example in numbers["examples"][name])
+    return lines
+
+
 def report(numbers: dict[str, Any]) -> str:
+    if numbers["service"] == "buildkite":
+        return report_buildkite(numbers)
     lines = [
         f"seed {numbers['seed']} ({numbers['service']} {numbers['cc_version']}".rstrip()
         + f"): "
@@ -59,12 +99,7 @@ def report(numbers: dict[str, Any]) -> str:
            if numbers["service"] != "bank" else "")
         + f", drained {numbers['drained']}",
     ]
-    for name in assertions_of(numbers["service"]):
-        count = numbers["failed"].get(name, 0)
-        if count:
-            lines.append(f"  FAILED {name}: {count}")
-            lines.extend(f"    {example}" for example in numbers["examples"][name])
-    return "\n".join(lines)
+    return "\n".join(lines + _failures(numbers))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="the short scenario of make test")
     parser.add_argument("--cc-version", default=None, help="1.5.4 (default) or 1.4.4")
     parser.add_argument("--service", default="clustercockpit",
-                        help="clustercockpit (default) or bank")
+                        help="clustercockpit (default), bank or buildkite")
     parser.add_argument("--keep", default=None,
                         help="keep each seed's work folder in KEEP/seed-N (emptied first); "
                              "default: a temporary one")
@@ -114,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             scenario = Scenario.long(seed=seed, jobs=args.jobs or 1000, **changes)
         print(f"seed {seed}: {scenario.jobs} jobs, {scenario.kills} kills, syncer stop "
-              f"{scenario.syncer_outage:g} s, cc-backend down {scenario.cc_outage:g} s", flush=True)
+              f"{scenario.syncer_outage:g} s, {scenario.service} down {scenario.cc_outage:g} s",
+              flush=True)
         if args.keep:
             work = Path(args.keep) / f"seed-{seed}"
             if work.exists():
