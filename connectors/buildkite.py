@@ -57,7 +57,7 @@ from sync.connector import (
     Snapshot,
     View,
 )
-from sync.errors import ConfigError, SlurmError
+from sync.errors import ConfigError, SlurmCommandError, SlurmError, SlurmFormatError
 from sync.http import Reply, ServiceClient, classify, outcome_of
 from sync.secrets import SECRET_REF_SCHEMA
 from sync.slurm.control import SlurmControl, SubmitRequest, coarse_state
@@ -400,6 +400,10 @@ class BuildkiteConnector(Connector):
         self._batches: dict[str, tuple[Ref, ...]] = {}
         self._gone_paths: dict[int, float] = {}
         self._unknown_states: set[str] = set()
+        # this cycle's Slurm, for submits (some sent again from the outbox): whether squeue got
+        # through, and which Buildkite jobs our Slurm jobs run (active, or ended in the window)
+        self._slurm_ok = False
+        self._in_slurm: dict[str, SlurmRun] = {}
 
     # -- wiring
 
@@ -424,6 +428,8 @@ class BuildkiteConnector(Connector):
         runs = runs_of(view.active, self._batches, self.job_name)
         ended = runs_of(view.ended, self._batches, self.job_name)
         ours = {r.ref.job: r.ref for r in (*runs, *ended)}
+        self._slurm_ok = view.squeue_ok
+        self._in_slurm = {r.ref.job: r for r in (*ended, *runs)}
         try:
             self._remote = (self._observe_rest(ours) if self.mode == "rest"
                             else self._observe_stacks(ours))
@@ -781,9 +787,12 @@ class BuildkiteConnector(Connector):
     def _submit_all(self, actions: Sequence[Action]) -> list[Outcome]:
         outcomes: dict[str, Outcome] = {}
         todo = []
+        scheduled = {j.id for j in self._remote.scheduled}
         for action in actions:
             if "refused" in action.payload:
                 outcomes[action.key] = self._refuse(action)
+            elif (settled := self._not_now(action, scheduled)) is not None:
+                outcomes[action.key] = settled
             else:
                 todo.append(action)
         if todo and self.mode == "stacks":
@@ -798,6 +807,37 @@ class BuildkiteConnector(Connector):
         if self.mode == "stacks":
             self._notify_submitted([o for o in outcomes.values() if o.status is Status.DONE])
         return [outcomes[a.key] for a in actions]
+
+    def _not_now(self, action: Action, scheduled: set[str]) -> Outcome | None:
+        """Why a submit must not reach sbatch in this cycle, or None. A submit planned this
+        cycle always goes; one sent again from the outbox (its sbatch timed out, or said
+        "Socket timed out", after slurmctld may have taken the job) or planned by a cycle
+        killed before it recorded its sbatch may have made its Slurm job already: sbatch again
+        only when this cycle's squeue got through and shows no Slurm job of ours running the
+        Buildkite job (nor sacct one that ended), and Buildkite still has it scheduled."""
+        ref = Ref.parse(str(action.payload.get("ref", "")))
+        if ref is None:
+            return None  # refused in _submit_group
+        if not self._slurm_ok:
+            return Outcome.transient(action, "squeue failed this cycle: an earlier sbatch of "
+                                             "this job may be in Slurm; the submit waits")
+        found = self._in_slurm.get(ref.job)
+        if found is not None:
+            return Outcome.already_done(action, f"in Slurm already as job {found.slurm_id} "
+                                                f"({found.job.state.value}): not submitted "
+                                                f"again")
+        remote = self._remote
+        if not remote.complete:
+            return Outcome.transient(action, "Buildkite not read this cycle; the submit waits")
+        if remote.paused:
+            return Outcome.transient(action, "dispatch is paused in Buildkite; the submit waits")
+        if self.mode == "rest" and ref.job not in scheduled:
+            # (the Stacks API hides jobs we reserved from its list: batch-reserve tells there)
+            known = remote.known.get(ref.job)
+            return Outcome.already_done(action, "nothing to submit: the Buildkite job is "
+                                        + (known.state if known is not None
+                                           else "no longer scheduled"))
+        return None
 
     def _refuse(self, action: Action) -> Outcome:
         reason = str(action.payload["refused"])
@@ -853,6 +893,11 @@ class BuildkiteConnector(Connector):
                                         f"{len(group)})")
                         for i, a in enumerate(group)]
             except (OSError, SlurmError, ValueError) as exc:
+                if _answer_lost(exc):
+                    # slurmctld may hold the array: its jobs one by one would run twice
+                    return [Outcome.transient(a, f"sbatch --array: {exc}; the array may be in "
+                                                 "Slurm, looked for before any new sbatch")
+                            for a in group]
                 log.warning("array submit failed; submitting one by one",
                             extra={"fields": {"connector": self.name, "jobs": len(group),
                                               "error": str(exc)}})
@@ -871,7 +916,12 @@ class BuildkiteConnector(Connector):
                     options=(*base[:2], f"--output={self._log_path(array=False)}", *options),
                     comment=f"{ONE}{ref.text()}"))
             except SlurmError as exc:
-                outcomes.append(self._submit_failed(action, str(exc)))
+                if _answer_lost(exc):
+                    outcomes.append(Outcome.transient(action, f"sbatch: {exc}; the job may be "
+                                                              "in Slurm, looked for before any "
+                                                              "new sbatch"))
+                else:
+                    outcomes.append(self._submit_failed(action, str(exc)))
                 continue
             outcomes.append(Outcome.done(action, f"Slurm job {done.job_id}"))
         return outcomes
@@ -956,6 +1006,20 @@ def _refuse_slurm_variables(settings: Mapping[str, Any]) -> None:
                 f"$.connectors.buildkite.{section}.token: the variable {name} is a SLURM_* "
                 "variable, which Slurm passes to every job (even with --export=NONE); give "
                 "the token another name, or read it from a file")
+
+
+def _answer_lost(exc: BaseException) -> bool:
+    """Whether a failed sbatch may have submitted its job all the same: it timed out (the
+    runner killed it), was killed, slurmctld's answer timed out ("Socket timed out on
+    send/recv operation", "Zero Bytes were transmitted or received": the job may have been
+    taken), or it exited 0 without a job id we could read."""
+    if isinstance(exc, SlurmFormatError):
+        return True
+    if not isinstance(exc, SlurmCommandError):
+        return False
+    text = f"{exc.stderr} {exc.detail or ''}".lower()
+    return ("timed out" in text or "zero bytes were transmitted" in text
+            or (exc.returncode is not None and exc.returncode < 0))
 
 
 class _Unavailable(Exception):
