@@ -1,7 +1,9 @@
 # slurm-sync: everything a newcomer or CI needs, each target installing what it uses.
 #   make demo   bring up the Slurm lab, submit a few jobs, show what slurm-sync reads
-#   make test   lint, type-check, unit tests, the short chaos run (tests/chaos, ~2 min), the
-#               short fuzz run (tests/fuzz, ~40 s), and (as root) the lab tests on 22.05, 24.11, 26.05
+#   make test   lint, type-check, unit tests and doctests, the short chaos run (tests/chaos, ~2 min),
+#               the short fuzz run (tests/fuzz, ~40 s), the unit tests on Python 3.9 (make py39),
+#               and (as root) the lab tests on 22.05, 24.11, 26.05, the three versions side by side
+#   make py39   the unit tests and doctests on the oldest Python pyproject.toml claims (3.9)
 #   make fuzz   the long fuzz run: twenty times the inputs (SLURM_SYNC_FUZZ_SEED=N for others)
 #   make chaos  the long chaos run: 1,000 jobs, three seeds against cc-backend (one on 1.4) and
 #               one against the bank, ~45 min
@@ -10,9 +12,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 LAB_VERSIONS ?= all
+LAB_LIST := $(if $(filter all,$(LAB_VERSIONS)),22.05 24.11 26.05,$(LAB_VERSIONS))
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+# The examples in the code's docstrings, run by `make unit` and `make test`.
+DOCTESTS := --doctest-modules sync connectors
+# The oldest Python that pyproject.toml's requires-python admits (RHEL 9's python3), and the
+# virtual environment `make py39` tests it in.
+PY_OLDEST := 3.9
+VENV_OLDEST := $(VENV)/py$(subst .,,$(PY_OLDEST))
+TEST_LOGS := build/test-logs
 
-.PHONY: all venv lint unit fuzz lab-up lab-down test demo bench chaos clean
+.PHONY: all venv lint unit py39 fuzz lab-up lab-down test demo bench chaos clean
 
 all: test
 
@@ -29,10 +39,38 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(BIN)/ruff check sync connectors tests bench
-	$(BIN)/mypy sync connectors
+	@# mypy checks the folders as the package they install as (slurm_sync, with connectors/ as
+	@# slurm_sync.connectors), through a tree of links: `mypy sync connectors` would name them
+	@# sync.* and connectors.* and not find the slurm_sync.* they import.
+	@rm -rf build/typecheck && mkdir -p build/typecheck/slurm_sync
+	@for f in sync/*; do case $$f in */__pycache__) ;; *) ln -s ../../../$$f build/typecheck/slurm_sync/;; esac; done
+	@ln -s ../../../connectors build/typecheck/slurm_sync/connectors
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p slurm_sync
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/unit $(DOCTESTS)
+
+# Python $(PY_OLDEST): python$(PY_OLDEST) on PATH, else pyenv's, else uv's (`uv python install`, where
+# uv is installed and can download), else Debian's or Ubuntu's python$(PY_OLDEST)-venv (as root,
+# where the release has it). With none of them, the stamp is not made and `make py39` says so.
+$(VENV_OLDEST)/.installed: pyproject.toml
+	@py=; for c in python$(PY_OLDEST) $$(pyenv root 2>/dev/null)/versions/$(PY_OLDEST).*/bin/python$(PY_OLDEST); do \
+	  if "$$c" -c 'import sys, venv; sys.exit("%d.%d" % sys.version_info[:2] != "$(PY_OLDEST)")' 2>/dev/null; then \
+	    py=$$c; break; fi; done; \
+	if [ -z "$$py" ] && command -v uv >/dev/null && uv python install $(PY_OLDEST); then \
+	  py=$$(uv python find $(PY_OLDEST)); fi; \
+	if [ -z "$$py" ] && [ "$(IS_ROOT)" = yes ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-cache show python$(PY_OLDEST)-venv >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python$(PY_OLDEST)-venv && py=python$(PY_OLDEST); fi; \
+	if [ -z "$$py" ]; then echo "NOTE: no Python $(PY_OLDEST) here (not on PATH, in pyenv, uv or apt)"; exit 0; fi; \
+	echo "Python $(PY_OLDEST): $$py"; \
+	rm -rf $(VENV_OLDEST) && "$$py" -m venv $(VENV_OLDEST) && \
+	$(VENV_OLDEST)/bin/pip install -q --upgrade pip && \
+	$(VENV_OLDEST)/bin/pip install -q -e '.[dev]' && touch $@
+
+py39: $(VENV_OLDEST)/.installed
+	@[ -f $< ] || { echo "make py39: no Python $(PY_OLDEST) could be found or installed"; exit 1; }
+	$(VENV_OLDEST)/bin/pytest -q -p no:cacheprovider tests/unit $(DOCTESTS)
 
 # Mutated Slurm documents and configs (tests/fuzz); `make test` runs the same suite short.
 fuzz: venv
@@ -46,14 +84,35 @@ lab-down:
 	lab/slurm-lab down $(LAB_VERSIONS)
 
 # As root, the lab comes up first and its tests must run (SLURM_SYNC_REQUIRE_LAB=1 turns a
-# missing lab into a failure, not a skip). Without root the lab tests are skipped, said so.
+# missing lab into a failure, not a skip). The lab tests spend their time waiting on Slurm and
+# the three versions are separate clusters, so they run in the background while the rest runs:
+# one pytest-xdist worker per version, that version's tests one after the other (tests/lab/
+# conftest.py groups them); their output goes to $(TEST_LOGS)/lab.log and is shown at the end.
+# Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without root the lab
+# tests are skipped, said so. The exit code is non-zero if any of the runs failed.
 test: venv lint
-	@if [ "$(IS_ROOT)" = yes ]; then \
-	  lab/slurm-lab up $(LAB_VERSIONS) && SLURM_SYNC_REQUIRE_LAB=1 $(BIN)/pytest -ra tests; \
+	@mkdir -p $(TEST_LOGS); rc=0; lab=; \
+	if [ "$(IS_ROOT)" = yes ]; then \
+	  lab/slurm-lab up $(LAB_VERSIONS) || exit 1; \
+	  SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS="$(LAB_LIST)" $(BIN)/pytest -ra -p no:cacheprovider \
+	    -n $(words $(LAB_LIST)) --dist loadgroup tests/lab > $(TEST_LOGS)/lab.log 2>&1 & lab=$$!; \
+	  trap 'kill $$lab 2>/dev/null' EXIT; \
+	  echo "lab tests (Slurm $(LAB_LIST)) running in the background, output in $(TEST_LOGS)/lab.log"; \
+	  $(BIN)/pytest -ra $(DOCTESTS) tests --ignore=tests/lab || rc=1; \
 	else \
 	  echo "NOTE: not root: the lab tests (real Slurm 22.05, 24.11, 26.05) are skipped; run 'make test' as root for everything."; \
-	  $(BIN)/pytest -ra tests; \
-	fi
+	  $(BIN)/pytest -ra $(DOCTESTS) tests || rc=1; \
+	fi; \
+	$(MAKE) --no-print-directory $(VENV_OLDEST)/.installed || rc=1; \
+	if [ -f $(VENV_OLDEST)/.installed ]; then \
+	  echo "unit tests and doctests on Python $(PY_OLDEST):"; \
+	  $(VENV_OLDEST)/bin/pytest -q -p no:cacheprovider tests/unit $(DOCTESTS) || rc=1; \
+	fi; \
+	if [ -n "$$lab" ]; then \
+	  wait $$lab || rc=1; trap - EXIT; \
+	  echo "lab tests (Slurm $(LAB_LIST)), from $(TEST_LOGS)/lab.log:"; cat $(TEST_LOGS)/lab.log; \
+	fi; \
+	exit $$rc
 
 demo: venv lab-up
 	$(BIN)/python lab/demo

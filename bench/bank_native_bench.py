@@ -26,12 +26,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from standins import stand_ins  # noqa: E402
 
-from connectors.bank import BankConnector  # noqa: E402
-from sync.connector import SlurmContext  # noqa: E402
-from sync.engine import CycleOptions, run_cycle  # noqa: E402
-from sync.slurm.reader import SlurmReader  # noqa: E402
-from sync.slurm.run import Runner, SlurmCommands  # noqa: E402
-from sync.store import Store  # noqa: E402
+from slurm_sync.connector import SlurmContext  # noqa: E402
+from slurm_sync.connectors.bank import BankConnector  # noqa: E402
+from slurm_sync.engine import CycleOptions, run_cycle  # noqa: E402
+from slurm_sync.slurm.reader import SlurmReader  # noqa: E402
+from slurm_sync.slurm.run import Runner, SlurmCommands  # noqa: E402
+from slurm_sync.store import Store  # noqa: E402
 from tests.emulators.bank import Bank  # noqa: E402
 from tests.emulators.base import Faults  # noqa: E402
 

@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from standins import stand_ins  # noqa: E402
 
-from connectors.buildkite import BuildkiteConnector  # noqa: E402
-from sync.connector import SlurmContext  # noqa: E402
-from sync.engine import CycleOptions, run_cycle  # noqa: E402
-from sync.slurm.reader import SlurmReader  # noqa: E402
-from sync.slurm.run import Runner, SlurmCommands  # noqa: E402
-from sync.store import Store  # noqa: E402
+from slurm_sync.connector import SlurmContext  # noqa: E402
+from slurm_sync.connectors.buildkite import BuildkiteConnector  # noqa: E402
+from slurm_sync.engine import CycleOptions, run_cycle  # noqa: E402
+from slurm_sync.slurm.reader import SlurmReader  # noqa: E402
+from slurm_sync.slurm.run import Runner, SlurmCommands  # noqa: E402
+from slurm_sync.store import Store  # noqa: E402
 from tests.emulators.buildkite import Buildkite  # noqa: E402
 
 SHAPES = [[], ["slurm_cpus_per_task=2"], ["slurm_time=00:20:00"], ["slurm_mem=1G"],

@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gen import generate  # noqa: E402
 from standins import stand_ins  # noqa: E402
 
-from connectors.clustercockpit import ClusterCockpitConnector  # noqa: E402
-from sync.connector import SlurmContext  # noqa: E402
-from sync.engine import CycleOptions, run_cycle  # noqa: E402
-from sync.slurm.reader import SlurmReader  # noqa: E402
-from sync.slurm.run import Runner, SlurmCommands  # noqa: E402
-from sync.store import Store  # noqa: E402
+from slurm_sync.connector import SlurmContext  # noqa: E402
+from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector  # noqa: E402
+from slurm_sync.engine import CycleOptions, run_cycle  # noqa: E402
+from slurm_sync.slurm.reader import SlurmReader  # noqa: E402
+from slurm_sync.slurm.run import Runner, SlurmCommands  # noqa: E402
+from slurm_sync.store import Store  # noqa: E402
 from tests.emulators.base import Faults  # noqa: E402
 from tests.emulators.ccbackend import CCBackend  # noqa: E402
 

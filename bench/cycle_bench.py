@@ -25,11 +25,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gen import generate  # noqa: E402
 from standins import stand_ins  # noqa: E402
 
-from connectors.events import EventsConnector  # noqa: E402
-from sync.engine import CycleOptions, run_cycle  # noqa: E402
-from sync.slurm.reader import SlurmReader  # noqa: E402
-from sync.slurm.run import Runner, SlurmCommands  # noqa: E402
-from sync.store import Store  # noqa: E402
+from slurm_sync.connectors.events import EventsConnector  # noqa: E402
+from slurm_sync.engine import CycleOptions, run_cycle  # noqa: E402
+from slurm_sync.slurm.reader import SlurmReader  # noqa: E402
+from slurm_sync.slurm.run import Runner, SlurmCommands  # noqa: E402
+from slurm_sync.store import Store  # noqa: E402
 
 
 def main() -> int:

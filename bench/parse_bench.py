@@ -21,7 +21,7 @@ OUT = HERE / "out"
 
 TIMING = r"""
 import json, sys, time
-from sync.slurm.parse import parse_squeue
+from slurm_sync.slurm.parse import parse_squeue
 raw = open(sys.argv[1], "rb").read()
 best_load = best_norm = float("inf")
 for _ in range(int(sys.argv[2])):
@@ -35,7 +35,7 @@ print(json.dumps({"load": best_load, "normalize": best_norm}))
 
 MEMORY = r"""
 import json, resource, sys
-from sync.slurm.parse import parse_squeue
+from slurm_sync.slurm.parse import parse_squeue
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 raw = open(sys.argv[1], "rb").read()
 result = parse_squeue(raw)

@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connectors.events import EventsConnector  # noqa: E402
-from sync.connector import Scope  # noqa: E402
-from sync.engine import merged_filter, sacct_window  # noqa: E402
-from sync.slurm.parse import parse_squeue  # noqa: E402
-from sync.slurm.query import JobFilter, sacct_args, squeue_args  # noqa: E402
+from slurm_sync.connector import Scope  # noqa: E402
+from slurm_sync.connectors.events import EventsConnector  # noqa: E402
+from slurm_sync.engine import merged_filter, sacct_window  # noqa: E402
+from slurm_sync.slurm.parse import parse_squeue  # noqa: E402
+from slurm_sync.slurm.query import JobFilter, sacct_args, squeue_args  # noqa: E402
 
 # Linux counts the memory a process had when it forked (or shared, with vfork) into the
 # ru_maxrss of the command it then execs. Measured from this script, which by then holds a parsed

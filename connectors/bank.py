@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar
 
-from connectors.bank_service import SERVICES, AllocationService, Unanswered
-from sync.actions import Action, Outcome, RunKey
-from sync.connector import (
+from slurm_sync.actions import Action, Outcome, RunKey
+from slurm_sync.connector import (
     Connector,
     Direction,
     Scope,
@@ -54,13 +53,14 @@ from sync.connector import (
     View,
     delivery_key,
 )
-from sync.errors import ConfigError, SlurmError
-from sync.http import ServiceClient
-from sync.secrets import SECRET_REF_SCHEMA
-from sync.slurm.control import SlurmControl
-from sync.slurm.model import Job, JobState
-from sync.slurm.qos import AccountQos, QosAdmin, QosUsage
-from sync.slurm.query import JobFilter
+from slurm_sync.connectors.bank_service import SERVICES, AllocationService, Unanswered
+from slurm_sync.errors import ConfigError, SlurmError
+from slurm_sync.http import ServiceClient
+from slurm_sync.secrets import SECRET_REF_SCHEMA
+from slurm_sync.slurm.control import SlurmControl
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.qos import AccountQos, QosAdmin, QosUsage
+from slurm_sync.slurm.query import JobFilter
 
 __all__ = ["BankConnector", "Prices", "actual_cost", "estimate", "job_record"]
 

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from decimal import ROUND_UP, Decimal
 from typing import Any, Protocol
 
-from sync.actions import Action, Outcome
-from sync.http import ServiceClient, outcome_of
+from slurm_sync.actions import Action, Outcome
+from slurm_sync.http import ServiceClient, outcome_of
 
 __all__ = ["SERVICES", "AllocationService", "Answer", "MybrcService", "Unanswered"]
 

@@ -45,10 +45,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from connectors.buildkite_policy import POLICY_SCHEMA, QueuePolicy, Refused, resolve
-from sync.actions import Action, Outcome, Status
-from sync.config import thaw
-from sync.connector import (
+from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.config import thaw
+from slurm_sync.connector import (
     Connector,
     Direction,
     Scope,
@@ -57,12 +56,13 @@ from sync.connector import (
     Snapshot,
     View,
 )
-from sync.errors import ConfigError, SlurmCommandError, SlurmError, SlurmFormatError
-from sync.http import Reply, ServiceClient, classify, outcome_of
-from sync.secrets import SECRET_REF_SCHEMA
-from sync.slurm.control import SlurmControl, SubmitRequest, coarse_state
-from sync.slurm.model import Job, JobState
-from sync.slurm.query import JobFilter
+from slurm_sync.connectors.buildkite_policy import POLICY_SCHEMA, QueuePolicy, Refused, resolve
+from slurm_sync.errors import ConfigError, SlurmCommandError, SlurmError, SlurmFormatError
+from slurm_sync.http import Reply, ServiceClient, classify, outcome_of
+from slurm_sync.secrets import SECRET_REF_SCHEMA
+from slurm_sync.slurm.control import SlurmControl, SubmitRequest, coarse_state
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.query import JobFilter
 
 __all__ = ["BKJob", "BuildkiteConnector", "Ref", "Remote", "job_script"]
 
@@ -208,6 +208,10 @@ class Remote:
     paused: bool = False
     scheduled: tuple[BKJob, ...] = ()
     known: Mapping[str, BKJob] = field(default_factory=dict)
+    # Slurm ids of our pending jobs whose Buildkite job an agent held when Buildkite was read,
+    # that a squeue made after that read still shows pending: that agent is another's, not
+    # the one our job started after the cycle's squeue (see _confirm_taken)
+    taken_elsewhere: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -437,6 +441,9 @@ class BuildkiteConnector(Connector):
             log.warning("Buildkite not read this cycle: nothing is submitted or cancelled",
                         extra={"fields": {"connector": self.name, "error": str(exc)}})
             self._remote = Remote()
+        if self._remote.complete:
+            self._remote = replace(self._remote, taken_elsewhere=self._confirm_taken(
+                runs, self._remote, view.now))
         for job in self._remote.known.values():
             if job.state not in JOB_STATES and job.state not in self._unknown_states:
                 self._unknown_states.add(job.state)
@@ -444,6 +451,31 @@ class BuildkiteConnector(Connector):
                             "is left alone", extra={"fields": {
                                 "connector": self.name, "state": job.state[:40], "job": job.id}})
         return snapshot
+
+    def _confirm_taken(self, runs: Sequence[SlurmRun], remote: Remote,
+                       now: float) -> frozenset[str]:
+        """Which of our pending jobs another agent took their Buildkite job from. The cycle's
+        squeue came before Buildkite was read: a job it showed pending may have started since
+        and its own agent acquired the Buildkite job, which Buildkite then shows held. So such
+        jobs (held, pending past taken_grace) are asked about again, in one squeue made after
+        Buildkite was read: only those still pending are taken by another agent. Any doubt (that
+        squeue failing) cancels none."""
+        suspects = {r.slurm_id: r for r in runs if r.job.state is JobState.PENDING
+                    and (bk := remote.known.get(r.ref.job)) is not None and bk.state in TAKEN
+                    and now - (r.job.submit_time or now) >= self.taken_grace}
+        if not suspects or self.control is None:
+            return frozenset()
+        ids = sorted({r.job.array_job_id or r.job.job_id for r in suspects.values()})
+        self.control.clear_cache()
+        try:
+            found = self.control.status_many(ids)
+        except SlurmError as exc:
+            log.warning("squeue failed; no pending job is cancelled as taken by another agent",
+                        extra={"fields": {"connector": self.name, "error": str(exc)}})
+            return frozenset()
+        records = [job for jobs in found.values() for job in jobs]
+        return frozenset(r.slurm_id for r in runs_of(records, self._batches, self.job_name)
+                         if r.slurm_id in suspects and r.job.state is JobState.PENDING)
 
     def _find_gone_paths(self, view: View) -> dict[int, float]:
         """Per-job build paths whose job Slurm no longer runs. Candidates are folders not
@@ -637,7 +669,10 @@ class BuildkiteConnector(Connector):
 
     def _why_cancel(self, run: SlurmRun, bk: BKJob, pending: bool, now: float) -> str | None:
         """Why the Slurm job of ``run`` is to be stopped, from its Buildkite job's state (every
-        documented one is in one of GONE, ENDED, TAKEN and WAITING); None to leave it."""
+        documented one is in one of GONE, ENDED, TAKEN and WAITING); None to leave it. A
+        pending job whose Buildkite job is held goes only once a squeue made after Buildkite
+        was read still shows it pending (``Remote.taken_elsewhere``): else the holder may be
+        its own agent, started since the cycle's squeue."""
         if bk.state in GONE:
             return f"Buildkite job {bk.state}"
         if bk.build_state in BUILD_FINISHED:
@@ -646,7 +681,7 @@ class BuildkiteConnector(Connector):
             return f"Buildkite job {bk.state}; its agent could not acquire it"
         if pending and bk.state in TAKEN:
             waited = now - (run.job.submit_time or now)
-            if waited >= self.taken_grace:
+            if waited >= self.taken_grace and run.slurm_id in self._remote.taken_elsewhere:
                 return f"Buildkite job {bk.state} by another agent"
         return None  # WAITING, TAKEN by our own agent, ENDED while running, or unknown
 

@@ -64,7 +64,7 @@ from typing import Any, Union
 
 import jsonschema
 
-from sync.errors import ConfigError
+from slurm_sync.errors import ConfigError
 
 __all__ = [
     "ALIASES",

@@ -93,7 +93,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from sync.errors import SyncError
+from slurm_sync.errors import SyncError
 
 __all__ = [
     "BuildkiteSecretError",

@@ -50,8 +50,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from sync.actions import Action, Outcome, RunKey, Status
-from sync.connector import (
+from slurm_sync.actions import Action, Outcome, RunKey, Status
+from slurm_sync.connector import (
     Connector,
     Direction,
     Scope,
@@ -61,11 +61,11 @@ from sync.connector import (
     View,
     delivery_key,
 )
-from sync.errors import ConfigError, SlurmError
-from sync.http import Reply, ServiceClient, outcome_of
-from sync.secrets import SECRET_REF_SCHEMA, header_problem
-from sync.slurm.model import Job, JobState, NodeAllocation
-from sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.errors import ConfigError, SlurmError
+from slurm_sync.http import Reply, ServiceClient, outcome_of
+from slurm_sync.secrets import SECRET_REF_SCHEMA, header_problem
+from slurm_sync.slurm.model import Job, JobState, NodeAllocation
+from slurm_sync.slurm.query import JobFilter, SacctWindow
 
 __all__ = [
     "ClusterCockpitConnector",

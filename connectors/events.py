@@ -18,10 +18,18 @@ import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sync.actions import Action, Outcome
-from sync.connector import Connector, Direction, Scope, SlurmNeeds, Snapshot, View, delivery_key
-from sync.slurm.model import Job
-from sync.slurm.query import JobFilter
+from slurm_sync.actions import Action, Outcome
+from slurm_sync.connector import (
+    Connector,
+    Direction,
+    Scope,
+    SlurmNeeds,
+    Snapshot,
+    View,
+    delivery_key,
+)
+from slurm_sync.slurm.model import Job
+from slurm_sync.slurm.query import JobFilter
 
 __all__ = ["EventsConnector"]
 

@@ -29,19 +29,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sync import __version__
-from sync.actions import Action, Outcome, Status
-from sync.config import Config, ConnectorSettings, load_config
-from sync.connector import Connector, Direction, Scope, SlurmContext, discover
-from sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, behind, run_cycle
-from sync.errors import ConfigError, SlurmError, SlurmFormatError, SyncError
-from sync.log import setup_logging
-from sync.metrics import render_metrics, write_metrics
-from sync.slurm.model import Job
-from sync.slurm.query import JobFilter, SacctWindow, state_names
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Backoff, Delivery, RunCount, Store
+from slurm_sync import __version__
+from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.config import Config, ConnectorSettings, load_config
+from slurm_sync.connector import Connector, Direction, Scope, SlurmContext, discover
+from slurm_sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, behind, run_cycle
+from slurm_sync.errors import ConfigError, SlurmError, SlurmFormatError, SyncError
+from slurm_sync.log import setup_logging
+from slurm_sync.metrics import render_metrics, write_metrics
+from slurm_sync.slurm.model import Job
+from slurm_sync.slurm.query import JobFilter, SacctWindow, state_names
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Backoff, Delivery, RunCount, Store
 
 __all__ = ["main"]
 
@@ -50,7 +50,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLURM, EXIT_LOCKED = 0, 1, 2, 3, 75
 PROGRESS_FROM = 20
 """A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
 
-log = logging.getLogger("sync.cli")
+log = logging.getLogger("slurm_sync.cli")
 
 
 class _Bar:
@@ -619,7 +619,7 @@ def _cmd_bank_reconcile(
     what the plugins needed separate scripts for."""
     from dateutil import parser as dates
 
-    from connectors.bank import BankConnector, reconcile_actions
+    from slurm_sync.connectors.bank import BankConnector, reconcile_actions
 
     settings = config.connectors.get("bank")
     if settings is None or not settings.enabled:
@@ -659,7 +659,7 @@ def _cmd_bank_reconcile(
 
 def _cmd_discover_accelerators(out: Console, err: Console) -> int:
     """Print the accelerators block of this node; needs no config and changes nothing."""
-    from connectors.clustercockpit import NVIDIA_SMI_QUERY, accelerators_block
+    from slurm_sync.connectors.clustercockpit import NVIDIA_SMI_QUERY, accelerators_block
 
     smi = shutil.which("nvidia-smi")
     if smi is None:
@@ -705,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "clustercockpit":
             return _cmd_discover_accelerators(out, err)
         if args.command == "buildkite":
-            from connectors import buildkite_secrets
+            from slurm_sync.connectors import buildkite_secrets
 
             if args.bk_command == "encrypt":
                 return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,

@@ -41,10 +41,10 @@ from urllib.parse import quote
 import jsonschema
 import jsonschema.exceptions
 
-from sync.errors import ConfigError
-from sync.legacy import from_cc_slurm_sync, is_cc_slurm_sync
-from sync.secrets import is_secret_ref_schema, secret_ref_problem
-from sync.slurm.run import SlurmCommands
+from slurm_sync.errors import ConfigError
+from slurm_sync.legacy import from_cc_slurm_sync, is_cc_slurm_sync
+from slurm_sync.secrets import is_secret_ref_schema, secret_ref_problem
+from slurm_sync.slurm.run import SlurmCommands
 
 __all__ = [
     "CORE_SCHEMA",
@@ -561,7 +561,7 @@ def load_config(
     data = _decode(path, _read(path))
     if is_cc_slurm_sync(data):
         data, suggested = from_cc_slurm_sync(data, os.path.abspath(path))
-        logging.getLogger("sync.config").warning(
+        logging.getLogger("slurm_sync.config").warning(
             "%s is cc-slurm-sync's config; it works as it is, but the API token should move "
             "to a file of its own (chmod 600). The same settings in slurm-sync's form:\n%s",
             path, json.dumps(suggested, indent=2))

@@ -21,12 +21,12 @@ from enum import Enum
 from importlib import metadata
 from typing import Any, ClassVar
 
-from sync.actions import Action, Outcome
-from sync.errors import ConfigError
-from sync.secrets import Secret, SecretRef, resolve_secret
-from sync.slurm.model import Job
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
+from slurm_sync.actions import Action, Outcome
+from slurm_sync.errors import ConfigError
+from slurm_sync.secrets import Secret, SecretRef, resolve_secret
+from slurm_sync.slurm.model import Job
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
 
 __all__ = [
     "ENTRY_POINT_GROUP",

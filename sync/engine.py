@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import IO, Protocol
 
-from sync.actions import Action, Outcome, RunKey, Status
-from sync.connector import (
+from slurm_sync.actions import Action, Outcome, RunKey, Status
+from slurm_sync.connector import (
     Connector,
     Direction,
     Scope,
@@ -37,11 +37,11 @@ from sync.connector import (
     View,
     delivery_key,
 )
-from sync.errors import SlurmError, SyncError
-from sync.slurm.model import Job
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.store import Store
+from slurm_sync.errors import SlurmError, SyncError
+from slurm_sync.slurm.model import Job
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.store import Store
 
 __all__ = [
     "DESTRUCTIVE",

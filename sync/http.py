@@ -31,8 +31,8 @@ from typing import Any
 import requests
 import urllib3
 
-from sync import __version__
-from sync.actions import Action, Outcome, Status
+from slurm_sync import __version__
+from slurm_sync.actions import Action, Outcome, Status
 
 __all__ = ["Reply", "ServiceClient", "classify", "outcome_of", "parse_retry_after"]
 

@@ -17,7 +17,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from sync.errors import ConfigError
+from slurm_sync.errors import ConfigError
 
 __all__ = ["from_cc_slurm_sync", "is_cc_slurm_sync"]
 

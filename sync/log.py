@@ -46,11 +46,12 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(verbosity: int, fmt: str = "text") -> None:
-    """Configure the ``sync`` and ``connectors`` loggers for one process."""
+    """Configure the ``slurm_sync`` loggers (the core and the built-in connectors) for one
+    process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     level = LEVELS.get(max(-1, min(verbosity, 2)), logging.WARNING)
-    for name in ("sync", "connectors"):
+    for name in ("slurm_sync",):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level)

@@ -14,9 +14,9 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 
-from sync.actions import Outcome
-from sync.slurm.run import CallRecord
-from sync.store import LagRecord
+from slurm_sync.actions import Outcome
+from slurm_sync.slurm.run import CallRecord
+from slurm_sync.store import LagRecord
 
 __all__ = ["render_metrics", "write_metrics"]
 

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sync.errors import ConfigError
+from slurm_sync.errors import ConfigError
 
 __all__ = [
     "SECRET_REF_KEYWORD",

@@ -1,7 +1,7 @@
 """Durable state of slurm-sync: what was delivered, the sacct watermark, the outbox, the runs.
 
     >>> import tempfile, os
-    >>> from sync.actions import Action, Outcome
+    >>> from slurm_sync.actions import Action, Outcome
     >>> state_dir = tempfile.mkdtemp()
     >>> store = Store.open(os.path.join(state_dir, "state.db"))
     >>> start = Action(connector="events", kind="start", key="lab2411/42/1790000000",
@@ -55,8 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sync.actions import Action, Outcome, RunKey, Status
-from sync.errors import SyncError
+from slurm_sync.actions import Action, Outcome, RunKey, Status
+from slurm_sync.errors import SyncError
 
 __all__ = [
     "MIGRATIONS",

@@ -42,11 +42,11 @@ from signal import Signals
 from types import MappingProxyType
 from typing import Literal
 
-from sync.errors import SlurmCommandError, SlurmFormatError
-from sync.slurm.model import Job, JobState
-from sync.slurm.query import JobFilter
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import CommandResult, Runner
+from slurm_sync.errors import SlurmCommandError, SlurmFormatError
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.query import JobFilter
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import CommandResult, Runner
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import re
 
 import hostlist
 
-from sync.errors import SlurmFormatError
+from slurm_sync.errors import SlurmFormatError
 
 __all__ = ["MAX_GPU_INDICES", "MAX_HOSTS", "expand_hosts", "gpu_indices"]
 

@@ -42,9 +42,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
-from sync.errors import SlurmError, SlurmFormatError
-from sync.slurm.gres import expand_hosts, gpu_indices
-from sync.slurm.model import (
+from slurm_sync.errors import SlurmError, SlurmFormatError
+from slurm_sync.slurm.gres import expand_hosts, gpu_indices
+from slurm_sync.slurm.model import (
     ExitCode,
     Job,
     JobState,
@@ -53,7 +53,7 @@ from sync.slurm.model import (
     Producer,
     Skipped,
 )
-from sync.slurm.shapes import (
+from slurm_sync.slurm.shapes import (
     ascii_digits,
     cached_with_field,
     parse_tres_list,

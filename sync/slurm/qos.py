@@ -34,8 +34,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sync.errors import SlurmFormatError
-from sync.slurm.run import Runner
+from slurm_sync.errors import SlurmFormatError
+from slurm_sync.slurm.run import Runner
 
 __all__ = [
     "AccountQos",

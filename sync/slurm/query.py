@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sync.errors import SlurmFormatError
-from sync.slurm.model import Job, JobState
+from slurm_sync.errors import SlurmFormatError
+from slurm_sync.slurm.model import Job, JobState
 
 __all__ = [
     "JobFilter",

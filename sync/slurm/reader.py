@@ -17,18 +17,18 @@ import re
 from collections import Counter
 from dataclasses import replace
 
-from sync.errors import SlurmCommandError, SlurmFormatError
-from sync.slurm.model import ExitCode, Job, JobState, NodeTopology
-from sync.slurm.parse import (
+from slurm_sync.errors import SlurmCommandError, SlurmFormatError
+from slurm_sync.slurm.model import ExitCode, Job, JobState, NodeTopology
+from slurm_sync.slurm.parse import (
     ParseResult,
     parse_sacct,
     parse_squeue,
     quirks_of,
     resolve_cpu_ids,
 )
-from sync.slurm.query import JobFilter, SacctWindow, parse_version, sacct_args, squeue_args
-from sync.slurm.run import Runner
-from sync.slurm.statesave import JobFiles, read_job_files
+from slurm_sync.slurm.query import JobFilter, SacctWindow, parse_version, sacct_args, squeue_args
+from slurm_sync.slurm.run import Runner
+from slurm_sync.slurm.statesave import JobFiles, read_job_files
 
 __all__ = ["SlurmReader"]
 

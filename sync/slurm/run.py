@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sync.errors import SlurmCommandError
+from slurm_sync.errors import SlurmCommandError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import TypeVar
 
-from sync.errors import SlurmFormatError
+from slurm_sync.errors import SlurmFormatError
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -65,8 +65,8 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from connectors.clustercockpit import cc_state
-from sync.slurm.model import JobState
+from slurm_sync.connectors.clustercockpit import cc_state
+from slurm_sync.slurm.model import JobState
 from tests.chaos.harness import Cycle, Result
 from tests.chaos.services import BK_QUEUE, CC_CLUSTER, price
 from tests.chaos.timeline import Job, Run, sacct_records, squeue_state

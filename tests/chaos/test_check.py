@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from connectors.clustercockpit import cc_state
-from sync.slurm.model import JobState
+from slurm_sync.connectors.clustercockpit import cc_state
+from slurm_sync.slurm.model import JobState
 from tests.chaos.check import ASSERTIONS, check
 from tests.chaos.harness import CC_CLUSTER, Cycle, Result
 from tests.chaos.timeline import Scenario, Timeline, build_timeline

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from sync.slurm.model import NodeTopology
-from sync.slurm.parse import parse_sacct, parse_squeue, resolve_cpu_ids
-from sync.slurm.query import JobFilter, SacctWindow, sacct_args, squeue_args
+from slurm_sync.slurm.model import NodeTopology
+from slurm_sync.slurm.parse import parse_sacct, parse_squeue, resolve_cpu_ids
+from slurm_sync.slurm.query import JobFilter, SacctWindow, sacct_args, squeue_args
 from tests.chaos import slurmsim
 from tests.chaos.timeline import CPU_HOSTS, GPU_HOSTS, Scenario, Timeline, build_timeline
 

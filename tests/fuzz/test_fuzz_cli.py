@@ -9,7 +9,7 @@ no traceback, whatever the input.
   found), 2 (the config is wrong, and nothing was created), or another documented code.
 
 Most inputs run ``main`` in this process; every tenth runs as its own process
-(``python -m sync.cli``), where a traceback would show on standard error.
+(``python -m slurm_sync.cli``), where a traceback would show on standard error.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from sync.cli import main
+from slurm_sync.cli import main
 from tests.fuzz.conftest import SEED, inputs
 from tests.fuzz.mutate import mutate
 
@@ -60,7 +60,7 @@ def _standins(folder: Path, version: str, squeue: Path, sacct: Path) -> Path:
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str], own_process: bool
          ) -> tuple[int, str, str]:
     if own_process:
-        done = subprocess.run([sys.executable, "-m", "sync.cli", *argv], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "slurm_sync.cli", *argv], capture_output=True,
                               timeout=SECONDS_PER_INPUT * 2, cwd=ROOT, check=False)
         return (done.returncode, done.stdout.decode("utf-8", "replace"),
                 done.stderr.decode("utf-8", "replace"))

@@ -18,15 +18,23 @@ from typing import Any, ClassVar
 
 import pytest
 
-from sync.actions import Action, Outcome
-from sync.connector import Connector, Direction, Scope, SlurmNeeds, Snapshot, View, delivery_key
-from sync.engine import DESTRUCTIVE, CycleOptions, run_cycle
-from sync.errors import SlurmError
-from sync.slurm.parse import ParseResult, parse_squeue
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Store
+from slurm_sync.actions import Action, Outcome
+from slurm_sync.connector import (
+    Connector,
+    Direction,
+    Scope,
+    SlurmNeeds,
+    Snapshot,
+    View,
+    delivery_key,
+)
+from slurm_sync.engine import DESTRUCTIVE, CycleOptions, run_cycle
+from slurm_sync.errors import SlurmError
+from slurm_sync.slurm.parse import ParseResult, parse_squeue
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Store
 from tests.fuzz.conftest import SEED, inputs
 from tests.fuzz.mutate import mutate
 

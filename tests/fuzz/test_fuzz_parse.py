@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from sync.errors import SlurmError
-from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
-from sync.slurm.shapes import INT_MAX, INT_MIN, MAX_EPOCH
+from slurm_sync.errors import SlurmError
+from slurm_sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
+from slurm_sync.slurm.shapes import INT_MAX, INT_MIN, MAX_EPOCH
 from tests.fuzz.conftest import SEED, inputs
 from tests.fuzz.mutate import mutate
 

@@ -3,6 +3,13 @@
 Each test gets a ``LabCluster`` per Slurm version that ``lab/slurm-lab up`` has brought up
 (``lab/run/<version>/lab.json``). Without root or without the lab the tests are skipped with the
 reason, unless SLURM_SYNC_REQUIRE_LAB=1 (``make test`` as root, CI), where that is a failure.
+
+The versions are separate clusters (own munged, slurmdbd, slurmctld, slurmd and ports; one
+database each in the shared MariaDB) and a test touches only its own (``cancel_all`` cancels every
+job there before and after it), so the versions can run side by side: each version's tests form
+one pytest-xdist group (``-n 3 --dist loadgroup`` gives each version a worker of its own, its tests
+one after the other, as before). SLURM_SYNC_LAB_VERSIONS="22.05 24.11" keeps only those versions'
+tests (``make test LAB_VERSIONS=...``).
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from typing import Any
 
 import pytest
 
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner, SlurmCommands
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner, SlurmCommands
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ("22.05", "24.11", "26.05")
 REQUIRE = os.environ.get("SLURM_SYNC_REQUIRE_LAB") == "1"
+ONLY = tuple(os.environ.get("SLURM_SYNC_LAB_VERSIONS", "").split())
 
 
 def _unavailable(version: str) -> str | None:
@@ -114,6 +122,37 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabCluster]:
     cluster.cancel_all()
     yield cluster
     cluster.cancel_all()
+
+
+def _version_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "lab" not in getattr(item, "fixturenames", ()):
+        return None
+    version = callspec.params.get("lab")
+    return str(version) if version is not None else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group each version's tests for pytest-xdist; keep only SLURM_SYNC_LAB_VERSIONS' ones."""
+    unknown = set(ONLY) - set(VERSIONS)
+    if unknown:
+        raise pytest.UsageError(f"SLURM_SYNC_LAB_VERSIONS: no lab version {sorted(unknown)} "
+                                f"(have {' '.join(VERSIONS)})")
+    grouping = config.pluginmanager.hasplugin("xdist")
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        version = _version_of(item)
+        if version is not None and ONLY and version not in ONLY:
+            dropped.append(item)
+            continue
+        if version is not None and grouping:
+            item.add_marker(pytest.mark.xdist_group(f"slurm-{version}"))
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def cpu_ids_of(show: str) -> list[int]:

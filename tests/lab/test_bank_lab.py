@@ -59,7 +59,7 @@ def _config(lab: LabCluster, tmp_path: Path, emu: Bank) -> Path:
 
 
 def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+    return subprocess.run([sys.executable, "-m", "slurm_sync.cli", "-c", str(config), *args],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "COLUMNS": "200"})
 

@@ -92,7 +92,7 @@ def _config(lab: LabCluster, tmp_path: Path, shared: Path, emu: Buildkite, mode:
 
 def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200", "BK_LAB_API_TOKEN": Buildkite().api_token}
-    return subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+    return subprocess.run([sys.executable, "-m", "slurm_sync.cli", "-c", str(config), *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -319,7 +319,7 @@ def test_no_slurm_variable_of_the_services_environment_reaches_a_job(
         {"step_key": "env", "command": f"env > {seen}", "agent_query_rules": ["queue=slurm"]}])
     env = {**os.environ, "COLUMNS": "200", "BK_LAB_API_TOKEN": Buildkite().api_token,
            "SLURM_SYNC_LAB_SECRET": secret, "SLURM_JOB_ID": "999999", "SBATCH_SECRET": secret}
-    result = subprocess.run([sys.executable, "-m", "sync.cli", "-c", str(config), "-q"],
+    result = subprocess.run([sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "-q"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(_ours(lab)) == 1, _ours(lab)

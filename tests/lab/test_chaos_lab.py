@@ -45,8 +45,8 @@ from typing import Any
 
 import pytest
 
-from sync.slurm.model import JobState
-from sync.slurm.reader import ALL_STATES
+from slurm_sync.slurm.model import JobState
+from slurm_sync.slurm.reader import ALL_STATES
 from tests.chaos.check import check, figures
 from tests.chaos.harness import Cycle, Result, _read_store
 from tests.chaos.services import CC_CLUSTER, TOKEN

@@ -67,7 +67,7 @@ def _config(lab: LabCluster, tmp_path: Path, emu: CCBackend, first_window: int =
 
 def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+        [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), *args],
         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
     )
 
@@ -209,7 +209,7 @@ def test_faults_and_kill_9_mid_apply_lose_and_duplicate_nothing(
     config = _config(lab, tmp_path, backend)
     # a slow service, and the run killed after its first few requests landed
     backend.faults = Faults(latency=0.4)
-    proc = subprocess.Popen([sys.executable, "-m", "sync.cli", "-c", str(config), "-q"],
+    proc = subprocess.Popen([sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "-q"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while backend.count("POST", "/api/jobs/start_job/") < 3 and time.monotonic() < deadline:

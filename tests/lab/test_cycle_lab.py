@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sync.engine import RunLock
+from slurm_sync.engine import RunLock
 from tests.lab.conftest import LabCluster
 
 pytestmark = pytest.mark.lab
@@ -31,7 +31,7 @@ def _config(lab: LabCluster, tmp_path: Path, **slurm: Any) -> Path:
 
 def _sync(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sync.cli", "-c", str(config), *args],
+        [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), *args],
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
     )
 
@@ -117,7 +117,7 @@ def test_bad_config_exits_2_naming_the_key(lab: LabCluster, tmp_path: Path) -> N
     config.write_text(json.dumps(data))
     result = _sync(config)
     assert result.returncode == 2
-    assert "connectors.events" in result.stderr and "outptu" in result.stderr
+    assert "slurm_sync.connectors.events" in result.stderr and "outptu" in result.stderr
     assert not (tmp_path / "state").exists()
 
 
@@ -168,7 +168,7 @@ def test_loop_runs_cycles_until_interrupted(lab: LabCluster, tmp_path: Path) -> 
     config = _config(lab, tmp_path)
     config.write_text(json.dumps({**json.loads(config.read_text()), "log_format": "json"}))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sync.cli", "-c", str(config), "--loop", "1", "-vv"],
+        [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "--loop", "1", "-vv"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(4)

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from sync.slurm.model import ExitCode
-from sync.slurm.query import SacctWindow
+from slurm_sync.slurm.model import ExitCode
+from slurm_sync.slurm.query import SacctWindow
 from tests.lab.conftest import LabCluster
 
 pytestmark = pytest.mark.lab

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sync.errors import SlurmError
-from sync.slurm.model import Job, JobState
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner, SlurmCommands
+from slurm_sync.errors import SlurmError
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner, SlurmCommands
 from tests.lab.conftest import LabCluster, cpu_ids_of, gpu_ids_of
 
 pytestmark = pytest.mark.lab
@@ -173,7 +173,8 @@ def test_jobs_command_against_the_lab(lab: LabCluster, tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"slurm": {"bin_dir": lab.bin_dir}}))
     proc = subprocess.run(
-        [sys.executable, "-m", "sync.cli", "-c", str(config), "jobs", "--json", "-j", str(job_id)],
+        [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "jobs", "--json",
+         "-j", str(job_id)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
     )
     assert proc.returncode == 0, proc.stderr

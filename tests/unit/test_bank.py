@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from connectors.bank import (
+from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.connector import SlurmContext, Snapshot, View, delivery_key
+from slurm_sync.connectors.bank import (
     BankConnector,
     Limit,
     NativeSettings,
@@ -23,17 +25,15 @@ from connectors.bank import (
     estimate,
     unsettled_su,
 )
-from sync.actions import Action, Outcome, Status
-from sync.connector import SlurmContext, Snapshot, View, delivery_key
-from sync.engine import CycleOptions, run_cycle
-from sync.errors import ConfigError, SlurmCommandError
-from sync.slurm.model import Job, JobState
-from sync.slurm.parse import ParseResult
-from sync.slurm.qos import AccountQos, Enforcement, QosAdmin, QosUsage
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Store
+from slurm_sync.engine import CycleOptions, run_cycle
+from slurm_sync.errors import ConfigError, SlurmCommandError
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.parse import ParseResult
+from slurm_sync.slurm.qos import AccountQos, Enforcement, QosAdmin, QosUsage
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Store
 from tests.emulators.bank import Bank
 
 NOW = 1_795_600_000

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from connectors.bank_service import Answer, MybrcService, Unanswered
-from sync.http import ServiceClient
+from slurm_sync.connectors.bank_service import Answer, MybrcService, Unanswered
+from slurm_sync.http import ServiceClient
 from tests.emulators.bank import Bank
 
 

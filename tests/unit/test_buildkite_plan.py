@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from connectors.buildkite import (
+from slurm_sync.connector import Direction, Scope, Snapshot, View
+from slurm_sync.connectors.buildkite import (
     BKJob,
     BuildkiteConnector,
     Ref,
@@ -20,9 +21,8 @@ from connectors.buildkite import (
     matches_queue,
     runs_of,
 )
-from sync.connector import Direction, Scope, Snapshot, View
-from sync.errors import SlurmCommandError
-from sync.slurm.model import ExitCode, Job, JobState
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.model import ExitCode, Job, JobState
 
 NOW = 1_795_500_000.0
 
@@ -160,10 +160,12 @@ def test_pending_jobs_are_cancelled_on_buildkites_word(
     ref = Ref("app", 7, _id(1))
     pending = _slurm(70, ref, JobState.PENDING)
     remote = Remote(complete=True, known={ref.job: BKJob(ref.job, state, "app", 7, (),
-                                                          build_state)})
+                                                          build_state)},
+                    taken_elsewhere=frozenset({"70"}))
     plan = _plan(connector, remote, active=(pending,))
     if state == "running":
-        # another agent holds it: after taken_grace (the job waited 600 s > 120 s)
+        # another agent holds it: after taken_grace (the job waited 600 s > 120 s), and a
+        # squeue after Buildkite's answer still showed it pending (taken_elsewhere)
         assert [a.kind for a in plan] == ["cancel"] and "another agent" in plan[0].reason
     else:
         assert [a.kind for a in plan] == ([kind] if kind else [])
@@ -280,7 +282,7 @@ _STATE_DECISIONS = {
 
 
 def test_every_documented_job_state_is_decided() -> None:
-    from connectors.buildkite import JOB_STATES
+    from slurm_sync.connectors.buildkite import JOB_STATES
     from tests.emulators.buildkite import JOB_STATES as EMULATED
 
     assert set(_STATE_DECISIONS) == JOB_STATES
@@ -294,7 +296,8 @@ def test_each_job_state_cancels_a_pending_or_running_slurm_job_or_not(
     connector = _connector(tmp_path)
     ref = Ref("app", 7, _id(1))
     remote = Remote(complete=True, known={ref.job: BKJob(ref.job, state, "app", 7, (),
-                                                          "running")})
+                                                          "running")},
+                    taken_elsewhere=frozenset({"70"}))
     pending, running = _STATE_DECISIONS[state]
     plan = _plan(connector, remote, active=(_slurm(70, ref, JobState.PENDING),))
     assert [a.kind for a in plan] == ([pending] if pending else []), plan
@@ -352,7 +355,7 @@ def test_a_pending_cancel_is_not_sent_again_while_slurm_removes_the_job(tmp_path
 def test_a_sigterm_slurm_took_starts_the_grace_and_a_refused_one_is_retried(
     tmp_path: Path
 ) -> None:
-    from sync.actions import Action, Status
+    from slurm_sync.actions import Action, Status
 
     class Control:
         def __init__(self) -> None:
@@ -378,7 +381,7 @@ def test_a_sigterm_slurm_took_starts_the_grace_and_a_refused_one_is_retried(
 def test_a_token_in_a_slurm_variable_is_refused(
     tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sync.errors import ConfigError
+    from slurm_sync.errors import ConfigError
 
     monkeypatch.setenv("SLURM_BK_TOKEN", "bkua_s3cret")
     settings: dict[str, Any] = {

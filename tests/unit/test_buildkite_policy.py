@@ -5,7 +5,8 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from connectors.buildkite_policy import (
+from slurm_sync.config import combined_schema
+from slurm_sync.connectors.buildkite_policy import (
     ALIASES,
     CONFLICTS,
     DEFAULT_ALLOWED,
@@ -18,8 +19,7 @@ from connectors.buildkite_policy import (
     Resolved,
     resolve,
 )
-from sync.config import combined_schema
-from sync.errors import ConfigError
+from slurm_sync.errors import ConfigError
 
 QUEUE = QueuePolicy(
     defaults={"partition": "cpu", "time": "1:05:00", "account": "ci-proj", "reservation": "ci"}

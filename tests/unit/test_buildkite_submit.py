@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from connectors.buildkite import BKJob, BuildkiteConnector, Ref, Remote
-from sync.actions import Action, Status
-from sync.connector import Snapshot, View
-from sync.errors import SlurmCommandError
-from sync.slurm.control import SubmitRequest, Submitted
-from sync.slurm.model import ExitCode, Job, JobState
+from slurm_sync.actions import Action, Status
+from slurm_sync.connector import Snapshot, View
+from slurm_sync.connectors.buildkite import BKJob, BuildkiteConnector, Ref, Remote
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.control import SubmitRequest, Submitted
+from slurm_sync.slurm.model import ExitCode, Job, JobState
 
 NOW = 1_795_500_000.0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.cli import main
+from slurm_sync.cli import main
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.05"
 
@@ -115,8 +115,8 @@ def test_discover_accelerators_says_when_there_is_no_nvidia_smi(
 def test_status_counts_deliveries_and_lists_refusals(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sync.actions import Action, Outcome
-    from sync.store import Store
+    from slurm_sync.actions import Action, Outcome
+    from slurm_sync.store import Store
 
     state = tmp_path / "state"
     state.mkdir()
@@ -145,9 +145,9 @@ def test_status_check_and_metrics_show_a_connector_that_falls_behind(
     why, check fails, and the metrics carry the figures an alert reads."""
     import time
 
-    from sync.actions import Action, Outcome
-    from sync.metrics import render_metrics
-    from sync.store import Store
+    from slurm_sync.actions import Action, Outcome
+    from slurm_sync.metrics import render_metrics
+    from slurm_sync.store import Store
 
     now = time.time()
     state = tmp_path / "state"
@@ -194,7 +194,7 @@ def test_buildkite_secret_commands_round_trip(
     public = tmp_path / "agents.pub"
     public.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    import connectors.buildkite_secrets as secrets
+    import slurm_sync.connectors.buildkite_secrets as secrets
 
     monkeypatch.setattr(secrets.cli_encrypt, "__kwdefaults__",
                         {**secrets.cli_encrypt.__kwdefaults__, "getpass": lambda p: "s3cr3t v"})
@@ -262,8 +262,8 @@ def test_loop_needs_a_finite_interval_above_zero(
 
 
 def test_a_json_token_a_header_cannot_carry_is_named_not_shown(tmp_path: Path) -> None:
-    from connectors.clustercockpit import ClusterCockpitConnector
-    from sync.errors import ConfigError
+    from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector
+    from slurm_sync.errors import ConfigError
 
     token = tmp_path / "cc-slurm-sync.json"
     token.write_text(json.dumps({"cc-backend": {"apikey": "s\u00e9cr\u20acT"}}))

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from connectors.clustercockpit import ClusterCockpitConnector
-from sync.actions import Status
-from sync.connector import SlurmContext
-from sync.engine import CycleOptions, run_cycle
-from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Store
+from slurm_sync.actions import Status
+from slurm_sync.connector import SlurmContext
+from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector
+from slurm_sync.engine import CycleOptions, run_cycle
+from slurm_sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Store
 from tests.emulators.base import Faults
 from tests.emulators.ccbackend import CCBackend
 
@@ -110,7 +110,7 @@ def test_a_start_cc_backend_already_has_is_recorded_not_repeated(tmp_path: Path,
 
 
 def _start() -> Any:
-    from sync.connector import Direction
+    from slurm_sync.connector import Direction
 
     return Direction.START
 
@@ -185,7 +185,7 @@ def test_a_wrong_token_is_a_failure_check_explains(tmp_path: Path, backend: CCBa
 
 def test_stop_of_an_unknown_job_is_recorded_not_retried(tmp_path: Path,
                                                         backend: CCBackend) -> None:
-    from sync.actions import Action
+    from slurm_sync.actions import Action
 
     connector = _connector(tmp_path, backend)
     outcome = connector.apply(Action("clustercockpit", "stop", "lab2411/99/1", {

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors.clustercockpit import (
+from slurm_sync.connector import Direction, Scope, Snapshot, View, delivery_key
+from slurm_sync.connectors.clustercockpit import (
     ClusterCockpitConnector,
     HostMap,
     Unsendable,
@@ -16,10 +17,9 @@ from connectors.clustercockpit import (
     start_payload,
     stop_payload,
 )
-from sync.connector import Direction, Scope, Snapshot, View, delivery_key
-from sync.errors import ConfigError
-from sync.slurm.model import Job, JobState
-from sync.slurm.parse import parse_sacct, parse_squeue
+from slurm_sync.errors import ConfigError
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.parse import parse_sacct, parse_squeue
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.11"
 BUS = {"0": "00000000:03:00.0", "1": "00000000:04:00.0", "2": "00000000:05:00.0"}

@@ -13,17 +13,25 @@ from typing import Any
 
 import pytest
 
-from connectors.clustercockpit import ClusterCockpitConnector, for_version
-from sync.actions import Action, Status
-from sync.config import load_config
-from sync.connector import Direction, Scope, SlurmContext, Snapshot, View, delivery_key, discover
-from sync.engine import CycleOptions, run_cycle
-from sync.slurm.model import Job, JobState, NodeAllocation
-from sync.slurm.parse import ParseResult
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Store
+from slurm_sync.actions import Action, Status
+from slurm_sync.config import load_config
+from slurm_sync.connector import (
+    Direction,
+    Scope,
+    SlurmContext,
+    Snapshot,
+    View,
+    delivery_key,
+    discover,
+)
+from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector, for_version
+from slurm_sync.engine import CycleOptions, run_cycle
+from slurm_sync.slurm.model import Job, JobState, NodeAllocation
+from slurm_sync.slurm.parse import ParseResult
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Store
 from tests.emulators.base import Reply, Request
 from tests.emulators.ccbackend import CCBackend
 

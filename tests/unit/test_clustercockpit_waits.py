@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sync.errors import SlurmCommandError
-from sync.slurm.parse import ParseResult
-from sync.slurm.query import JobFilter
-from sync.store import Store
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.parse import ParseResult
+from slurm_sync.slurm.query import JobFilter
+from slurm_sync.store import Store
 from tests.emulators.ccbackend import CCBackend
 from tests.unit.test_clustercockpit_emulator import (
     CLUSTERS,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import (
+from slurm_sync.config import (
     CORE_SCHEMA,
     Config,
     ConnectorSettings,
@@ -17,8 +17,8 @@ from sync.config import (
     default_state_dir,
     load_config,
 )
-from sync.errors import ConfigError
-from sync.secrets import SECRET_REF_SCHEMA
+from slurm_sync.errors import ConfigError
+from slurm_sync.secrets import SECRET_REF_SCHEMA
 
 SENTINEL = "s3ntinel-Zq8x-DO-NOT-LEAK"
 
@@ -63,7 +63,7 @@ def test_missing_file() -> None:
 def test_the_shipped_example_is_valid() -> None:
     """The example loads against the installed connectors' own schemas (the document alone:
     the folders it names need not exist on this machine)."""
-    from sync.connector import discover
+    from slurm_sync.connector import discover
 
     example = Path(__file__).resolve().parents[2] / "config.json.example"
     config = load_config(str(example),

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from sync.errors import SlurmCommandError, SlurmFormatError
-from sync.slurm.control import (
+from slurm_sync.errors import SlurmCommandError, SlurmFormatError
+from slurm_sync.slurm.control import (
     COARSE_STATES,
     SlurmControl,
     SubmitRequest,
@@ -21,8 +21,8 @@ from sync.slurm.control import (
     coarse_state,
     submit_environment,
 )
-from sync.slurm.model import Job, JobState
-from sync.slurm.run import Runner, SlurmCommands
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.run import Runner, SlurmCommands
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures/slurm/24.11/squeue-array.json"
 SCRIPT = "#!/bin/bash\n# MARKER-7f3a\nexec buildkite-agent start --disconnect-after-job\n"

@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from connectors.events import EventsConnector
-from sync.actions import Action, Outcome, Status
-from sync.connector import Direction, Scope
-from sync.engine import CycleOptions, run_cycle
-from sync.errors import SlurmCommandError
-from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Store
+from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.connector import Direction, Scope
+from slurm_sync.connectors.events import EventsConnector
+from slurm_sync.engine import CycleOptions, run_cycle
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.parse import ParseResult, parse_sacct, parse_squeue
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Store
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.11"
 TS0 = 1_795_400_000.0
@@ -272,6 +272,6 @@ def test_batched_kinds_go_to_apply_many_once_and_times_reach_the_next_plan() -> 
 
 
 def _snapshot_of(store: Store, connector: Any) -> Any:
-    from sync.engine import _snapshot
+    from slurm_sync.engine import _snapshot
 
     return _snapshot(store, "events", ("start", "stop"), connector.timed_kinds)

@@ -8,17 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from connectors.events import EventsConnector
-from sync.actions import Action, Outcome
-from sync.connector import Direction, Scope, SlurmNeeds, Snapshot, View
-from sync.engine import EXIT_BEHIND, EXIT_CONNECTOR, EXIT_SLURM, CycleOptions, run_cycle
-from sync.errors import SlurmCommandError
-from sync.slurm.model import Job, JobState, Skipped
-from sync.slurm.parse import ParseResult, Producer
-from sync.slurm.query import JobFilter, SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import Runner
-from sync.store import Store
+from slurm_sync.actions import Action, Outcome
+from slurm_sync.connector import Direction, Scope, SlurmNeeds, Snapshot, View
+from slurm_sync.connectors.events import EventsConnector
+from slurm_sync.engine import EXIT_BEHIND, EXIT_CONNECTOR, EXIT_SLURM, CycleOptions, run_cycle
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.model import Job, JobState, Skipped
+from slurm_sync.slurm.parse import ParseResult, Producer
+from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import Runner
+from slurm_sync.store import Store
 
 T0 = 1_795_400_000
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sync.actions import Action
-from sync.connector import Scope, SlurmNeeds, View
-from sync.engine import LockHeld, RunLock, guard, limit, merged_filter, sacct_window
-from sync.slurm.model import Job, JobState
-from sync.slurm.query import JobFilter
+from slurm_sync.actions import Action
+from slurm_sync.connector import Scope, SlurmNeeds, View
+from slurm_sync.engine import LockHeld, RunLock, guard, limit, merged_filter, sacct_window
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.query import JobFilter
 
 TS0 = 1_795_400_000.0
 
@@ -145,7 +145,7 @@ def test_second_run_is_refused_while_the_first_holds_the_lock(tmp_path: Path) ->
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; sys.path.insert(0, sys.argv[2])\n"
-         "from sync.engine import RunLock\n"
+         "from slurm_sync.engine import RunLock\n"
          "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)",
          str(tmp_path), str(Path(__file__).resolve().parents[2])],
         stdout=subprocess.PIPE, text=True,

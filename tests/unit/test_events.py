@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from connectors.events import EventsConnector
-from sync.actions import Status
-from sync.connector import Direction, Scope, Snapshot, View, delivery_key, discover
-from sync.slurm.parse import parse_sacct, parse_squeue
+from slurm_sync.actions import Status
+from slurm_sync.connector import Direction, Scope, Snapshot, View, delivery_key, discover
+from slurm_sync.connectors.events import EventsConnector
+from slurm_sync.slurm.parse import parse_sacct, parse_squeue
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 NOW = 1_795_400_000.0

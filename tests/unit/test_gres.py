@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sync.errors import SlurmFormatError
-from sync.slurm.gres import expand_hosts, gpu_indices
+from slurm_sync.errors import SlurmFormatError
+from slurm_sync.slurm.gres import expand_hosts, gpu_indices
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from sync.cli import main
-from sync.config import load_config
-from sync.connector import discover
-from sync.errors import ConfigError
-from sync.secrets import SecretRef, resolve_secret
+from slurm_sync.cli import main
+from slurm_sync.config import load_config
+from slurm_sync.connector import discover
+from slurm_sync.errors import ConfigError
+from slurm_sync.secrets import SecretRef, resolve_secret
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.json.example"
 

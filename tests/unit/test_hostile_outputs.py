@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from connectors.events import EventsConnector
-from sync.actions import Action, Status
-from sync.metrics import write_metrics
+from slurm_sync.actions import Action, Status
+from slurm_sync.connectors.events import EventsConnector
+from slurm_sync.metrics import write_metrics
 
 # --- the events sink -------------------------------------------------------------------------
 
@@ -90,6 +90,6 @@ def test_the_metrics_temporary_file_is_not_a_prom_file(
 def test_a_metrics_file_that_cannot_be_written_is_an_error_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="sync.metrics"):
+    with caplog.at_level(logging.ERROR, logger="slurm_sync.metrics"):
         assert not write_metrics(str(tmp_path / "gone" / "slurm-sync.prom"), "x 1\n")
     assert "cannot write the metrics file" in caplog.text and "gone" in caplog.text

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-import sync.cli
-from sync.cli import main
-from sync.errors import SlurmCommandError
-from sync.slurm.run import Runner, SlurmCommands
-from sync.store import StoreError
+import slurm_sync.cli
+from slurm_sync.cli import main
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.run import Runner, SlurmCommands
+from slurm_sync.store import StoreError
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.11"
 
@@ -78,7 +78,8 @@ def test_an_unexpected_exception_is_one_line_and_exit_70(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _standin(tmp_path)
-    monkeypatch.setattr(sync.cli, "_cmd_jobs", _raising(ZeroDivisionError("boom\nsecond line")))
+    monkeypatch.setattr(slurm_sync.cli, "_cmd_jobs",
+                        _raising(ZeroDivisionError("boom\nsecond line")))
     assert main(["-c", str(config), "jobs"]) == 70
     out, err = capsys.readouterr()
     assert "internal error: ZeroDivisionError: boom" in err
@@ -90,7 +91,7 @@ def test_the_traceback_of_an_unexpected_exception_shows_with_vv(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _standin(tmp_path)
-    monkeypatch.setattr(sync.cli, "_cmd_jobs", _raising(ZeroDivisionError("boom")))
+    monkeypatch.setattr(slurm_sync.cli, "_cmd_jobs", _raising(ZeroDivisionError("boom")))
     assert main(["-vv", "-c", str(config), "jobs"]) == 70
     err = capsys.readouterr().err
     assert "internal error" in err and "Traceback" in err and "raise_it" in err
@@ -100,7 +101,7 @@ def test_the_traceback_of_an_unexpected_exception_shows_with_vv(
 def test_an_exception_before_the_config_is_read_is_caught_too(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sync.cli, "discover", _raising(ImportError("no module named x")))
+    monkeypatch.setattr(slurm_sync.cli, "discover", _raising(ImportError("no module named x")))
     assert main(["-vv", "jobs"]) == 70
     err = capsys.readouterr().err
     assert "internal error: ImportError" in err and "Traceback" in err
@@ -109,7 +110,7 @@ def test_an_exception_before_the_config_is_read_is_caught_too(
 
 def test_interrupted_is_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sync.cli, "_cmd_jobs", _raising(KeyboardInterrupt()))
+    monkeypatch.setattr(slurm_sync.cli, "_cmd_jobs", _raising(KeyboardInterrupt()))
     assert main(["-c", str(_standin(tmp_path)), "jobs"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -117,7 +118,7 @@ def test_interrupted_is_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_output_closed_early_is_141_and_quiet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sync.cli, "_cmd_jobs", _raising(BrokenPipeError(32, "Broken pipe")))
+    monkeypatch.setattr(slurm_sync.cli, "_cmd_jobs", _raising(BrokenPipeError(32, "Broken pipe")))
     assert main(["-c", str(_standin(tmp_path)), "jobs"]) == 141
     assert capsys.readouterr().err == ""
 
@@ -126,7 +127,7 @@ def test_a_state_database_that_cannot_be_opened_is_exit_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     message = f"cannot open the state database {tmp_path}/state/state.db: disk I/O error"
-    monkeypatch.setattr(sync.cli.Store, "open", _raising(StoreError(message)))
+    monkeypatch.setattr(slurm_sync.cli.Store, "open", _raising(StoreError(message)))
     assert main(["-c", str(_standin(tmp_path)), "status"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from sync.cli import main
-from sync.errors import SlurmError, SlurmFormatError
-from sync.slurm.gres import MAX_GPU_INDICES, MAX_HOSTS, expand_hosts, gpu_indices
-from sync.slurm.model import NodeAllocation, NodeTopology
-from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue, resolve_cpu_ids
-from sync.slurm.query import parse_version
+from slurm_sync.cli import main
+from slurm_sync.errors import SlurmError, SlurmFormatError
+from slurm_sync.slurm.gres import MAX_GPU_INDICES, MAX_HOSTS, expand_hosts, gpu_indices
+from slurm_sync.slurm.model import NodeAllocation, NodeTopology
+from slurm_sync.slurm.parse import ParseResult, parse_sacct, parse_squeue, resolve_cpu_ids
+from slurm_sync.slurm.query import parse_version
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 SQUEUE = FIXTURES / "24.11" / "squeue-running.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from sync.http import ServiceClient
+from slurm_sync.http import ServiceClient
 
 # --- in-cycle HTTP retries -------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.clustercockpit import ClusterCockpitConnector
-from sync.config import load_config
-from sync.connector import discover
-from sync.errors import ConfigError
+from slurm_sync.config import load_config
+from slurm_sync.connector import discover
+from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector
+from slurm_sync.errors import ConfigError
 
 APIKEY = "eyJhbGciOiJFZERTQSJ9.legacy-key-never-shown"
 LEGACY = {

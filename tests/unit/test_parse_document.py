@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sync.errors import SlurmError, SlurmFormatError
-from sync.slurm.model import JobState
-from sync.slurm.parse import exit_code, job_state, parse_sacct, parse_squeue, read_producer
+from slurm_sync.errors import SlurmError, SlurmFormatError
+from slurm_sync.slurm.model import JobState
+from slurm_sync.slurm.parse import exit_code, job_state, parse_sacct, parse_squeue, read_producer
 
 META_2411 = {
     "plugin": {"type": "", "name": "", "data_parser": "data_parser/v0.0.42"},
@@ -200,8 +200,8 @@ def _v37_node(sockets: dict[str, str], cores: dict[str, str]) -> bytes:
 ])
 def test_v0037_core_keys_patched_or_not(sockets: dict[str, str], cores: dict[str, str],
                                         cpu_ids: tuple[int, ...] | None) -> None:
-    from sync.slurm.model import NodeTopology
-    from sync.slurm.parse import resolve_cpu_ids
+    from slurm_sync.slurm.model import NodeTopology
+    from slurm_sync.slurm.parse import resolve_cpu_ids
 
     (job,) = parse_squeue(_v37_node(sockets, cores)).jobs
     (job,) = resolve_cpu_ids([job], {"n1": NodeTopology(sockets=2, cores_per_socket=2)})

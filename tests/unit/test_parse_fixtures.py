@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from sync.slurm.model import Job, NodeTopology
-from sync.slurm.parse import ParseResult, parse_sacct, parse_squeue, resolve_cpu_ids
+from slurm_sync.slurm.model import Job, NodeTopology
+from slurm_sync.slurm.parse import ParseResult, parse_sacct, parse_squeue, resolve_cpu_ids
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm"
 FOLDERS = sorted(p.parent for p in FIXTURES.glob("*/expected.json"))

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from sync.errors import SlurmFormatError
-from sync.slurm.qos import (
+from slurm_sync.errors import SlurmFormatError
+from slurm_sync.slurm.qos import (
     AccountQos,
     QosAdmin,
     parse_assoc_mgr_qos,
     parse_assocs,
     parse_config,
 )
-from sync.slurm.run import CommandResult, Runner
+from slurm_sync.slurm.run import CommandResult, Runner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "slurm"
 VERSIONS = ("22.05", "24.11", "26.05")

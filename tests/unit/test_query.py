@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from sync.errors import SlurmFormatError
-from sync.slurm.model import Job, JobState
-from sync.slurm.query import (
+from slurm_sync.errors import SlurmFormatError
+from slurm_sync.slurm.model import Job, JobState
+from slurm_sync.slurm.query import (
     JobFilter,
     SacctWindow,
     parse_version,

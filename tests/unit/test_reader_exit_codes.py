@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from sync.errors import SlurmCommandError
-from sync.slurm.model import ExitCode
-from sync.slurm.query import SacctWindow
-from sync.slurm.reader import SlurmReader
-from sync.slurm.run import CommandResult, Runner
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.model import ExitCode
+from slurm_sync.slurm.query import SacctWindow
+from slurm_sync.slurm.reader import SlurmReader
+from slurm_sync.slurm.run import CommandResult, Runner
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm"
 WINDOW = SacctWindow(start=1_700_000_000, end=1_800_000_000)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from connectors.clustercockpit import ClusterCockpitConnector
-from sync.actions import Action, Outcome, Status
-from sync.cli import main
-from sync.connector import SlurmContext
-from sync.engine import CycleOptions, run_cycle
-from sync.slurm.model import Job, JobState, NodeAllocation
-from sync.store import Store, StoreError
+from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.cli import main
+from slurm_sync.connector import SlurmContext
+from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector
+from slurm_sync.engine import CycleOptions, run_cycle
+from slurm_sync.slurm.model import Job, JobState, NodeAllocation
+from slurm_sync.store import Store, StoreError
 from tests.emulators.ccbackend import CCBackend
 from tests.unit.test_clustercockpit_runs import Jobs
 

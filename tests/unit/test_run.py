@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sync.errors import SlurmCommandError
-from sync.slurm.run import Runner, SlurmCommands
+from slurm_sync.errors import SlurmCommandError
+from slurm_sync.slurm.run import Runner, SlurmCommands
 
 
 def _script(directory: Path, name: str, body: str) -> Path:

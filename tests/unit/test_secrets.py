@@ -9,9 +9,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-import sync.secrets
-from sync.errors import ConfigError
-from sync.secrets import (
+import slurm_sync.secrets
+from slurm_sync.errors import ConfigError
+from slurm_sync.secrets import (
     SECRET_REF_SCHEMA,
     Secret,
     SecretRef,
@@ -202,7 +202,7 @@ def test_unreadable_file_as_any_user(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(sync.secrets, "open", refuse, raising=False)
+    monkeypatch.setattr(slurm_sync.secrets, "open", refuse, raising=False)
     with pytest.raises(ConfigError, match=f"secret file {path} is not readable by uid"):
         resolve_secret(SecretRef("file", str(path)))
 
@@ -282,7 +282,7 @@ def test_secret_survives_a_pickle_round_trip_without_showing() -> None:
 
 def test_a_connector_keeps_the_warnings_of_its_secrets(tmp_path: Path) -> None:
     """A secret file others can read is used, and the connector says so (check, each run)."""
-    from connectors.events import EventsConnector
+    from slurm_sync.connectors.events import EventsConnector
 
     token = tmp_path / "token"
     token.write_text("t0ken\n")
@@ -294,8 +294,8 @@ def test_a_connector_keeps_the_warnings_of_its_secrets(tmp_path: Path) -> None:
 
 
 def test_a_secret_inside_a_section_is_named_by_its_dotted_key(tmp_path: Path) -> None:
-    from connectors.events import EventsConnector
-    from sync.errors import ConfigError
+    from slurm_sync.connectors.events import EventsConnector
+    from slurm_sync.errors import ConfigError
 
     token = tmp_path / "token"
     token.write_text("bkua\n")

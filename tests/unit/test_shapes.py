@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sync.errors import SlurmFormatError
-from sync.slurm.shapes import (
+from slurm_sync.errors import SlurmFormatError
+from slurm_sync.slurm.shapes import (
     parse_tres_list,
     parse_tres_string,
     slurm_bool,

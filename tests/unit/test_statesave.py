@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.slurm.statesave import decode_environment, read_job_files
+from slurm_sync.slurm.statesave import decode_environment, read_job_files
 
 
 def _env_file(entries: list[bytes]) -> bytes:

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-import sync.store
-from sync.actions import Action, Outcome, Status
-from sync.errors import SyncError
-from sync.store import (
+import slurm_sync.store
+from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.errors import SyncError
+from slurm_sync.store import (
     SCHEMA_VERSION,
     Backoff,
     Migration,
@@ -234,7 +234,7 @@ def test_run_counts_of_the_same_connector_and_status_add_up(store: Store) -> Non
 
 
 def test_module_docstring_example_runs() -> None:
-    result = doctest.testmod(sync.store)
+    result = doctest.testmod(slurm_sync.store)
     assert result.attempted > 0
     assert result.failed == 0
 
@@ -555,27 +555,27 @@ def test_a_process_killed_mid_batch_loses_nothing_committed(db: Path) -> None:
     """SIGKILL while the second batch is half written: the first is whole, the second absent."""
     script = textwrap.dedent(f"""
         import os, signal
-        import sync.store
-        from sync.actions import Action, Outcome
-        store = sync.store.Store.open({str(db)!r})
+        import slurm_sync.store
+        from slurm_sync.actions import Action, Outcome
+        store = slurm_sync.store.Store.open({str(db)!r})
         def action(key):
             return Action(connector="events", kind="start", key=key)
         store.record_outcomes(outcomes=[Outcome.done(action("a")),
                                         Outcome.transient(action("b"), "503")],
                               now={TS1}, watermarks={{"events": {TS1}}})
-        real = sync.store._deliver
+        real = slurm_sync.store._deliver
         def deliver(conn, row, *, now):
             real(conn, row, now=now)
             if row.key == "d":
                 os.kill(os.getpid(), signal.SIGKILL)
-        sync.store._deliver = deliver
+        slurm_sync.store._deliver = deliver
         store.record_outcomes(outcomes=[Outcome.done(action("b")), Outcome.done(action("c")),
                                         Outcome.done(action("d")), Outcome.done(action("e"))],
                               now={TS2}, watermarks={{"events": {TS2}}})
         raise SystemExit("not killed")
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=Path(sync.store.__file__).parent.parent, timeout=60)
+                          cwd=Path(slurm_sync.store.__file__).parent.parent, timeout=60)
     assert done.returncode == -9, done.stderr
     with _open(db) as store:
         assert store.delivered(connector="events", kind="start") == {"a"}
@@ -726,7 +726,7 @@ def test_memory_store_is_writable_and_empty() -> None:
 
 def test_a_new_database_is_at_the_current_schema_version(db: Path) -> None:
     with _open(db) as store:
-        assert store.schema_version == SCHEMA_VERSION == len(sync.store.MIGRATIONS)
+        assert store.schema_version == SCHEMA_VERSION == len(slurm_sync.store.MIGRATIONS)
     with _raw(db) as conn:
         rows = conn.execute("SELECT version, description FROM schema_version").fetchall()
     assert [v for v, _ in rows] == list(range(1, SCHEMA_VERSION + 1))
@@ -734,7 +734,7 @@ def test_a_new_database_is_at_the_current_schema_version(db: Path) -> None:
 
 
 def test_migration_versions_are_consecutive() -> None:
-    assert [m.version for m in sync.store.MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+    assert [m.version for m in slurm_sync.store.MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
 
 
 _V2 = Migration(
@@ -746,9 +746,9 @@ _V2 = Migration(
 
 
 def _upgrade(monkeypatch: pytest.MonkeyPatch, *extra: Migration) -> None:
-    migrations = (*sync.store.MIGRATIONS, *extra)
-    monkeypatch.setattr(sync.store, "MIGRATIONS", migrations)
-    monkeypatch.setattr(sync.store, "SCHEMA_VERSION", len(migrations))
+    migrations = (*slurm_sync.store.MIGRATIONS, *extra)
+    monkeypatch.setattr(slurm_sync.store, "MIGRATIONS", migrations)
+    monkeypatch.setattr(slurm_sync.store, "SCHEMA_VERSION", len(migrations))
 
 
 def test_an_older_database_is_migrated_and_keeps_its_data(
