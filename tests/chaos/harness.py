@@ -189,9 +189,12 @@ class _Schedule:
             ("sbatch", "lost")] * scenario.sbatch_lost + [("sbatch", hang)] * (
             scenario.sbatch_hangs) + [("scancel", "fail")] * scenario.scancel_failures
         kinds = faults + [("sbatch", "kill")] * scenario.sbatch_kills
+        # while builds still come (sbatch is called only then), outages or not: a fault armed
+        # during one waits for the next call
+        when = [rng.uniform(t0 + 2, t0 + max(4.0, 0.8 * scenario.span)) for _ in kinds]
         self.control = sorted(
             (at, command, f"kill:{rng.uniform(0.0, 0.03):.3f}" if fault == "kill" else fault)
-            for at, (command, fault) in zip(moments(len(kinds)), rng.sample(kinds, len(kinds))))
+            for at, (command, fault) in zip(when, rng.sample(kinds, len(kinds))))
 
 
 def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
