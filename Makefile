@@ -14,15 +14,17 @@ BIN := $(VENV)/bin
 LAB_VERSIONS ?= all
 LAB_LIST := $(if $(filter all,$(LAB_VERSIONS)),22.05 24.11 26.05,$(LAB_VERSIONS))
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
-# The examples in the code's docstrings, run by `make unit` and `make test`.
-DOCTESTS := --doctest-modules sync connectors
+# The examples in the code's docstrings (sync/ and connectors/, through pkg-links below), run by
+# `make unit`, `make py39` and `make test`.
+PKG_LINKS := build/typecheck
+DOCTESTS := --doctest-modules $(PKG_LINKS)/slurm_sync
 # The oldest Python that pyproject.toml's requires-python admits (RHEL 9's python3), and the
 # virtual environment `make py39` tests it in.
 PY_OLDEST := 3.9
 VENV_OLDEST := $(VENV)/py$(subst .,,$(PY_OLDEST))
 TEST_LOGS := build/test-logs
 
-.PHONY: all venv lint unit py39 fuzz lab-up lab-down test demo bench chaos clean
+.PHONY: all venv pkg-links lint unit py39 fuzz lab-up lab-down test demo bench chaos clean
 
 all: test
 
@@ -37,17 +39,20 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-lint: venv
-	$(BIN)/ruff check sync connectors tests bench
-	@# mypy checks the folders as the package they install as (slurm_sync, with connectors/ as
-	@# slurm_sync.connectors), through a tree of links: `mypy sync connectors` would name them
-	@# sync.* and connectors.* and not find the slurm_sync.* they import.
-	@rm -rf build/typecheck && mkdir -p build/typecheck/slurm_sync
-	@for f in sync/*; do case $$f in */__pycache__) ;; *) ln -s ../../../$$f build/typecheck/slurm_sync/;; esac; done
-	@ln -s ../../../connectors build/typecheck/slurm_sync/connectors
-	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p slurm_sync
+# The folders as the package they install as (slurm_sync, with connectors/ as
+# slurm_sync.connectors), through a tree of links: mypy and pytest's doctests name a module by its
+# folders, so `mypy sync connectors` or `pytest --doctest-modules sync connectors` would name them
+# sync.* and connectors.*, a second copy of every module beside the slurm_sync.* they import.
+pkg-links:
+	@rm -rf $(PKG_LINKS) && mkdir -p $(PKG_LINKS)/slurm_sync
+	@for f in sync/*; do case $$f in */__pycache__) ;; *) ln -s ../../../$$f $(PKG_LINKS)/slurm_sync/;; esac; done
+	@ln -s ../../../connectors $(PKG_LINKS)/slurm_sync/connectors
 
-unit: venv
+lint: venv pkg-links
+	$(BIN)/ruff check sync connectors tests bench
+	cd $(PKG_LINKS) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p slurm_sync
+
+unit: venv pkg-links
 	$(BIN)/pytest -q tests/unit $(DOCTESTS)
 
 # Python $(PY_OLDEST): python$(PY_OLDEST) on PATH, else pyenv's, else uv's (`uv python install`, where
@@ -68,7 +73,7 @@ $(VENV_OLDEST)/.installed: pyproject.toml
 	$(VENV_OLDEST)/bin/pip install -q --upgrade pip && \
 	$(VENV_OLDEST)/bin/pip install -q -e '.[dev]' && touch $@
 
-py39: $(VENV_OLDEST)/.installed
+py39: $(VENV_OLDEST)/.installed pkg-links
 	@[ -f $< ] || { echo "make py39: no Python $(PY_OLDEST) could be found or installed"; exit 1; }
 	$(VENV_OLDEST)/bin/pytest -q -p no:cacheprovider tests/unit $(DOCTESTS)
 
