@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -140,6 +141,26 @@ def _outbox_depth(path: Path) -> int:
         return len(_read_store(path)[1])
     except sqlite3.Error:
         return -1
+
+
+def _product_path(product: Path, work: Path) -> str:
+    """The PYTHONPATH that runs the slurm-sync of ``product`` (a checkout, or a ``git archive``
+    of a commit): its folders as the import root they install as, ``slurm_sync`` (sync/, with
+    connectors/ as slurm_sync.connectors), through a tree of links in ``work``, ahead of the
+    installed (editable) one; and ``product`` itself, for a commit from before that root."""
+    if not (product / "sync" / "cli.py").is_file():
+        raise FileNotFoundError(f"{product} holds no slurm-sync (sync/cli.py)")
+    links = work / "product"
+    if links.exists():
+        shutil.rmtree(links)
+    root = links / "slurm_sync"
+    root.mkdir(parents=True)
+    for entry in (product / "sync").iterdir():
+        if entry.name != "__pycache__":
+            (root / entry.name).symlink_to(entry.resolve())
+    if (product / "connectors").is_dir():
+        (root / "connectors").symlink_to((product / "connectors").resolve())
+    return os.pathsep.join([str(links), str(product.resolve())])
 
 
 def _slurm_sync() -> str:
@@ -253,9 +274,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SLURM_CONF", None)
     if product is not None:
-        if not (product / "sync" / "cli.py").is_file():
-            raise FileNotFoundError(f"{product} holds no slurm-sync (sync/cli.py)")
-        env["PYTHONPATH"] = str(product)
+        env["PYTHONPATH"] = _product_path(product, work)
 
     def snapshot() -> tuple[Any, ...]:
         return (*service.snapshot(emu), *driver.snapshot())
