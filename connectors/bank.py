@@ -46,6 +46,7 @@ from slurm_sync.actions import Action, Outcome, RunKey
 from slurm_sync.connector import (
     Connector,
     Direction,
+    Kind,
     Scope,
     SlurmContext,
     SlurmNeeds,
@@ -67,6 +68,7 @@ __all__ = ["BankConnector", "Prices", "actual_cost", "estimate", "job_record"]
 log = logging.getLogger(__name__)
 
 APPROVE, HOLD, RELEASE, START, STOP = "approve", "hold", "release", "start", "stop"
+DENY = "deny"
 LIMIT = "limit"
 CENT = Decimal("0.01")
 HOLD_MARK = "slurm-sync bank:"
@@ -371,8 +373,15 @@ class BankConnector(Connector):
 
     name: ClassVar[str] = "bank"
     schema: ClassVar[Mapping[str, Any]] = _SCHEMA
-    batch_kinds: ClassVar[frozenset[str]] = frozenset({HOLD, RELEASE, LIMIT})
-    extra_kinds: ClassVar[tuple[str, ...]] = (APPROVE, LIMIT)
+    kinds: ClassVar[tuple[Kind, ...]] = (
+        Kind(APPROVE, Direction.START),
+        Kind(RELEASE, Direction.START, batched=True),
+        Kind(LIMIT, Direction.START, batched=True),
+        Kind(START, Direction.START),  # the run's start reported, charged its estimate
+        Kind(HOLD, Direction.STOP, destructive=True, batched=True),
+        Kind(STOP, Direction.STOP, destructive=True),  # the run's end, its actual amount
+        Kind(DENY, Direction.START),  # mode report: "would hold", said once per submission
+    )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -548,7 +557,8 @@ class BankConnector(Connector):
     # -- plan (pure over the view, the snapshot and the verdicts)
 
     def plan(
-        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
+        observed: Any = None,
     ) -> list[Action]:
         actions: list[Action] = []
         if direction.includes(Direction.START) and not scope.job_ids:
@@ -579,7 +589,7 @@ class BankConnector(Connector):
                 actions.append(Action(self.name, HOLD, key, {
                     "job_id": job.job_id, "comment": f"{HOLD_MARK} {verdict.reason}"},
                     verdict.reason))
-            elif self.mode == "report" and not snapshot.done("deny", key):
+            elif self.mode == "report" and not snapshot.done(DENY, key):
                 log.warning("would hold (mode report)", extra={"fields": {
                     "connector": self.name, "job": job.display_id, "why": verdict.reason}})
         return actions

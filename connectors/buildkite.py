@@ -50,6 +50,7 @@ from slurm_sync.config import thaw
 from slurm_sync.connector import (
     Connector,
     Direction,
+    Kind,
     Scope,
     SlurmContext,
     SlurmNeeds,
@@ -347,9 +348,15 @@ class BuildkiteConnector(Connector):
 
     name: ClassVar[str] = "buildkite"
     schema: ClassVar[Mapping[str, Any]] = _SCHEMA
-    batch_kinds: ClassVar[frozenset[str]] = frozenset({SUBMIT, CANCEL, SIGNAL, NOTIFY})
-    timed_kinds: ClassVar[tuple[str, ...]] = (SIGNAL, CANCEL)
-    extra_kinds: ClassVar[tuple[str, ...]] = (PRUNE,)
+    kinds: ClassVar[tuple[Kind, ...]] = (
+        Kind(SUBMIT, Direction.START, batched=True),
+        Kind(NOTIFY, Direction.START, batched=True),
+        # signal and cancel wait out a grace period from their delivery (timed)
+        Kind(CANCEL, Direction.STOP, destructive=True, timed=True, batched=True),
+        Kind(SIGNAL, Direction.STOP, destructive=True, timed=True, batched=True),
+        # an rm -rf of a job's build folder: never from a cycle whose Slurm answer is in doubt
+        Kind(PRUNE, Direction.STOP, destructive=True),
+    )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -619,7 +626,8 @@ class BuildkiteConnector(Connector):
     # -- plan (pure over the view, the snapshot and what observe found)
 
     def plan(
-        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
+        observed: Any = None,
     ) -> list[Action]:
         remote = self._remote
         if not view.squeue_ok:

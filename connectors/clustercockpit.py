@@ -54,6 +54,7 @@ from slurm_sync.actions import Action, Outcome, RunKey, Status
 from slurm_sync.connector import (
     Connector,
     Direction,
+    Kind,
     Scope,
     SlurmContext,
     SlurmNeeds,
@@ -463,7 +464,10 @@ class ClusterCockpitConnector(Connector):
     name: ClassVar[str] = "clustercockpit"
     schema: ClassVar[Mapping[str, Any]] = _SCHEMA
     # Starts go out together: the runs of one job id in order, one at a time (apply_many).
-    batch_kinds: ClassVar[frozenset[str]] = frozenset({START})
+    kinds: ClassVar[tuple[Kind, ...]] = (
+        Kind(START, Direction.START, batched=True),
+        Kind(STOP, Direction.STOP, destructive=True),
+    )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -590,7 +594,8 @@ class ClusterCockpitConnector(Connector):
     # -- plan (pure over view, snapshot and what observe found)
 
     def plan(
-        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
+        observed: Any = None,
     ) -> list[Action]:
         runs: dict[str, Job] = {}
         ends: dict[str, Job] = {}

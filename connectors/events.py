@@ -99,7 +99,8 @@ class EventsConnector(Connector):
         return SlurmNeeds(squeue=JobFilter(states=("R", "CG", "S")), sacct=True)
 
     def plan(
-        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
+        observed: Any = None,
     ) -> list[Action]:
         starts: dict[str, Job] = {}
         stops: dict[str, Job] = {}

@@ -15,7 +15,7 @@ site adds one with a pip package.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
@@ -30,8 +30,14 @@ from slurm_sync.slurm.reader import SlurmReader
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "START_KIND",
+    "STOP_KIND",
     "Connector",
     "Direction",
+    "Fact",
+    "Kind",
+    "KindTable",
+    "Plan",
     "Scope",
     "SlurmContext",
     "SlurmNeeds",
@@ -115,7 +121,7 @@ class Snapshot:
     delivered_at: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def since(self, kind: str, key: str) -> float | None:
-        """When ``kind`` was delivered for ``key`` (only for the connector's ``timed_kinds``)."""
+        """When ``kind`` was delivered for ``key`` (only for the connector's ``timed`` kinds)."""
         return self.delivered_at.get(kind, {}).get(key)
 
     def done(self, kind: str, key: str) -> bool:
@@ -136,6 +142,84 @@ class SlurmContext:
     cluster: str | None = None
 
 
+@dataclass(frozen=True)
+class Kind:
+    """One kind of action a connector plans, as the engine must treat it.
+
+    ``side``: START (records, submissions, approvals) or STOP (stops, cancels, holds): what
+    ``--direction`` and ``--limit`` count it as, and starts go before stops of the same key.
+    ``destructive``: the stop guard holds it back when Slurm's word is in doubt (a failed or
+    empty query, too large a share of tracked jobs). ``timed``: ``plan`` reads when it was
+    delivered (``snapshot.since``). ``batched``: applied together through ``apply_many``.
+    """
+
+    name: str
+    side: Direction
+    destructive: bool = False
+    timed: bool = False
+    batched: bool = False
+
+    def __post_init__(self) -> None:
+        if self.side not in (Direction.START, Direction.STOP):
+            raise ValueError(f"kind {self.name!r}: side must be start or stop, not {self.side}")
+
+
+#: The kinds of a connector that declares none: records started and stopped.
+START_KIND = Kind("start", Direction.START)
+STOP_KIND = Kind("stop", Direction.STOP, destructive=True)
+
+
+class KindTable(Mapping[str, Kind]):
+    """A connector's kinds by name; ``table.side(name)``, ``table.destructive(name)``. A name
+    it does not declare is a ``KeyError`` naming the connector's kinds."""
+
+    def __init__(self, kinds: Sequence[Kind], owner: str = "connector") -> None:
+        self._kinds = {k.name: k for k in kinds}
+        self._owner = owner
+        if len(self._kinds) != len(kinds):
+            raise ValueError(f"{owner}: a kind is declared twice: {[k.name for k in kinds]}")
+
+    def __getitem__(self, name: str) -> Kind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise KeyError(f"{self._owner} planned an action of kind {name!r}, which it does "
+                           f"not declare (its kinds: {', '.join(self._kinds)})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def starts(self, name: str) -> bool:
+        """Whether ``name`` is on the start side."""
+        return self[name].side is Direction.START
+
+    def destructive(self, name: str) -> bool:
+        return self[name].destructive
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Something ``plan`` decided that needs nothing sent: recorded in the store as the
+    delivery of ``kind`` for ``key`` (already done: the service has it; refused: it must never
+    be sent, and ``status`` lists why), and shown in the run's report."""
+
+    kind: str
+    key: str
+    detail: str
+    refused: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``plan`` returns: the actions to apply (in order) and the facts to record."""
+
+    actions: tuple[Action, ...] = ()
+    facts: tuple[Fact, ...] = ()
+
+
 def delivery_key(job: Job) -> str:
     """`delivery_key(job)` is ``cluster/job_id/start_time``: a requeued run is a new key."""
     return f"{job.cluster or '-'}/{job.job_id}/{job.start_time or 0}"
@@ -148,13 +232,27 @@ class Connector(ABC):
     name: ClassVar[str]
     schema: ClassVar[Mapping[str, Any]]
     default_concurrency: ClassVar[int] = 4
-    # Kinds applied together through ``apply_many`` (one sbatch for many jobs, one scancel...).
-    batch_kinds: ClassVar[frozenset[str]] = frozenset()
-    # Action kinds of its own beyond the engine's (start, stop, submit, cancel, signal, hold,
-    # release, report, notify), so their deliveries reach ``plan`` in the snapshot.
-    extra_kinds: ClassVar[tuple[str, ...]] = ()
-    # Kinds whose delivery time ``plan`` needs (``snapshot.since``), e.g. a grace period.
-    timed_kinds: ClassVar[tuple[str, ...]] = ()
+    #: What it plans, and how the engine treats each kind (``Kind``). An action of a kind not
+    #: listed here is a bug of the connector: reported, never applied.
+    kinds: ClassVar[tuple[Kind, ...]] = (START_KIND, STOP_KIND)
+
+    @classmethod
+    def kind_table(cls) -> KindTable:
+        """Its ``kinds`` by name."""
+        return KindTable(cls.kinds, f"connector {getattr(cls, 'name', cls.__name__)!r}")
+
+    @classmethod  # noqa: B027 - optional hook, nothing to add by default
+    def add_commands(cls, commands: Any) -> None:
+        """Add its own subcommands to the CLI: ``commands`` is the ``slurm-sync`` subparsers
+        object; a subcommand sets ``handler=fn`` (``fn(args, ctx) -> int``, see
+        ``slurm_sync.commands``)."""
+
+    @classmethod
+    def adapt_config(cls, data: Mapping[str, Any], path: str) -> Any:
+        """Another tool's config file this connector can run from (cc-slurm-sync's for
+        ClusterCockpit): an ``AdaptedConfig`` (``slurm_sync.config``), or None when ``data``
+        is not such a file."""
+        return None
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = settings
@@ -187,10 +285,11 @@ class Connector(ABC):
     def bind(self, slurm: SlurmContext) -> None:  # noqa: B027 - optional hook
         """Given Slurm's reader and cluster name once, before the first cycle."""
 
-    def observe(self, view: View, snapshot: Snapshot) -> Snapshot:
-        """Look at the service before planning (I/O allowed; read only): for example list
-        what it holds on a first run. Returns the snapshot ``plan`` gets."""
-        return snapshot
+    def observe(self, view: View, snapshot: Snapshot) -> Any:
+        """Look at the service before planning (I/O allowed, read only: it runs under
+        ``--dry-run`` too): for example list what it holds. Returns a value (a frozen type of
+        the connector's own) that ``plan`` gets as ``observed``; None by default."""
+        return None
 
     @abstractmethod
     def needs(self) -> SlurmNeeds:
@@ -198,16 +297,19 @@ class Connector(ABC):
 
     @abstractmethod
     def plan(
-        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope
-    ) -> list[Action]:
-        """The actions this cycle calls for. Pure: no I/O, no clock (``view.now`` is the time)."""
+        self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
+        observed: Any = None,
+    ) -> Plan | list[Action]:
+        """The actions this cycle calls for, and facts to record. Pure: a function of its
+        arguments (``observed`` is what ``observe`` returned), no I/O, no clock (``view.now``
+        is the time), no logging."""
 
     @abstractmethod
     def apply(self, action: Action) -> Outcome:
         """Carry out one action; report failures as an ``Outcome``, never by raising."""
 
     def apply_many(self, actions: Sequence[Action]) -> list[Outcome]:
-        """Carry out actions of one of ``batch_kinds`` together; one outcome per action, in
+        """Carry out actions of one ``batched`` kind together; one outcome per action, in
         order. The default applies them one by one."""
         return [self.apply(action) for action in actions]
 

@@ -29,8 +29,13 @@ from typing import IO, Protocol
 
 from slurm_sync.actions import Action, Outcome, RunKey, Status
 from slurm_sync.connector import (
+    START_KIND,
+    STOP_KIND,
     Connector,
     Direction,
+    Fact,
+    KindTable,
+    Plan,
     Scope,
     SlurmNeeds,
     Snapshot,
@@ -44,7 +49,7 @@ from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.store import Store
 
 __all__ = [
-    "DESTRUCTIVE",
+    "DEFAULT_KINDS",
     "CycleOptions",
     "CycleReport",
     "LockHeld",
@@ -63,10 +68,9 @@ EXIT_SLURM, EXIT_CONNECTOR, EXIT_BEHIND = 3, 4, 5
 # Tracked runs looked up by job id in one sacct call per cycle, at most (the oldest first).
 LOOKUP_CAP = 1000
 
-DESTRUCTIVE = frozenset({"stop", "cancel", "signal", "hold"})
-START_KINDS = frozenset({"start", "submit", "report", "release", "notify", "approve", "limit"})
-BASE_KINDS = ("start", "stop", "submit", "cancel", "signal", "hold", "release", "report",
-              "notify")
+#: The kinds ``guard`` and ``limit`` assume when not given a connector's: records started
+#: and stopped. Every connector declares its own (``Connector.kinds``).
+DEFAULT_KINDS = KindTable((START_KIND, STOP_KIND), "default")
 
 
 class LockHeld(SyncError):
@@ -140,6 +144,8 @@ class CycleReport:
     lag: dict[str, Lag] = field(default_factory=dict)
     behind: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: what plans decided with nothing to send (``Fact``), as the outcomes recorded for them
+    facts: list[Outcome] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -153,7 +159,7 @@ class CycleReport:
         if self.behind:
             return EXIT_BEHIND
         if self.refused or any(o.status in (Status.TRANSIENT, Status.PERMANENT)
-                               for o in self.outcomes):
+                               for o in (*self.outcomes, *self.facts)):
             return 1
         return 0
 
@@ -221,7 +227,7 @@ def confirmed_ends(view: View) -> frozenset[str]:
 
 def guard(
     actions: Sequence[Action], view: View, tracked: frozenset[str] | set[str], share: float,
-    force: bool, floor: int = 0,
+    force: bool, floor: int = 0, kinds: KindTable = DEFAULT_KINDS,
 ) -> tuple[list[Action], list[str]]:
     """Drop destructive actions a cycle must not take; return (kept, reasons).
 
@@ -236,15 +242,16 @@ def guard(
       confirmed once sacct has the run (the engine looks tracked runs up by job id every cycle),
       so no state the guard leaves refuses for ever.
     """
-    destructive = [a for a in actions if a.kind in DESTRUCTIVE]
+    destructive = [a for a in actions if kinds.destructive(a.kind)]
     if not destructive:
         return list(actions), []
+    safe = [a for a in actions if not kinds.destructive(a.kind)]
     if not view.slurm_ok:
-        return [a for a in actions if a.kind not in DESTRUCTIVE], [
+        return safe, [
             f"{len(destructive)} stop/cancel action(s) not taken: a Slurm query failed this "
             f"cycle"]
     if tracked and not view.active and not view.ended:
-        return [a for a in actions if a.kind not in DESTRUCTIVE], [
+        return safe, [
             f"{len(destructive)} stop/cancel action(s) not taken: Slurm returned no jobs while "
             f"{len(tracked)} are tracked"]
     confirmed = confirmed_ends(view)
@@ -258,7 +265,8 @@ def guard(
         f"with --force if this is right"]
 
 
-def limit(actions: Sequence[Action], cap: int | None) -> tuple[list[Action], list[Action]]:
+def limit(actions: Sequence[Action], cap: int | None,
+          kinds: KindTable = DEFAULT_KINDS) -> tuple[list[Action], list[Action]]:
     """``--limit``: at most ``cap`` actions per direction (starts, stops), in planned order
     (connectors plan oldest first). A stop whose start was deferred is deferred with it."""
     if cap is None:
@@ -268,7 +276,7 @@ def limit(actions: Sequence[Action], cap: int | None) -> tuple[list[Action], lis
     counts = {"start": 0, "stop": 0}
     deferred_keys: set[str] = set()
     for action in actions:
-        side = "start" if action.kind in START_KINDS else "stop"
+        side = "start" if kinds.starts(action.kind) else "stop"
         if counts[side] >= cap or (side == "stop" and action.key in deferred_keys):
             deferred.append(action)
             deferred_keys.add(action.key)
@@ -347,16 +355,18 @@ def _apply_all(
                 progress.advance(outcome)
         return got
 
+    kinds = connector.kind_table()
+
     def apply_group(pool: ThreadPoolExecutor, group: list[Action]) -> list[Outcome]:
         """Batched kinds go to ``apply_many`` once per kind, the rest one by one in the pool."""
         outcomes: list[Outcome] = []
-        for kind in dict.fromkeys(a.kind for a in group if a.kind in connector.batch_kinds):
+        for kind in dict.fromkeys(a.kind for a in group if kinds[a.kind].batched):
             outcomes += many(kind, [a for a in group if a.kind == kind])
-        outcomes += pool.map(safe, [a for a in group if a.kind not in connector.batch_kinds])
+        outcomes += pool.map(safe, [a for a in group if not kinds[a.kind].batched])
         return outcomes
 
-    first = [a for a in actions if a.kind in START_KINDS]
-    rest = [a for a in actions if a.kind not in START_KINDS]
+    first = [a for a in actions if kinds.starts(a.kind)]
+    rest = [a for a in actions if not kinds.starts(a.kind)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes = apply_group(pool, first)
         # A stop never overtakes its start: if the start did not get through, the stop waits
@@ -380,9 +390,12 @@ def _apply_all(
     return outcomes
 
 
-def _in_run(action: Action, options: CycleOptions) -> bool:
-    """Whether a queued retry belongs to this run's --direction and --jobid."""
-    side = Direction.START if action.kind in START_KINDS else Direction.STOP
+def _in_run(action: Action, options: CycleOptions, kinds: KindTable) -> bool:
+    """Whether a queued retry belongs to this run's --direction and --jobid (a queued kind
+    the connector no longer declares is left in the outbox, for ``status`` to show)."""
+    if action.kind not in kinds:
+        return False
+    side = kinds[action.kind].side
     if not options.direction.includes(side):
         return False
     if options.scope.job_ids:
@@ -391,10 +404,10 @@ def _in_run(action: Action, options: CycleOptions) -> bool:
     return True
 
 
-def _snapshot(store: Store, name: str, kinds: Iterable[str],
-              timed: Iterable[str] = ()) -> Snapshot:
+def _snapshot(store: Store, name: str, kinds: KindTable) -> Snapshot:
     return Snapshot(
-        delivered_at={k: store.delivered_times(connector=name, kind=k) for k in timed},
+        delivered_at={k: store.delivered_times(connector=name, kind=k)
+                      for k in kinds if kinds[k].timed},
         delivered={k: store.delivered(connector=name, kind=k) for k in kinds},
         queued={k: store.queued(connector=name, kind=k) for k in kinds},
         failed={k: store.failed(connector=name, kind=k) for k in kinds},
@@ -513,8 +526,8 @@ def run_cycle(
                  options.scope, report.slurm_errors, report.skipped)
     for line in report.skipped:
         log.warning("slurm record skipped", extra={"fields": {"record": line}})
-    snapshots = {name: _snapshot(store, name, _kinds(connectors[name]),
-                                 connectors[name].timed_kinds) for name in needs}
+    snapshots = {name: _snapshot(store, name, connectors[name].kind_table())
+                 for name in needs}
     if view.sacct_ok and not options.scope.job_ids:
         wanted: dict[str, int] = {}
         for name in windows:
@@ -532,13 +545,34 @@ def run_cycle(
     return report
 
 
+def _checked_plan(name: str, kinds: KindTable, plan: Plan | Sequence[Action],
+                  report: CycleReport) -> tuple[list[Action], list[Outcome]]:
+    """A connector's plan as actions and the outcomes its facts record. An action or fact of
+    a kind the connector does not declare is reported as its error and dropped: the engine
+    cannot tell which side it is on, nor whether the guard must hold it."""
+    actions, facts = (plan.actions, plan.facts) if isinstance(plan, Plan) else (plan, ())
+    kept: list[Action] = []
+    recorded: list[Outcome] = []
+    items: list[Action | Fact] = [*actions, *facts]
+    for item in items:
+        if item.kind not in kinds:
+            try:
+                kinds[item.kind]
+            except KeyError as exc:
+                report.connector_errors.append(f"{name}: {exc.args[0]}")
+            continue
+        if isinstance(item, Fact):
+            action = Action(name, item.kind, item.key, {}, item.detail)
+            recorded.append(Outcome.permanent(action, item.detail) if item.refused
+                            else Outcome.already_done(action, item.detail))
+        else:
+            kept.append(item)
+    return kept, recorded
+
+
 def _halt_reason(connector: Connector) -> str | None:
     """What ``apply`` said is wrong with the connector's own configuration, if anything."""
     return connector.halted
-
-
-def _kinds(connector: Connector) -> tuple[str, ...]:
-    return tuple(dict.fromkeys((*BASE_KINDS, *connector.extra_kinds)))
 
 
 def _connector_failed(report: CycleReport, name: str, where: str, exc: BaseException) -> None:
@@ -556,16 +590,24 @@ def _connector_cycle(
     """One connector's part of a cycle: observe, plan, guard and limit (queued retries
     included), apply, record the outcomes, the watermark and the lag."""
     connector.halted = None
+    kinds = connector.kind_table()
     due = [] if options.dry_run else [
-        e.action for e in store.due(connector=name, now=now) if _in_run(e.action, options)
+        e.action for e in store.due(connector=name, now=now)
+        if _in_run(e.action, options, kinds)
     ]
-    snapshot = connector.observe(view, snapshot)
-    planned = connector.plan(view, snapshot, options.direction, options.scope)
+    observed = connector.observe(view, snapshot)
+    planned, facts = _checked_plan(
+        name, kinds, connector.plan(view, snapshot, options.direction, options.scope,
+                                    observed=observed), report)
+    # --direction holds whatever a plan says: a kind of the other side is not this run's
+    planned = [a for a in planned if options.direction.includes(kinds[a.kind].side)]
+    facts = [f for f in facts if options.direction.includes(kinds[f.action.kind].side)]
+    report.facts.extend(facts)
     tracked = _tracked(snapshot)
     # Queued retries go through the same guard and --limit as new actions, ahead of them.
     allowed, refused = guard([*due, *planned], view, tracked, options.stop_guard_share,
-                             options.force, options.stop_guard_min)
-    kept, deferred = limit(allowed, options.scope.limit)
+                             options.force, options.stop_guard_min, kinds)
+    kept, deferred = limit(allowed, options.scope.limit, kinds)
     due_ids = {id(a) for a in due}
     held = len(due) + len(planned) - len(allowed)
     report.planned.extend(a for a in kept if id(a) not in due_ids)
@@ -574,13 +616,17 @@ def _connector_cycle(
     report.refused.extend(f"{name}: {r}" for r in refused)
     if options.dry_run:
         return
-    queued_starts = snapshot.queued.get("start", frozenset()) - snapshot.delivered.get(
-        "start", frozenset())
+    start_kinds = [k for k in kinds if kinds.starts(k)]
+    queued_starts = frozenset().union(*(
+        snapshot.queued.get(k, frozenset()) - snapshot.delivered.get(k, frozenset())
+        for k in start_kinds))
+    failed_starts = frozenset().union(*(snapshot.failed.get(k, frozenset())
+                                        for k in start_kinds))
     if progress is not None:
         progress.begin(name, len(kept))
     try:
         outcomes = _apply_all(connector, kept, connector.concurrency, queued_starts,
-                              progress, snapshot.failed.get("start", frozenset()))
+                              progress, failed_starts)
     finally:
         if progress is not None:
             progress.end(name)
@@ -608,11 +654,11 @@ def _connector_cycle(
     )
     # A stop that waited in the outbox for its start goes with the next cycle once the start
     # is settled (delivered or refused), not after the backoff it built up while waiting.
-    settled = {(name, o.action.key) for o in outcomes
-               if o.action.kind in START_KINDS and o.status is not Status.TRANSIENT
+    settled = {(name, o.action.key) for o in (*outcomes, *facts)
+               if kinds.starts(o.action.kind) and o.status is not Status.TRANSIENT
                and o.status is not Status.SKIPPED}
     store.record_outcomes(
-        outcomes=outcomes, now=now,
+        outcomes=[*facts, *outcomes], now=now,
         watermarks={name: float(window.end)} if move and window is not None else None,
         wake=settled,
     )

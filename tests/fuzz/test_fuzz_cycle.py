@@ -28,7 +28,7 @@ from slurm_sync.connector import (
     View,
     delivery_key,
 )
-from slurm_sync.engine import DESTRUCTIVE, CycleOptions, run_cycle
+from slurm_sync.engine import CycleOptions, run_cycle
 from slurm_sync.errors import SlurmError
 from slurm_sync.slurm.parse import ParseResult, parse_squeue
 from slurm_sync.slurm.query import JobFilter, SacctWindow
@@ -70,7 +70,7 @@ class StopsOnAbsence(Connector):
         return SlurmNeeds(squeue=JobFilter(), sacct=True)
 
     def plan(self, view: View, snapshot: Snapshot, direction: Direction,
-             scope: Scope) -> list[Action]:
+             scope: Scope, observed: Any = None) -> list[Action]:
         running = {delivery_key(j) for j in view.active if j.state.active}
         tracked = snapshot.delivered.get("start", frozenset()) - snapshot.delivered.get(
             "stop", frozenset())
@@ -103,7 +103,7 @@ def test_a_garbage_squeue_answer_stops_no_more_than_the_guard_allows(
                            CycleOptions(stop_guard_share=SHARE, stop_guard_min=FLOOR),
                            now=NOW)
         tried["cycle"] += 1
-        stops = [o for o in report.outcomes if o.action.kind in DESTRUCTIVE]
+        stops = [o for o in report.outcomes if o.action.kind == "stop"]
         context = f"seed {SEED}, {name}, input {index}: {what}"
         assert not report.connector_errors, f"{context}: {report.connector_errors}"
         if report.slurm_errors:

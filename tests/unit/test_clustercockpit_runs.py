@@ -152,7 +152,7 @@ def _insert(emu: CCBackend, start: int, *, job_id: int = JOB, state: str = "runn
 
 def test_the_connector_applies_starts_as_one_batch(tmp_path: Path, backend: Backend) -> None:
     connector = _connector(tmp_path, backend)
-    assert "start" in connector.batch_kinds
+    assert connector.kind_table()["start"].batched
 
 
 def test_runs_of_a_requeued_job_go_out_oldest_first(tmp_path: Path, backend: Backend) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from slurm_sync.actions import Action, Outcome, Status
-from slurm_sync.connector import Direction, Scope
+from slurm_sync.connector import STOP_KIND, Direction, Kind, Scope
 from slurm_sync.connectors.events import EventsConnector
 from slurm_sync.engine import CycleOptions, run_cycle
 from slurm_sync.errors import SlurmCommandError
@@ -245,8 +245,7 @@ def test_a_permanent_failure_is_recorded_once_not_resent_every_cycle() -> None:
 class Batched(EventsConnector):
     """Takes every start in one call, as one sbatch for many jobs would."""
 
-    batch_kinds = frozenset({"start"})
-    timed_kinds = ("start",)
+    kinds = (Kind("start", Direction.START, timed=True, batched=True), STOP_KIND)
 
     def __init__(self) -> None:
         super().__init__({"output": "-"})
@@ -274,4 +273,4 @@ def test_batched_kinds_go_to_apply_many_once_and_times_reach_the_next_plan() -> 
 def _snapshot_of(store: Store, connector: Any) -> Any:
     from slurm_sync.engine import _snapshot
 
-    return _snapshot(store, "events", ("start", "stop"), connector.timed_kinds)
+    return _snapshot(store, "events", connector.kind_table())

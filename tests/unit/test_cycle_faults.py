@@ -216,7 +216,7 @@ def test_queued_stops_go_through_the_guard_and_the_limit() -> None:
 
 class Broken(EventsConnector):
     def plan(self, view: View, snapshot: Snapshot, direction: Direction,
-             scope: Scope) -> list[Action]:
+             scope: Scope, observed: Any = None) -> list[Action]:
         raise KeyError("a bug")
 
 
