@@ -857,7 +857,9 @@ class BuildkiteConnector(Connector):
         "Socket timed out", after slurmctld may have taken the job) or planned by a cycle
         killed before it recorded its sbatch may have made its Slurm job already: sbatch again
         only when this cycle's squeue got through and shows no Slurm job of ours running the
-        Buildkite job (nor sacct one that ended), and Buildkite still has it scheduled."""
+        Buildkite job (nor sacct one that ended), and, when Buildkite could be read, it still
+        has the job scheduled (unread, the submit goes: a job cancelled meanwhile costs a Slurm
+        job whose agent exits 27, not a run)."""
         ref = Ref.parse(str(action.payload.get("ref", "")))
         if ref is None:
             return None  # refused in _submit_group
@@ -870,11 +872,9 @@ class BuildkiteConnector(Connector):
                                                 f"({found.job.state.value}): not submitted "
                                                 f"again")
         remote = self._remote
-        if not remote.complete:
-            return Outcome.transient(action, "Buildkite not read this cycle; the submit waits")
         if remote.paused:
             return Outcome.transient(action, "dispatch is paused in Buildkite; the submit waits")
-        if self.mode == "rest" and ref.job not in scheduled:
+        if remote.complete and self.mode == "rest" and ref.job not in scheduled:
             # (the Stacks API hides jobs we reserved from its list: batch-reserve tells there)
             known = remote.known.get(ref.job)
             return Outcome.already_done(action, "nothing to submit: the Buildkite job is "

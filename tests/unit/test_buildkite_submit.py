@@ -213,21 +213,33 @@ def test_a_submit_sent_again_for_a_job_no_longer_scheduled_is_dropped(
     assert outcome.status is Status.ALREADY_DONE and "canceled" in outcome.detail
 
 
-@pytest.mark.parametrize("squeue_ok", [False, True], ids=["squeue-failed", "buildkite-unread"])
-def test_a_submit_sent_again_waits_while_slurm_or_buildkite_is_unread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, squeue_ok: bool,
+def test_a_submit_sent_again_waits_while_squeue_is_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Without this cycle's squeue, an earlier submission cannot be ruled out; without
-    Buildkite's answer, neither can a job that no longer needs one: the submit waits."""
+    """Without this cycle's squeue, an earlier submission cannot be ruled out: it waits."""
     connector = _connector(tmp_path)
     job = _scheduled(1)
-    remote = Remote(complete=True, scheduled=(job,), known={job.id: job}) if not squeue_ok \
-        else Remote()
-    _observe(connector, monkeypatch, remote, squeue_ok=squeue_ok)
+    _observe(connector, monkeypatch, Remote(complete=True, scheduled=(job,),
+                                            known={job.id: job}), squeue_ok=False)
     control = _Sbatch()
     connector.control = control  # type: ignore[assignment]
     (outcome,) = connector.apply_many([_submit(job)])
     assert control.calls == [] and outcome.status is Status.TRANSIENT
+
+
+def test_a_submit_sent_again_goes_while_buildkite_is_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Buildkite down, squeue read: the job is not in Slurm, so it goes (had it been cancelled
+    meanwhile, its agent would exit 27); waiting would add a doubled backoff per outage."""
+    connector = _connector(tmp_path)
+    job = _scheduled(1)
+    _observe(connector, monkeypatch, Remote())
+    control = _Sbatch()
+    connector.control = control  # type: ignore[assignment]
+    (outcome,) = connector.apply_many([_submit(job)])
+    assert [kind for kind, _, _ in control.calls] == ["single"]
+    assert outcome.status is Status.DONE
 
 
 def test_a_submit_of_a_job_still_scheduled_and_nowhere_in_slurm_goes_out(
