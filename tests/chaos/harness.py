@@ -402,7 +402,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
             if drain_start is not None and now >= settled_after:
                 recent = [s for s in stable if s[3] >= settled_after][-STABLE_CYCLES:]
                 if (len(recent) == STABLE_CYCLES and all(s[1] == recent[0][1] for s in recent)
-                        and all(s[2] == 0 for s in recent)):
+                        and all(s[2] == 0 for s in recent) and not driver.busy()):
                     drained = True
                     break
                 if now > drain_start + scenario.max_drain:

@@ -62,6 +62,11 @@ class Driver:
         """What changes while anything still happens (added to the service's snapshot)."""
         return ()
 
+    def busy(self) -> bool:
+        """Whether something is still under way that no snapshot shows changing (a job that
+        runs): the drain goes on."""
+        return False
+
     def extra(self) -> dict[str, Any]:
         """What the checks need besides the service's records, JSON-able."""
         return {}
@@ -250,6 +255,12 @@ class BuildkiteDriver(Driver):
         tasks = tuple((e["job_id"], t["task"], t["state"], t["start"] is None)
                       for e in submits.load(self.work) for t in e["tasks"])
         return (len(self.made), tasks)
+
+    def busy(self) -> bool:
+        """A Slurm job of ours still runs, or pends without being held (it will start): only
+        ended ones and those held for the connector to cancel are settled."""
+        return any(t["end"] is None and not (t["start"] is None and t.get("held"))
+                   for e in submits.load(self.work) for t in e["tasks"])
 
     def extra(self) -> dict[str, Any]:
         return {
