@@ -24,6 +24,8 @@ from tests.chaos.timeline import Scenario
 SEED = int(os.environ.get("CHAOS_SEED", "7"))
 SERVICE = os.environ.get("CHAOS_SERVICE", "clustercockpit")
 SHOWN = 8
+if SERVICE == "buildkite":
+    pytest.skip("the Buildkite run is test_chaos_buildkite.py", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
