@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import pwd
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from slurm_sync.actions import Action, Outcome, RunKey
+from slurm_sync.commands import EXIT_FAILED, EXIT_OK, CommandContext
 from slurm_sync.connector import (
     Connector,
     Direction,
@@ -54,14 +56,14 @@ from slurm_sync.connector import (
     View,
     delivery_key,
 )
-from slurm_sync.connectors.bank_service import SERVICES, AllocationService, Unanswered
+from slurm_sync.connectors.bank_service import SERVICES, AllocationService, Unanswered, drf_error
 from slurm_sync.errors import ConfigError, SlurmError
 from slurm_sync.http import ServiceClient
 from slurm_sync.secrets import SECRET_REF_SCHEMA
 from slurm_sync.slurm.control import SlurmControl
 from slurm_sync.slurm.model import Job, JobState
 from slurm_sync.slurm.qos import AccountQos, QosAdmin, QosUsage
-from slurm_sync.slurm.query import JobFilter
+from slurm_sync.slurm.query import JobFilter, SacctWindow
 
 __all__ = ["BankConnector", "Prices", "actual_cost", "estimate", "job_record"]
 
@@ -383,6 +385,20 @@ class BankConnector(Connector):
         Kind(DENY, Direction.START),  # mode report: "would hold", said once per submission
     )
 
+    @classmethod
+    def add_commands(cls, commands: Any) -> None:
+        mine = commands.add_parser("bank", help="allocation bank helpers")
+        sub = mine.add_subparsers(dest="bank_command", metavar="COMMAND", required=True)
+        reconcile = sub.add_parser(
+            "reconcile",
+            help="re-send the actual cost of every job that ended in a period (sacct)")
+        reconcile.add_argument("--since", required=True,
+                               help="start of the period (a date/time)")
+        reconcile.add_argument("--until", help="end of the period (default: now)")
+        reconcile.add_argument("--dry-run", dest="bank_dry_run", action="store_true",
+                               help="list what would be sent")
+        reconcile.set_defaults(handler=reconcile_command)
+
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
         self.prices = Prices(dict(settings["prices"]), str(settings["unpriced"]))
@@ -392,7 +408,8 @@ class BankConnector(Connector):
         token = self.secret("token").reveal()
         client = ServiceClient(str(settings["url"]),
                                headers={"Authorization": f"Token {token}"},
-                               timeout=float(settings.get("timeout", 5)), retries=1)
+                               timeout=float(settings.get("timeout", 5)), retries=1,
+                               error_message=drf_error)
         self.service: AllocationService = SERVICES[str(settings.get("api", "mybrc"))](client)
         self.control: SlurmControl | None = None
         self._verdicts: dict[str, Verdict] = {}
@@ -764,3 +781,46 @@ def reconcile_actions(jobs: Iterable[Job], prices: Prices,
         out.append(Action("bank", STOP, delivery_key(job),
                           {"record": job_record(job, amount, uid, ended=True)}, "reconcile"))
     return out
+
+
+def reconcile_command(ctx: CommandContext) -> int:
+    """``slurm-sync bank reconcile``: every run that ended in the period, re-sent with its
+    actual cost (an idempotent PUT): what the plugins needed separate scripts for."""
+    from dateutil import parser as dates
+
+    args, out, err = ctx.args, ctx.out, ctx.err
+    settings = ctx.settings("bank")
+    try:
+        since = dates.parse(args.since).timestamp()
+        until = dates.parse(args.until).timestamp() if args.until else time.time()
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError(f"bank reconcile: not a date: {exc}") from exc
+    if since >= until:
+        raise ConfigError("bank reconcile: --since must be before --until")
+    connector = BankConnector(dict(settings))
+    window = SacctWindow(int(since), int(until) + 1)
+    ended = ctx.reader().sacct(window, JobFilter(states=("all",))).jobs
+    actions = [a for a in reconcile_actions(ended, connector.prices, connector.accounts)
+               if (e := a.payload["record"].get("enddate"))
+               and since <= dates.parse(e).timestamp() <= until]
+    failed = 0
+    for action in actions:
+        record = action.payload["record"]
+        if args.bank_dry_run:
+            out.print(f"would send job {record['jobslurmid']}: {record['amount']} SU "
+                      f"({record['accountid']})", highlight=False, markup=False)
+            continue
+        outcome = connector.apply(action)
+        if not outcome.status.delivered:
+            failed += 1
+            err.print(f"job {record['jobslurmid']}: {outcome.detail}", highlight=False,
+                      markup=False)
+    connector.close()
+    verb = "would re-send" if args.bank_dry_run else "re-sent"
+    out.print(f"{verb} {len(actions) - failed} ended jobs from {_when(since)} to "
+              f"{_when(until)}; {failed} failed", highlight=False)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from slurm_sync.actions import Action, Outcome
 from slurm_sync.http import ServiceClient, outcome_of
 
-__all__ = ["SERVICES", "AllocationService", "Answer", "MybrcService", "Unanswered"]
+__all__ = ["SERVICES", "AllocationService", "Answer", "MybrcService", "Unanswered", "drf_error"]
 
 CENT = Decimal("0.01")
 #: The largest cost myBRC accepts (11 digits, 2 of them decimals); a balance that pays this
@@ -199,6 +199,18 @@ class MybrcService:
 
     def close(self) -> None:
         self.client.close()
+
+
+def drf_error(body: Mapping[str, Any]) -> str:
+    """myBRC's error bodies (Django REST framework): ``{"detail": "..."}``, or per field
+    ``{field: [message, ...]}``, as ``field: message; ...``."""
+    if isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    parts = []
+    for name, value in list(body.items())[:3]:
+        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            parts.append(f"{name}: {value[0]}")
+    return "; ".join(parts)
 
 
 def _instant(text: str) -> datetime:

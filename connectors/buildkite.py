@@ -38,6 +38,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +47,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from slurm_sync.actions import Action, Outcome, Status
+from slurm_sync.commands import CommandContext
 from slurm_sync.config import thaw
 from slurm_sync.connector import (
     Connector,
@@ -357,6 +359,25 @@ class BuildkiteConnector(Connector):
         # an rm -rf of a job's build folder: never from a cycle whose Slurm answer is in doubt
         Kind(PRUNE, Direction.STOP, destructive=True),
     )
+
+    @classmethod
+    def add_commands(cls, commands: Any) -> None:
+        mine = commands.add_parser("buildkite", help="Buildkite helpers: pipeline secrets")
+        sub = mine.add_subparsers(dest="bk_command", metavar="COMMAND", required=True)
+        encrypt = sub.add_parser(
+            "encrypt",
+            help="encrypt a secret for a pipeline's env (asks for the value, never argv)")
+        encrypt.add_argument("public_key", help="the agents' RSA public key (PEM)")
+        encrypt.add_argument("--name", help="the variable's name (asked when left out)")
+        encrypt.add_argument("--repository",
+                             help="only builds of this repository may decrypt it")
+        encrypt.set_defaults(handler=_encrypt_command)
+        decrypt = sub.add_parser(
+            "decrypt-env", help="for the agent's environment hook: print exports of SECRET_* vars")
+        decrypt.add_argument("private_key", help="the agents' RSA private key (PEM, mode 600)")
+        decrypt.add_argument("--require-repository", action="store_true",
+                             help="refuse secrets not bound to a repository")
+        decrypt.set_defaults(handler=_decrypt_command)
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -1144,3 +1165,18 @@ def _write_batch(path: str, refs: Sequence[str]) -> None:
         os.fsync(handle.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _encrypt_command(ctx: CommandContext) -> int:
+    from slurm_sync.connectors import buildkite_secrets  # cryptography: the secrets extra
+
+    args = ctx.args
+    return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,
+                                         repository=args.repository)
+
+
+def _decrypt_command(ctx: CommandContext) -> int:
+    from slurm_sync.connectors import buildkite_secrets
+
+    return buildkite_secrets.cli_decrypt_env(ctx.args.private_key, os.environ, sys.stdout,
+                                             require_repository=ctx.args.require_repository)

@@ -43,6 +43,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,6 +54,8 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from slurm_sync.actions import Action, Outcome, RunKey, Status
+from slurm_sync.commands import EXIT_FAILED, EXIT_OK, CommandContext
+from slurm_sync.config import AdaptedConfig
 from slurm_sync.connector import (
     Connector,
     Direction,
@@ -62,6 +67,7 @@ from slurm_sync.connector import (
     View,
     delivery_key,
 )
+from slurm_sync.connectors.clustercockpit_legacy import from_cc_slurm_sync, is_cc_slurm_sync
 from slurm_sync.errors import ConfigError, SlurmError
 from slurm_sync.http import Reply, ServiceClient, outcome_of
 from slurm_sync.secrets import SECRET_REF_SCHEMA, header_problem
@@ -468,6 +474,25 @@ class ClusterCockpitConnector(Connector):
         Kind(START, Direction.START, batched=True),
         Kind(STOP, Direction.STOP, destructive=True),
     )
+
+    @classmethod
+    def add_commands(cls, commands: Any) -> None:
+        mine = commands.add_parser("clustercockpit", help="ClusterCockpit helpers")
+        sub = mine.add_subparsers(dest="cc_command", metavar="COMMAND", required=True)
+        sub.add_parser(
+            "discover-accelerators",
+            help="print this node's 'accelerators' block (gres index -> PCI bus id) from "
+                 "nvidia-smi").set_defaults(handler=discover_accelerators_command)
+
+    @classmethod
+    def adapt_config(cls, data: Mapping[str, Any], path: str) -> AdaptedConfig | None:
+        """cc-slurm-sync's config.json runs as it is (``clustercockpit_legacy``)."""
+        if not is_cc_slurm_sync(data):
+            return None
+        run, suggested = from_cc_slurm_sync(data, path)
+        return AdaptedConfig(run, suggested, "this is cc-slurm-sync's config; it works as it "
+                             "is, but the API token should move to a file of its own "
+                             "(chmod 600).")
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
@@ -950,3 +975,33 @@ def accelerators_block(hostname: str, nvidia_smi_csv: str) -> dict[str, Any]:
     if not table:
         raise ValueError("nvidia-smi listed no GPU")
     return {"accelerators": {hostname: table}}
+
+
+def discover_accelerators_command(ctx: CommandContext) -> int:
+    """``slurm-sync clustercockpit discover-accelerators``: print the accelerators block of
+    this node; needs no config and changes nothing."""
+    out, err = ctx.out, ctx.err
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        err.print("nvidia-smi is not on PATH: this node has no NVIDIA driver tools, so there is "
+                  "nothing to discover here (run this on a GPU node).", highlight=False)
+        return EXIT_FAILED
+    try:
+        done = subprocess.run([smi, *NVIDIA_SMI_QUERY], capture_output=True, timeout=60,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        err.print(f"nvidia-smi did not run: {exc}", highlight=False, markup=False)
+        return EXIT_FAILED
+    if done.returncode != 0:
+        first = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        err.print(f"nvidia-smi failed (exit {done.returncode}): {first[0] if first else ''}",
+                  highlight=False, markup=False)
+        return EXIT_FAILED
+    try:
+        block = accelerators_block(socket.gethostname().split(".")[0],
+                                   done.stdout.decode(errors="replace"))
+    except ValueError as exc:
+        err.print(str(exc), highlight=False, markup=False)
+        return EXIT_FAILED
+    out.print_json(json.dumps(block))
+    return EXIT_OK

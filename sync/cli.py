@@ -11,17 +11,15 @@ holds the lock.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -45,7 +43,14 @@ from slurm_sync.store import Backoff, Delivery, RunCount, Store
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SLURM, EXIT_LOCKED = 0, 1, 2, 3, 75
+from slurm_sync.commands import (
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_SLURM,
+    EXIT_USAGE,
+    CommandContext,
+)
 
 PROGRESS_FROM = 20
 """A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
@@ -81,92 +86,153 @@ class _Bar:
             self._progress = None
 
 
-def _parser() -> argparse.ArgumentParser:
+EPILOG = """\
+commands run `run` when none is given: `slurm-sync -c config.json` is one cycle.
+
+exit codes:
+  0    all done
+  1    an action failed or was refused, or the stop guard held some back
+  2    usage or config error (nothing was changed)
+  3    a Slurm query failed (nothing was stopped or cancelled)
+  4    a connector failed, or its service says it is misconfigured
+  5    a connector is behind more than max_lag_seconds
+  70   internal error (a bug: please report it with the output of -vv)
+  75   not run: another slurm-sync holds the lock
+  130  interrupted
+
+examples:
+  slurm-sync -c /etc/slurm-sync/config.json -q            from cron, every minute
+  slurm-sync sync --direction start -j 1234 --dry-run     the plan for one job's start
+  slurm-sync run --loop 60                                resident, for systemd
+  slurm-sync status --json                                what fell behind, as JSON
+  slurm-sync check                                        config, Slurm and each service
+"""
+
+#: the options of the global parser that take a value (for finding the command word)
+_GLOBAL_WITH_VALUE = frozenset({"-c", "--config"})
+
+
+def _parser(registry: Mapping[str, type[Connector]] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slurm-sync",
         description="Keep Slurm and outside services in agreement.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"slurm-sync {__version__}")
-    parser.add_argument("-c", "--config", help="config.json (default: Slurm commands from PATH)")
-    parser.add_argument("--direction", choices=[d.value for d in Direction], default="both",
-                        help="start records, stop them, or both (default)")
-    parser.add_argument("-j", "--jobid", dest="run_jobids", action="append", type=int,
-                        default=[], help="only this job (repeatable); the watermark stays")
-    parser.add_argument("-l", "--limit", type=int, default=None,
-                        help="at most N actions per direction; the rest wait for the next run")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan; change nothing anywhere, the store included")
-    parser.add_argument("--force", action="store_true",
-                        help="take stops even beyond stop_guard_share of the tracked jobs")
-    parser.add_argument("--connector", action="append", default=[],
-                        help="run only this connector (repeatable)")
-    parser.add_argument("--json", dest="run_json", action="store_true",
-                        help="print the report as JSON")
-    parser.add_argument("--loop", type=float, default=None, metavar="SECONDS",
-                        help="run a cycle every SECONDS until interrupted (for systemd)")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log each action (-v) and each Slurm call (-vv) to stderr")
-    parser.add_argument("-d", "--debug", dest="verbose", action="store_const", const=2,
-                        help="as -vv (cc-slurm-sync's option)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print nothing when all went well (for cron)")
+    _global_options(parser, None)
+    parser.set_defaults(verbose=0, quiet=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("run", help="one sync cycle (the default)")
+    run = sub.add_parser(
+        "run", aliases=["sync"], help="one sync cycle (the default; `sync` is the same)",
+        description="One sync cycle: read Slurm, plan, apply, record.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--direction", choices=[d.value for d in Direction], default="both",
+                     help="start records, stop them, or both (default)")
+    run.add_argument("-j", "--jobid", dest="run_jobids", action="append", type=int,
+                     default=[], metavar="JOBID",
+                     help="only this job (repeatable); the watermark stays")
+    run.add_argument("-l", "--limit", type=int, default=None, metavar="N",
+                     help="at most N actions per direction; the rest wait for the next run")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan; change nothing anywhere, the store included")
+    run.add_argument("--force", action="store_true",
+                     help="take stops even beyond stop_guard_share of the tracked jobs")
+    run.add_argument("--connector", action="append", default=[], metavar="NAME",
+                     help="run only this connector (repeatable)")
+    run.add_argument("--json", dest="run_json", action="store_true",
+                     help="print the report as JSON")
+    run.add_argument("--loop", type=float, default=None, metavar="SECONDS",
+                     help="run a cycle every SECONDS until interrupted (for systemd)")
     status = sub.add_parser("status", help="watermarks, outbox, lag and the last run, per "
                                            "connector")
     status.add_argument("--json", dest="run_json", action="store_true",
-                        default=argparse.SUPPRESS, help="print the state as JSON")
-    sub.add_parser("check", help="validate config, reach Slurm and each service, check files")
+                        help="print the state as JSON")
+    check = sub.add_parser("check", help="validate config, reach Slurm and each service, "
+                                         "check files")
+    check.add_argument("--json", dest="run_json", action="store_true",
+                       help="print the checks as JSON")
+    check.add_argument("--connector", action="append", default=[], metavar="NAME",
+                       help="check only this connector (repeatable)")
     retry = sub.add_parser(
         "retry", help="send actions refused for good again (after fixing what refused them)")
     retry.add_argument("--connector", dest="retry_connectors", action="append", default=[],
-                       help="only this connector's (repeatable)")
+                       metavar="NAME", help="only this connector's (repeatable)")
     retry.add_argument("-j", "--jobid", dest="retry_jobids", action="append", type=int,
-                       default=[], help="only this Slurm job's runs (repeatable)")
+                       default=[], metavar="JOBID",
+                       help="only this Slurm job's runs (repeatable)")
     retry.add_argument("--since", dest="retry_since", metavar="TIME",
                        help="only those refused at or after TIME (epoch seconds or a date)")
     retry.add_argument("--dry-run", dest="retry_dry_run", action="store_true",
                        help="list what would be sent again; change nothing")
-
-    cockpit = sub.add_parser("clustercockpit", help="ClusterCockpit helpers")
-    cockpit_sub = cockpit.add_subparsers(dest="cc_command", metavar="COMMAND", required=True)
-    cockpit_sub.add_parser(
-        "discover-accelerators",
-        help="print this node's 'accelerators' block (gres index -> PCI bus id) from nvidia-smi")
-
-    kite = sub.add_parser("buildkite", help="Buildkite helpers: pipeline secrets")
-    kite_sub = kite.add_subparsers(dest="bk_command", metavar="COMMAND", required=True)
-    encrypt = kite_sub.add_parser(
-        "encrypt", help="encrypt a secret for a pipeline's env (asks for the value, never argv)")
-    encrypt.add_argument("public_key", help="the agents' RSA public key (PEM)")
-    encrypt.add_argument("--name", help="the variable's name (asked when left out)")
-    encrypt.add_argument("--repository", help="only builds of this repository may decrypt it")
-    decrypt = kite_sub.add_parser(
-        "decrypt-env", help="for the agent's environment hook: print exports of SECRET_* vars")
-    decrypt.add_argument("private_key", help="the agents' RSA private key (PEM, mode 600)")
-    decrypt.add_argument("--require-repository", action="store_true",
-                         help="refuse secrets not bound to a repository")
-
-    bank = sub.add_parser("bank", help="allocation bank helpers")
-    bank_sub = bank.add_subparsers(dest="bank_command", metavar="COMMAND", required=True)
-    reconcile = bank_sub.add_parser(
-        "reconcile", help="re-send the actual cost of every job that ended in a period (sacct)")
-    reconcile.add_argument("--since", required=True, help="start of the period (a date/time)")
-    reconcile.add_argument("--until", help="end of the period (default: now)")
-    reconcile.add_argument("--dry-run", dest="bank_dry_run", action="store_true",
-                           help="list what would be sent")
-
     jobs = sub.add_parser("jobs", help="show the jobs Slurm reports, as slurm-sync reads them")
     jobs.add_argument(
         "-t", "--state", action="append", default=[],
         help="job state (R, PD, CD, ... or 'all'); repeatable; default: not finished",
     )
-    jobs.add_argument("-j", "--jobid", action="append", type=int, default=[], help="job id")
+    jobs.add_argument("-j", "--jobid", action="append", type=int, default=[], metavar="JOBID",
+                      help="job id")
     jobs.add_argument("-u", "--user", action="append", default=[], help="user name")
     jobs.add_argument("-p", "--partition", action="append", default=[], help="partition")
     jobs.add_argument("-n", "--name", action="append", default=[], help="job name")
     jobs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    for connector in (registry or {}).values():
+        connector.add_commands(sub)
+    # -c, -v, -d and -q are taken after the command word too (`slurm-sync status -c FILE`,
+    # and `slurm-sync --direction start -q`, where `run` goes before --direction)
+    for command in dict.fromkeys(sub.choices.values()):
+        _global_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options every command takes; ``default`` SUPPRESS on a command's parser, so a value
+    given before the command word is not overwritten."""
+    options: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+        (("-c", "--config"), {"metavar": "FILE", "default": default,
+                              "help": "config.json (default: Slurm commands from PATH)"}),
+        (("-v", "--verbose"), {"action": "count", "default": default,
+                               "help": "log each action (-v) and each Slurm call (-vv) to "
+                                       "stderr"}),
+        (("-d", "--debug"), {"dest": "verbose", "action": "store_const", "const": 2,
+                             "default": default, "help": "as -vv (cc-slurm-sync's option)"}),
+        (("-q", "--quiet"), {"action": "store_true", "default": default,
+                             "help": "print nothing when all went well (for cron)"}),
+    ]
+    for flags, kwargs in options:
+        # a connector's command may use one of the letters for an option of its own
+        with contextlib.suppress(argparse.ArgumentError):
+            parser.add_argument(*flags, **kwargs)
+
+
+def with_command(argv: Sequence[str], commands: Collection[str]) -> list[str]:
+    """``argv`` with ``run`` put where the command word goes when it has none: cron lines
+    written as ``slurm-sync -c config.json --direction start`` keep working.
+
+    >>> with_command(["-c", "x.json", "--direction", "start"], {"run", "status"})
+    ['-c', 'x.json', 'run', '--direction', 'start']
+    >>> with_command(["-q", "status"], {"run", "status"})
+    ['-q', 'status']
+    """
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word in commands or word in ("-h", "--help", "--version"):
+            return args
+        if word in _GLOBAL_WITH_VALUE:
+            index += 2
+        elif _global_flag(word):
+            index += 1
+        else:
+            break
+    return [*args[:index], "run", *args[index:]]
+
+
+def _global_flag(word: str) -> bool:
+    """``-v``, ``-vv``, ``-q``, ``-d``, ``-cFILE`` or ``--config=FILE``: one word, global."""
+    if word.startswith("--"):
+        return word.startswith("--config=") or word in ("--verbose", "--debug", "--quiet")
+    return word.startswith("-") and (set(word[1:]) <= set("vdq") or word.startswith("-c"))
 
 
 def _when(epoch: int | None) -> str:
@@ -447,6 +513,12 @@ def _cmd_check(
         problems = [*connector.warnings, *connector.check()]
         rows.append((f"connector {name}", "; ".join(problems)))
         connector.close()
+    if args.run_json:
+        out.print_json(json.dumps({
+            "ok": not any(problem for _, problem in rows),
+            "checks": [{"check": what, "ok": not problem, "problem": problem}
+                       for what, problem in rows]}))
+        return EXIT_FAILED if any(problem for _, problem in rows) else EXIT_OK
     table = Table(title="slurm-sync check")
     table.add_column("CHECK")
     table.add_column("RESULT", overflow="fold")
@@ -567,10 +639,10 @@ def _epoch(text: str, option: str) -> float:
 def _cmd_retry(args: argparse.Namespace, config: Config, out: Console, err: Console) -> int:
     """Refused-for-good actions are planned again by the next run: their refusal records go
     (one transaction), since the store does not keep a refused payload."""
-    names = list(dict.fromkeys([*args.connector, *args.retry_connectors]))
-    job_ids = tuple(dict.fromkeys([*args.run_jobids, *args.retry_jobids]))
+    names = list(dict.fromkeys(args.retry_connectors))
+    job_ids = tuple(dict.fromkeys(args.retry_jobids))
     since = _epoch(args.retry_since, "--since") if args.retry_since else None
-    dry_run = bool(args.dry_run or args.retry_dry_run)
+    dry_run = bool(args.retry_dry_run)
     path = _store_path(config)
     with Store.open(path, read_only=True) as store:
         known = set(store.connectors())
@@ -611,109 +683,34 @@ def _cmd_retry(args: argparse.Namespace, config: Config, out: Console, err: Cons
     return EXIT_OK
 
 
-def _cmd_bank_reconcile(
-    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
-    reader: SlurmReader, out: Console, err: Console,
-) -> int:
-    """Every run that ended in the period, re-sent with its actual cost (an idempotent PUT):
-    what the plugins needed separate scripts for."""
-    from dateutil import parser as dates
-
-    from slurm_sync.connectors.bank import BankConnector, reconcile_actions
-
-    settings = config.connectors.get("bank")
-    if settings is None or not settings.enabled:
-        raise ConfigError("bank reconcile: no enabled 'bank' connector in config")
-    try:
-        since = dates.parse(args.since).timestamp()
-        until = dates.parse(args.until).timestamp() if args.until else time.time()
-    except (ValueError, OverflowError) as exc:
-        raise ConfigError(f"bank reconcile: not a date: {exc}") from exc
-    if since >= until:
-        raise ConfigError("bank reconcile: --since must be before --until")
-    connector = registry["bank"](dict(settings.settings))
-    assert isinstance(connector, BankConnector)
-    window = SacctWindow(int(since), int(until) + 1)
-    ended = reader.sacct(window, JobFilter(states=("all",))).jobs
-    actions = [a for a in reconcile_actions(ended, connector.prices, connector.accounts)
-               if (e := a.payload["record"].get("enddate")) and since <= dates.parse(e).timestamp()
-               <= until]
-    failed = 0
-    for action in actions:
-        record = action.payload["record"]
-        if args.bank_dry_run:
-            out.print(f"would send job {record['jobslurmid']}: {record['amount']} SU "
-                      f"({record['accountid']})", highlight=False)
-            continue
-        outcome = connector.apply(action)
-        if not outcome.status.delivered:
-            failed += 1
-            err.print(f"job {record['jobslurmid']}: {outcome.detail}", highlight=False,
-                      markup=False)
-    connector.close()
-    verb = "would re-send" if args.bank_dry_run else "re-sent"
-    out.print(f"{verb} {len(actions) - failed} ended jobs from {_when(int(since))} to "
-              f"{_when(int(until))}; {failed} failed", highlight=False)
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _cmd_discover_accelerators(out: Console, err: Console) -> int:
-    """Print the accelerators block of this node; needs no config and changes nothing."""
-    from slurm_sync.connectors.clustercockpit import NVIDIA_SMI_QUERY, accelerators_block
-
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        err.print("nvidia-smi is not on PATH: this node has no NVIDIA driver tools, so there is "
-                  "nothing to discover here (run this on a GPU node).", highlight=False)
-        return EXIT_FAILED
-    try:
-        done = subprocess.run([smi, *NVIDIA_SMI_QUERY], capture_output=True, timeout=60,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        err.print(f"nvidia-smi did not run: {exc}", highlight=False, markup=False)
-        return EXIT_FAILED
-    if done.returncode != 0:
-        first = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        err.print(f"nvidia-smi failed (exit {done.returncode}): {first[0] if first else ''}",
-                  highlight=False)
-        return EXIT_FAILED
-    try:
-        block = accelerators_block(socket.gethostname().split(".")[0],
-                                   done.stdout.decode(errors="replace"))
-    except ValueError as exc:
-        err.print(str(exc), highlight=False)
-        return EXIT_FAILED
-    out.print_json(json.dumps(block))
-    return EXIT_OK
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``slurm-sync`` and ``sync``."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Entry point of ``slurm-sync``."""
     # errors and warnings are never folded: a cron mail or a log keeps each on one line
     err = Console(stderr=True, soft_wrap=True)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     # Every way out is one line and a documented exit code, never a traceback: messages are
     # printed as text (a value in them may look like rich markup, "[/x]").
-
     logging_ready = False
     try:
+        registry = discover()  # a site's connector package that does not load: exit 2
+        parser = _parser(registry)
+        commands = {name for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction)
+                    for name in action.choices}
+        args = parser.parse_args(with_command(words, commands))
         out = Console()
         if not out.is_terminal:
             # Piped into grep or a log: do not fold names at 80 columns.
             out = Console(width=200)
-        if args.command == "clustercockpit":
-            return _cmd_discover_accelerators(out, err)
-        if args.command == "buildkite":
-            from slurm_sync.connectors import buildkite_secrets
-
-            if args.bk_command == "encrypt":
-                return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,
-                                                     repository=args.repository)
-            return buildkite_secrets.cli_decrypt_env(args.private_key, os.environ, sys.stdout,
-                                                     require_repository=args.require_repository)
-        registry = discover()
-        config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()})
+        handler = getattr(args, "handler", None)
+        if handler is not None:  # a connector's own command
+            setup_logging(-1 if args.quiet else args.verbose)
+            logging_ready = True
+            code: int = handler(CommandContext(args, out, err, registry, args.config))
+            return code
+        config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()},
+                             adapters=[c.adapt_config for c in registry.values()])
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
         logging_ready = True
         reader = SlurmReader(
@@ -727,8 +724,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_status(config, out, args.run_json)
         if args.command == "check":
             return _cmd_check(args, config, registry, reader, out)
-        if args.command == "bank":
-            return _cmd_bank_reconcile(args, config, registry, reader, out, err)
         if args.command == "retry":
             return _cmd_retry(args, config, out, err)
         return _cmd_run(args, config, registry, reader, out, err)
@@ -764,7 +759,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(first)} (a bug in "
                   "slurm-sync: please report it with the output of -vv)", highlight=False)
-        if args.verbose >= 2:
+        verbose = args.verbose if args is not None else max(
+            (w.count("v") for w in words if w.startswith("-") and set(w[1:]) <= set("vdq")),
+            default=0) + 2 * ("-d" in words or "--debug" in words)
+        if verbose >= 2:
             if not logging_ready:  # it failed before logging was set up
                 setup_logging(2)
             log.debug("internal error", extra={"fields": {"traceback": traceback.format_exc()}})

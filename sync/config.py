@@ -32,7 +32,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -42,14 +42,15 @@ import jsonschema
 import jsonschema.exceptions
 
 from slurm_sync.errors import ConfigError
-from slurm_sync.legacy import from_cc_slurm_sync, is_cc_slurm_sync
 from slurm_sync.secrets import is_secret_ref_schema, secret_ref_problem
 from slurm_sync.slurm.run import SlurmCommands
 
 __all__ = [
     "CORE_SCHEMA",
     "ROOT_STATE_DIR",
+    "AdaptedConfig",
     "Config",
+    "ConfigAdapter",
     "ConnectorSettings",
     "SlurmSettings",
     "combined_schema",
@@ -547,24 +548,44 @@ def config_from_dict(
     )
 
 
+@dataclass(frozen=True)
+class AdaptedConfig:
+    """Another tool's config file read as slurm-sync's (``Connector.adapt_config``): the
+    document to run with, the same settings in slurm-sync's own form to suggest, and what the
+    file was and what to change (one line, for the warning)."""
+
+    data: dict[str, Any]
+    suggested: dict[str, Any]
+    note: str
+
+
+#: ``adapter(document, absolute_path)``: an ``AdaptedConfig``, or None for a file it does not know
+ConfigAdapter = Callable[[Mapping[str, Any], str], "AdaptedConfig | None"]
+
+
 def load_config(
     path: str | None,
     fragments: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     files: bool = True,
+    adapters: Sequence[ConfigAdapter] = (),
 ) -> Config:
     """Read ``path`` (None: built-in defaults, Slurm's commands from PATH, no connector) and
     validate it as :func:`config_from_dict` does; then, unless ``files`` is false (to check a
-    document alone, such as the shipped example), check the files it names."""
+    document alone, such as the shipped example), check the files it names. A document that
+    one of ``adapters`` (the connectors' ``adapt_config``) recognises as another tool's runs
+    as that adapter reads it, with a warning that shows slurm-sync's form."""
     if path is None:
         return Config()
     data = _decode(path, _read(path))
-    if is_cc_slurm_sync(data):
-        data, suggested = from_cc_slurm_sync(data, os.path.abspath(path))
-        logging.getLogger("slurm_sync.config").warning(
-            "%s is cc-slurm-sync's config; it works as it is, but the API token should move "
-            "to a file of its own (chmod 600). The same settings in slurm-sync's form:\n%s",
-            path, json.dumps(suggested, indent=2))
+    for adapt in adapters:
+        adapted = adapt(data, os.path.abspath(path)) if isinstance(data, Mapping) else None
+        if adapted is not None:
+            data = adapted.data
+            logging.getLogger("slurm_sync.config").warning(
+                "%s: %s The same settings in slurm-sync's form:\n%s", path, adapted.note,
+                json.dumps(adapted.suggested, indent=2))
+            break
     config = config_from_dict(data, path, fragments)
     if files:
         problems = _file_problems(config, data)

@@ -25,7 +25,7 @@ import email.utils
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -59,6 +59,10 @@ class Reply:
     retry_after: float | None = None
     attempts: int = 1
     headers: Mapping[str, str] | None = None
+    #: the service's own way of saying what is wrong in an error body (its connector's
+    #: ``error_message``), tried before the common ``error``/``message``/``detail`` keys
+    explain: Callable[[Mapping[str, Any]], str] | None = field(default=None, compare=False,
+                                                              repr=False)
 
     @property
     def ok(self) -> bool:
@@ -71,21 +75,13 @@ class Reply:
             return f"{what}: no answer ({self.error}) after {self.attempts} attempt(s)"
         message = ""
         if isinstance(self.body, Mapping):
-            message = str(self.body.get("error") or self.body.get("message")
-                          or self.body.get("detail") or _field_errors(self.body))
+            message = (self.explain(self.body) if self.explain else "") or str(
+                self.body.get("error") or self.body.get("message") or self.body.get("detail")
+                or "")
         if not message:
             message = self.text.strip().splitlines()[0][:200] if self.text.strip() else ""
         tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
         return f"{what}: HTTP {self.status}{': ' + message if message else ''}{tries}"
-
-
-def _field_errors(body: Mapping[str, Any]) -> str:
-    """Django REST framework's ``{field: [message, ...]}`` as ``field: message; ...``."""
-    parts = []
-    for field, value in list(body.items())[:3]:
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-            parts.append(f"{field}: {value[0]}")
-    return "; ".join(parts)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -145,8 +141,12 @@ class ServiceClient:
         max_wait: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         rand: Callable[[], float] = random.random,
+        error_message: Callable[[Mapping[str, Any]], str] | None = None,
     ) -> None:
+        """``error_message`` reads the service's own error bodies (one line; "" when it finds
+        nothing): each connector knows its service's vocabulary, the core knows none."""
         self.base_url = base_url.rstrip("/")
+        self.error_message = error_message
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
@@ -221,7 +221,7 @@ class ServiceClient:
             method, path, response.status_code, body=body,
             text=response.text if body is None else "",
             retry_after=parse_retry_after(response.headers.get("Retry-After"), time.time()),
-            attempts=attempt, headers=dict(response.headers),
+            attempts=attempt, headers=dict(response.headers), explain=self.error_message,
         )
 
 

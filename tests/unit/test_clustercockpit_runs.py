@@ -351,7 +351,9 @@ def test_a_cc_slurm_sync_config_works_against_1_4_with_no_refusal(tmp_path: Path
             "slurm": {"state_save_location": str(tmp_path)},
             "cc-backend": {"host": emu.url, "apikey": TOKEN}}))
         path.chmod(0o600)
-        config = load_config(str(path), {n: dict(c.schema) for n, c in discover().items()})
+        registry = discover()
+        config = load_config(str(path), {n: dict(c.schema) for n, c in registry.items()},
+                             adapters=[c.adapt_config for c in registry.values()])
         settings = dict(config.connectors["clustercockpit"].settings)
         assert "api_version" not in settings
         connector = ClusterCockpitConnector({**settings, "retries": 0})

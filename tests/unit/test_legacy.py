@@ -13,6 +13,7 @@ from slurm_sync.connector import discover
 from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector
 from slurm_sync.errors import ConfigError
 
+ADAPTERS = [ClusterCockpitConnector.adapt_config]
 APIKEY = "eyJhbGciOiJFZERTQSJ9.legacy-key-never-shown"
 LEGACY = {
     "clustername": "fritz",
@@ -35,7 +36,7 @@ def test_a_cc_slurm_sync_config_runs_as_it_is(
     path.write_text(json.dumps(LEGACY))
     path.chmod(0o600)
     with caplog.at_level(logging.WARNING):
-        config = load_config(str(path), _fragments())
+        config = load_config(str(path), _fragments(), adapters=ADAPTERS)
     settings = config.connectors["clustercockpit"].settings
     assert settings["url"] == "https://cc.example.org" and settings["cluster"] == "fritz"
     assert settings["node_regex"] == "^f[0-9]+$"
@@ -53,7 +54,7 @@ def test_a_legacy_config_open_to_others_warns_like_any_secret_file(tmp_path: Pat
     path = tmp_path / "config.json"
     path.write_text(json.dumps(LEGACY))
     path.chmod(0o644)
-    config = load_config(str(path), _fragments())
+    config = load_config(str(path), _fragments(), adapters=ADAPTERS)
     connector = ClusterCockpitConnector(dict(config.connectors["clustercockpit"].settings))
     assert any("chmod 600" in w for w in connector.warnings)
 
@@ -63,7 +64,7 @@ def test_a_legacy_config_without_the_key_names_it(tmp_path: Path) -> None:
     data["cc-backend"]["apikey"] = ""
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
-    config = load_config(str(path), _fragments())
+    config = load_config(str(path), _fragments(), adapters=ADAPTERS)
     with pytest.raises(ConfigError, match=r"'cc-backend\.apikey' in the token file is not") as err:
         ClusterCockpitConnector(dict(config.connectors["clustercockpit"].settings))
     assert APIKEY not in str(err.value)
@@ -74,5 +75,5 @@ def test_unknown_legacy_keys_are_named(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="'colour' was unexpected") as err:
-        load_config(str(path), _fragments())
+        load_config(str(path), _fragments(), adapters=ADAPTERS)
     assert APIKEY not in str(err.value)
