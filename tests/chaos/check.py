@@ -23,7 +23,7 @@ Assertions (each a key of ``check``'s answer; an empty list means it held):
   or after a successful squeue had shown its cores.
 - ``refused``: nothing in state.db is refused for good but the duplicate rule's refusals;
   ``outbox``: the outbox is empty at the end.
-- ``exit_codes``: a cycle whose ``squeue`` failed exits 3.
+- ``exit_codes``: a cycle whose ``squeue`` (of its view: its first) failed exits 3.
 
 Against the bank (myBRC keeps one record per job id, ``jobslurmid``):
 - ``lost``/``invented``: every job that ran has a record, none that never ran has one;
@@ -288,8 +288,12 @@ def _check_common(ctx: _Context, add: Any) -> None:
     for cycle in result.cycles:
         if cycle.killed or cycle.exit_code is None:
             continue
-        failed = [c for c in ctx.calls_of.get(cycle.pid, [])
-                  if c["cmd"] == "squeue" and c["rc"] != 0]
+        # the cycle's view is its first squeue --json: a connector's own look-up after it
+        # (the Buildkite connector asks again about jobs it would cancel) failing changes
+        # nothing the cycle did, and the exit code does not say it
+        view = [c for c in ctx.calls_of.get(cycle.pid, [])
+                if c["cmd"] == "squeue" and "--json" in c["args"]][:1]
+        failed = [c for c in view if c["rc"] != 0]
         if failed and cycle.exit_code != EXIT_SLURM:
             add("exit_codes", None, f"cycle {cycle.index} (pid {cycle.pid}): squeue failed, "
                 f"exit code {cycle.exit_code}")

@@ -161,3 +161,17 @@ def test_a_failed_scancel_in_a_cycle_that_exits_0_or_shows_no_outbox() -> None:
     result.cycles[0].exit_code = 1
     result.cycles[0].status = result.cycles[0].status.replace("│ 0 │ - │ 5", "│ 1 │ - │ 5")
     assert _failed(result) == {}
+
+
+def test_only_the_views_squeue_failing_asks_for_exit_3() -> None:
+    """A connector's own squeue after the view's (the Buildkite connector asks again about
+    jobs it would cancel as taken) failing leaves the cycle's exit code alone."""
+    result = _perfect()
+    view = {"t": T0 + 1.6, "t_end": T0 + 1.7, "cmd": "squeue", "ppid": PID, "fault": "",
+            "rc": 0, "args": ["--json", "--states=PENDING,RUNNING", "--name=buildkite"]}
+    again = {**view, "t": T0 + 2, "rc": 1, "fault": "fail",
+             "args": ["--json", "--states=all", "--jobs=100000"]}
+    result.calls += [view, again]
+    assert _failed(result) == {}
+    result.calls[-2] = {**view, "rc": 1, "fault": "fail"}
+    assert _failed(result) == {"exit_codes": 1}
