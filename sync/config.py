@@ -26,6 +26,7 @@ config names: ``state_dir`` is a folder or can be made one, its ``state.db`` is 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import logging
 import math
@@ -333,6 +334,16 @@ def _summary(value: object) -> str:
     return repr(value)
 
 
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``; did you mean 'state_dir'?`` for a near miss, "" when nothing is close.
+
+    >>> _did_you_mean("stat_dir", ["state_dir", "cluster"])
+    "; did you mean 'state_dir'?"
+    """
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _touches_secret(error: jsonschema.ValidationError) -> bool:
     return is_secret_ref_schema(error.schema) or any(
         _touches_secret(sub) for sub in error.context
@@ -377,8 +388,18 @@ def _problems(
             names = ", ".join(known) if known else "none"
             for name in instance:
                 if name not in known:
-                    message = f"unknown connector {name!r}; known: {names}"
+                    message = f"unknown connector {name!r}{_did_you_mean(name, known)}; " \
+                              f"known: {names}"
                     found[(_json_path([*parts, name]), message)] = ([*parts, name], message)
+            continue
+        if error.validator == "additionalProperties" and isinstance(instance, Mapping):
+            # one line per unknown key, at its own path, with the key it is closest to
+            allowed = list(error.schema.get("properties", {})) if isinstance(
+                error.schema, Mapping) else []
+            for key in instance:
+                if key not in allowed and isinstance(key, str):
+                    message = f"unknown key {key!r}{_did_you_mean(key, allowed)}"
+                    found[(_json_path([*parts, key]), message)] = ([*parts, key], message)
             continue
         message = _describe(error)
         found[(_json_path(parts), message)] = (parts, message)

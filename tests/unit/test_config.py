@@ -39,7 +39,7 @@ def test_valid_config(tmp_path: Path) -> None:
     [
         ({"slurm": {"timeout": -1}}, r"\$\.slurm\.timeout: -1 is less than or equal"),
         ({"slurm": {"commands": {"squeu": "/x"}}}, r"\$\.slurm\.commands: 'squeu' is not one of"),
-        ({"slurmm": {}}, r"Additional properties are not allowed \('slurmm' was unexpected\)"),
+        ({"slurmm": {}}, r"\$\.slurmm: unknown key 'slurmm'; did you mean 'slurm'\?"),
         ({"cluster": 5}, r"\$\.cluster: 5 is not of type 'string'"),
     ],
 )
@@ -262,8 +262,8 @@ def test_without_fragments_connectors_are_checked_for_shape_only() -> None:
                                                r"2 is not of type 'string'"),
         ({"token": {"env": "T"}}, r"\$\.connectors\.clustercockpit: 'url' is a required "
                                   r"property"),
-        ({**COCKPIT_OK, "urll": "x"}, r"\$\.connectors\.clustercockpit: Additional properties "
-                                      r"are not allowed \('urll' was unexpected\)"),
+        ({**COCKPIT_OK, "urll": "x"}, r"\$\.connectors\.clustercockpit\.urll: unknown key "
+                                      r"'urll'; did you mean 'url'\?"),
         ({**COCKPIT_OK, "token": {"file": "x"}}, r"\$\.connectors\.clustercockpit\.token: "
                                                  r"\"file\" must be an absolute path"),
     ],

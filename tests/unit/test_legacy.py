@@ -74,6 +74,6 @@ def test_unknown_legacy_keys_are_named(tmp_path: Path) -> None:
     data = {**LEGACY, "colour": "blue"}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="'colour' was unexpected") as err:
+    with pytest.raises(ConfigError, match=r"\$\.colour: unknown key 'colour'") as err:
         load_config(str(path), _fragments(), adapters=ADAPTERS)
     assert APIKEY not in str(err.value)
