@@ -67,7 +67,7 @@ from slurm_sync.connector import (
     View,
     delivery_key,
 )
-from slurm_sync.connectors.clustercockpit_legacy import from_cc_slurm_sync, is_cc_slurm_sync
+from slurm_sync.connectors.clustercockpit.legacy import from_cc_slurm_sync, is_cc_slurm_sync
 from slurm_sync.errors import ConfigError, SlurmError
 from slurm_sync.http import Reply, ServiceClient, outcome_of
 from slurm_sync.secrets import SECRET_REF_SCHEMA, header_problem
@@ -486,7 +486,7 @@ class ClusterCockpitConnector(Connector):
 
     @classmethod
     def adapt_config(cls, data: Mapping[str, Any], path: str) -> AdaptedConfig | None:
-        """cc-slurm-sync's config.json runs as it is (``clustercockpit_legacy``)."""
+        """cc-slurm-sync's config.json runs as it is (``legacy``)."""
         if not is_cc_slurm_sync(data):
             return None
         run, suggested = from_cc_slurm_sync(data, path)
