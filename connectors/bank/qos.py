@@ -1,4 +1,5 @@
-"""Read and write the QOS limits that make Slurm itself enforce a balance.
+"""Read and write the QOS limits that make Slurm itself enforce a balance (the Bank
+connector's mode native; it serves nothing else).
 
     admin = QosAdmin(runner)
     admin.enforcement()                       # Enforcement(enforce={'limits', ...}, ...)

@@ -1,4 +1,5 @@
-"""The allocation services the Bank connector talks to, behind one small interface.
+"""The allocation services the Bank connector talks to, behind one small interface, and
+myBRC's wire format (its job record, its error bodies).
 
     service = MybrcService(ServiceClient(url, headers={"Authorization": f"Token {token}"}))
     service.can_pay(Decimal("4.50"), uid=5001, account="fc_lab")   # Answer(ok=True, ...)
@@ -25,8 +26,17 @@ from typing import Any, Protocol
 
 from slurm_sync.actions import Action, Outcome
 from slurm_sync.http import ServiceClient, outcome_of
+from slurm_sync.slurm.model import Job
 
-__all__ = ["SERVICES", "AllocationService", "Answer", "MybrcService", "Unanswered", "drf_error"]
+__all__ = [
+    "SERVICES",
+    "AllocationService",
+    "Answer",
+    "MybrcService",
+    "Unanswered",
+    "drf_error",
+    "job_record",
+]
 
 CENT = Decimal("0.01")
 #: The largest cost myBRC accepts (11 digits, 2 of them decimals); a balance that pays this
@@ -199,6 +209,31 @@ class MybrcService:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _iso(epoch: int | None) -> str | None:
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_record(job: Job, amount: Decimal, uid: int, *, ended: bool) -> dict[str, Any]:
+    """The myBRC job record of one run (start: the estimate; end: the actual amount)."""
+    record: dict[str, Any] = {
+        "jobslurmid": str(job.job_id), "userid": str(uid), "accountid": job.account or "",
+        "amount": str(amount), "jobstatus": "RUNNING" if not ended else job.state.value,
+        "partition": job.partition, "qos": job.qos,
+        "submitdate": _iso(job.submit_time), "startdate": _iso(job.start_time),
+        "nodes": [{"name": h} for h in job.hosts],
+        "num_cpus": job.tres_allocated.get("cpu") or job.cpus,
+        "num_alloc_nodes": job.node_count,
+    }
+    if ended:
+        elapsed = (job.end_time or 0) - (job.start_time or 0)
+        hours = round(max(elapsed, 0) / 3600, 6)
+        record.update({"enddate": _iso(job.end_time), "raw_time": hours,
+                       "cpu_time": round(hours * (record["num_cpus"] or 0), 6)})
+    return record
 
 
 def drf_error(body: Mapping[str, Any]) -> str:

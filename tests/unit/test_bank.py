@@ -15,21 +15,15 @@ import pytest
 
 from slurm_sync.actions import Action, Outcome, Status
 from slurm_sync.connector import SlurmContext, Snapshot, View, delivery_key
-from slurm_sync.connectors.bank import (
-    BankConnector,
-    Limit,
-    NativeSettings,
-    Prices,
-    actual_cost,
-    cost,
-    estimate,
-    unsettled_su,
-)
+from slurm_sync.connectors.bank import BankConnector
+from slurm_sync.connectors.bank.cost import actual_cost, cost, estimate
+from slurm_sync.connectors.bank.limits import Limit, unsettled_su
+from slurm_sync.connectors.bank.qos import AccountQos, Enforcement, QosAdmin, QosUsage
+from slurm_sync.connectors.bank.settings import NativeSettings, Prices
 from slurm_sync.engine import CycleOptions, run_cycle
 from slurm_sync.errors import ConfigError, SlurmCommandError
 from slurm_sync.slurm.model import Job, JobState
 from slurm_sync.slurm.parse import ParseResult
-from slurm_sync.slurm.qos import AccountQos, Enforcement, QosAdmin, QosUsage
 from slurm_sync.slurm.query import JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
@@ -132,7 +126,8 @@ def test_jobs_that_together_would_overdraw_do_not_both_get_through(
     slurm.active = [_pending(1, minutes=2), _pending(2, "bob", minutes=2)]  # 2.00 SU each
     store = Store.memory()
     report = _cycle(connector, store, slurm)
-    kinds = sorted((o.action.kind, o.action.key.split("/")[1]) for o in report.outcomes)
+    kinds = sorted((o.action.kind, o.action.key.split("/")[1])
+                   for o in (*report.facts, *report.outcomes))
     assert kinds == [("approve", "1"), ("hold", "2")]
     assert control.held[0][0] == 2 and "cannot pay 2.00 SU (with 2.00 SU pending)" in (
         control.held[0][1])
@@ -154,8 +149,8 @@ def test_the_service_down_is_fail_open_or_fail_closed_and_logged(
     slurm = Slurm()
     slurm.active = [_pending(5)]
     report = _cycle(opened, Store.memory(), slurm)
-    assert [o.action.kind for o in report.outcomes] == ["approve"]
-    assert "fail_open" in report.outcomes[0].detail and open_control.held == []
+    assert [o.action.kind for o in (*report.facts, *report.outcomes)] == ["approve"]
+    assert "fail_open" in report.facts[0].detail and open_control.held == []
     _cycle(closed, Store.memory(), slurm)
     assert [i for i, _ in closed_control.held] == [5]
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from slurm_sync.connectors.bank_service import Answer, MybrcService, Unanswered
+from slurm_sync.connectors.bank.service import Answer, MybrcService, Unanswered
 from slurm_sync.http import ServiceClient
 from tests.emulators.bank import Bank
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from slurm_sync.errors import SlurmFormatError
-from slurm_sync.slurm.qos import (
+from slurm_sync.connectors.bank.qos import (
     AccountQos,
     QosAdmin,
     parse_assoc_mgr_qos,
     parse_assocs,
     parse_config,
 )
+from slurm_sync.errors import SlurmFormatError
 from slurm_sync.slurm.run import CommandResult, Runner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "slurm"
