@@ -17,9 +17,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from slurm_sync.config import AdaptedConfig
 from slurm_sync.errors import ConfigError
 
-__all__ = ["from_cc_slurm_sync", "is_cc_slurm_sync"]
+__all__ = ["adapt_config", "from_cc_slurm_sync", "is_cc_slurm_sync"]
 
 _COMMANDS = ("squeue", "sacct", "scontrol")
 
@@ -28,6 +29,17 @@ def is_cc_slurm_sync(data: object) -> bool:
     """`is_cc_slurm_sync(d)`: the document is cc-slurm-sync's (``clustername`` and
     ``cc-backend`` at the top), not ours."""
     return isinstance(data, Mapping) and "clustername" in data and "cc-backend" in data
+
+
+def adapt_config(data: Mapping[str, Any], path: str) -> AdaptedConfig | None:
+    """cc-slurm-sync's config.json read from ``path`` as slurm-sync's, with the form to write
+    instead; None when ``data`` is not cc-slurm-sync's (``Connector.adapt_config``)."""
+    if not is_cc_slurm_sync(data):
+        return None
+    run, suggested = from_cc_slurm_sync(data, path)
+    return AdaptedConfig(run, suggested, "this is cc-slurm-sync's config; it works as it "
+                         "is, but the API token should move to a file of its own "
+                         "(chmod 600).")
 
 
 def from_cc_slurm_sync(data: Mapping[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -128,8 +128,10 @@ def test_reconcile_adopts_what_cc_backend_runs_and_stops_what_ended(tmp_path: Pa
                     reader=Captured("squeue-finished.json"))
     assert backend.count("POST", "/api/jobs/start_job/") == starts_before
     assert backend.count("GET", "/api/jobs/") >= 3
-    adopted = [o for o in report.outcomes if o.action.payload.get("adopt")]
-    assert adopted and all(o.status is Status.ALREADY_DONE for o in adopted)
+    # adopted: facts recorded as delivered, nothing sent
+    adopted = [f for f in report.facts if "lists it running" in f.detail]
+    assert adopted and all(f.status is Status.ALREADY_DONE for f in adopted)
+    assert not [o for o in report.outcomes if o.action.kind == "start"]
     running = [j for j in backend.all_jobs() if j["jobState"] == "running"]
     assert [(j["jobId"]) for j in running] == [20]  # the requeued job's new run is still running
 

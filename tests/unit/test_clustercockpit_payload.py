@@ -1,5 +1,5 @@
-"""The ClusterCockpit connector's pure parts on 24.11 lab captures: payloads per API version,
-host mappings, state names, and what a cycle plans."""
+"""The ClusterCockpit connector's payloads on 24.11 lab captures: per API version, host
+mappings, state names (what a cycle plans: test_clustercockpit_plan.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_sync.connector import Direction, Scope, Snapshot, View, delivery_key
 from slurm_sync.connectors.clustercockpit import (
-    ClusterCockpitConnector,
     HostMap,
     Unsendable,
     cc_state,
@@ -118,66 +116,3 @@ def test_stop_always_carries_the_start_and_never_ends_before_it() -> None:
                     "stopTime": 1795321807, "jobState": "cancelled"}
     early = replace(job, end_time=job.start_time - 5)  # type: ignore[operator]
     assert stop_payload(early, cluster="cc", api_version="1.5")["stopTime"] == job.start_time
-
-
-def _connector(tmp_path: Path, **settings: object) -> ClusterCockpitConnector:
-    token = tmp_path / "token"
-    token.write_text("jwt\n")
-    token.chmod(0o600)
-    return ClusterCockpitConnector({"url": "http://127.0.0.1:9", "token": {"file": str(token)},
-                                    "cluster": "cc", **settings})
-
-
-def test_a_short_job_gets_start_then_stop_in_one_cycle(tmp_path: Path) -> None:
-    connector = _connector(tmp_path)
-    ended = tuple(_sacct().values())
-    view = View(now=1795321999, active=(), ended=ended, squeue_ok=True, sacct_ok=True)
-    plan = connector.plan(view, Snapshot(), Direction.BOTH, Scope(job_ids=(14,)))
-    assert [(a.kind, a.key) for a in plan] == [("start", "lab2411/14/1795321838"),
-                                               ("stop", "lab2411/14/1795321838")]
-    assert plan[1].payload["jobState"] == "completed"
-
-
-def test_pending_jobs_and_jobs_that_never_ran_are_not_started(tmp_path: Path) -> None:
-    connector = _connector(tmp_path)
-    active = tuple(_squeue("squeue-running.json").values())
-    view = View(now=1795321999, active=active, squeue_ok=True, sacct_ok=True)
-    plan = connector.plan(view, Snapshot(), Direction.START, Scope())
-    started = {a.payload["job"]["jobId"] for a in plan}
-    assert 1 not in started and 7 not in started and 8 not in started
-    assert {3, 4, 6} <= started
-
-
-def test_delivered_runs_are_not_started_again_and_stops_need_a_start(tmp_path: Path) -> None:
-    connector = _connector(tmp_path)
-    jobs = _sacct()
-    view = View(now=1795321999, ended=(jobs[3], jobs[4]), squeue_ok=True, sacct_ok=True)
-    snapshot = Snapshot(delivered={"start": frozenset({delivery_key(jobs[3])})})
-    plan = connector.plan(view, snapshot, Direction.STOP, Scope())
-    assert [(a.kind, a.payload["jobId"]) for a in plan] == [("stop", 3)]
-
-
-def test_a_short_job_still_in_squeue_gets_its_cores_from_there(tmp_path: Path) -> None:
-    """squeue holds ended jobs for MinJobAge: their start payload takes the cores from it,
-    while the stop comes from sacct."""
-    connector = _connector(tmp_path)
-    finished = tuple(_squeue("squeue-finished.json").values())
-    view = View(now=1795321999, active=finished, ended=tuple(_sacct().values()),
-                squeue_ok=True, sacct_ok=True)
-    plan = connector.plan(view, Snapshot(), Direction.BOTH, Scope(job_ids=(15,)))
-    start, stop = plan
-    assert start.payload["job"]["resources"] == [{"hostname": "lab2411n1", "hwthreads": [1]}]
-    assert stop.payload["jobState"] == "failed" and stop.payload["stopTime"] == 1795321839
-    asked = connector.needs().squeue
-    assert asked is not None and "PD" not in asked.states and "CD" in asked.states
-
-
-def test_a_run_that_ended_before_the_window_is_stopped_on_squeues_word(tmp_path: Path) -> None:
-    """squeue still holds ended jobs for MinJobAge; one that ended before the sacct window
-    must get its stop from squeue, or its record stays running."""
-    connector = _connector(tmp_path)
-    finished = tuple(_squeue("squeue-finished.json").values())
-    view = View(now=1795321999, active=finished, ended=(), squeue_ok=True, sacct_ok=True)
-    plan = connector.plan(view, Snapshot(), Direction.BOTH, Scope(job_ids=(16,)))
-    assert [(a.kind, a.payload.get("jobState")) for a in plan] == [
-        ("start", None), ("stop", "failed")]

@@ -125,9 +125,10 @@ def _view(active: Sequence[Job] = (), ended: Sequence[Job] = ()) -> View:
 
 def _starts(connector: ClusterCockpitConnector, view: View,
             snapshot: Snapshot | None = None) -> list[Action]:
-    snapshot = connector.observe(view, snapshot or Snapshot(watermark=NOW - 60))
-    return [a for a in connector.plan(view, snapshot, Direction.START, Scope())
-            if a.kind == "start"]
+    snapshot = snapshot or Snapshot(watermark=NOW - 60)
+    observed = connector.observe(view, snapshot)
+    planned = connector.plan(view, snapshot, Direction.START, Scope(), observed=observed)
+    return [a for a in planned.actions if a.kind == "start"]
 
 
 def _held(emu: CCBackend, job_id: int = JOB) -> list[tuple[int, str]]:
