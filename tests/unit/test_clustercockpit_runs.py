@@ -203,6 +203,27 @@ def test_a_later_run_waits_for_an_earlier_run_queued_in_the_outbox(tmp_path: Pat
     assert backend.bodies == []
 
 
+def test_a_retry_waits_for_its_earlier_run_until_cc_backend_has_one(tmp_path: Path,
+                                                                    backend: Backend) -> None:
+    """A start from the outbox carries the earlier runs it waits for in its payload, as planned
+    cycles ago: while cc-backend has no run of the job it waits; once it has one (the earlier
+    start got through meanwhile), it goes, and its 422 is resolved as any other."""
+    first, second = _run(T0, end=T0 + 300), _run(T0 + 600)
+    connector = _connector(tmp_path, backend)
+    earlier, later = _starts(connector, _view([second], [first]))
+    assert later.payload["waits_for"] == [T0] and later.payload["ours"] == []
+    (outcome,) = connector.apply_many([later])
+    assert outcome.status is Status.TRANSIENT
+    assert outcome.detail.startswith(f"waits for run {T0} of job {JOB}")
+    assert backend.bodies == []
+    assert connector.apply_many([earlier])[0].status is Status.DONE
+    backend.commit()
+    (again,) = connector.apply_many([later])
+    assert again.status is Status.PERMANENT
+    assert f"run {T0} of job {JOB} (running, which slurm-sync started)" in again.detail
+    assert _held(backend) == [(T0, "running")]
+
+
 def test_other_jobs_are_not_held_up_by_a_waiting_run(tmp_path: Path, backend: Backend) -> None:
     first, second, other = _run(T0, end=T0 + 300), _run(T0 + 600), _run(T0 + 5, job_id=501)
     connector = _connector(tmp_path, backend, concurrency=2)
