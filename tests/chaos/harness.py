@@ -73,6 +73,7 @@ class Cycle:
     armed: list[str] = field(default_factory=list)
     status: str = ""
     status_code: int | None = None
+    status_done: float | None = None  # when the status after it had ended
 
     @property
     def alive_until(self) -> float:
@@ -332,6 +333,7 @@ def run_scenario(scenario: Scenario, work: Path, *, log: Any = None,
             if sproc.poll() is not None:
                 cycles[index].status = path.read_text(errors="replace")
                 cycles[index].status_code = sproc.returncode
+                cycles[index].status_done = time.time()
                 del status_procs[index]
 
     try:

@@ -157,7 +157,12 @@ def test_a_failed_scancel_in_a_cycle_that_exits_0_or_shows_no_outbox() -> None:
     result.calls.append({"t": T0 + 4, "t_end": T0 + 4.1, "cmd": "scancel",
                          "args": ["100003"], "ppid": PID, "fault": "fail", "rc": 1})
     result.cycles[0].status = ("│ buildkite │ 2 s ago │ 0 │ - │ 5 │ 0 │ - │ - │ - │ - │\n")
+    result.cycles[0].status_done = T0 + 9.5
     assert _failed(result) == {"exit_codes": 2}
+    # a status read after a later cycle ran (which may have sent the retries) proves nothing
+    result.cycles.append(Cycle(1, PID + 1, T0 + 9.2, "active", ended=T0 + 9.4, exit_code=0))
+    assert _failed(result) == {"exit_codes": 1}
+    result.cycles.pop()
     result.cycles[0].exit_code = 1
     result.cycles[0].status = result.cycles[0].status.replace("│ 0 │ - │ 5", "│ 1 │ - │ 5")
     assert _failed(result) == {}
