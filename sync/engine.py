@@ -677,12 +677,14 @@ def _connector_cycle(
 
 
 def sacct_suspect(view: View) -> bool:
-    """sacct listed nothing though squeue shows a run that started before the window began
-    (such a run overlaps the window, so sacct must list it): an empty answer that lies."""
+    """sacct listed nothing though squeue shows a run that overlaps the window (started before
+    its end, and running or ended after its start): sacct must list such a run, so the answer
+    is one that lies (or a database that lags), and the window must not move past it."""
     if view.window is None or view.ended:
         return False
-    return any(j.state.active and j.start_time and j.start_time < view.window.start
-               for j in view.active)
+    window = view.window
+    return any(j.start_time and j.start_time < window.end
+               and (j.end_time is None or j.end_time >= window.start) for j in view.active)
 
 
 def behind(now: float, max_lag: float | None, oldest_end: float | None,

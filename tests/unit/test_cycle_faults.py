@@ -311,3 +311,27 @@ def test_a_failed_squeue_or_an_empty_sacct_holds_the_watermark() -> None:
     slurm.now = T0 + 180
     _run(slurm, store, {"events": Recorder()})
     assert store.get_watermark(connector="events") == T0 + 181
+
+
+def test_an_empty_sacct_holds_the_watermark_while_squeue_shows_a_run_in_the_window() -> None:
+    """Seed 2 of the long chaos run: the requeued job's later run is in squeue (ended, within
+    MinJobAge), it started inside the window, and sacct answered nothing: the watermark must
+    stay, or the earlier run, in sacct only, falls out of every later window."""
+
+    class EmptySacct(Timeline):
+        def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+            return _result([])
+
+        def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+            return _result([self._job(i, s, e, "squeue") for i, s, e in self.runs
+                            if s <= self.now])
+
+    slurm = Timeline([(1, T0 + 30, T0 + 40), (2, T0 + 45, T0 + 50)])
+    store = Store.memory()
+    slurm.now = T0
+    _run(slurm, store, {"events": Recorder()})
+    mark = store.get_watermark(connector="events")
+    empty = EmptySacct(slurm.runs)
+    empty.now = T0 + 60
+    _run(empty, store, {"events": Recorder()})
+    assert store.get_watermark(connector="events") == mark
