@@ -1167,16 +1167,25 @@ def _write_batch(path: str, refs: Sequence[str]) -> None:
     os.replace(tmp, path)
 
 
-def _encrypt_command(ctx: CommandContext) -> int:
-    from slurm_sync.connectors import buildkite_secrets  # cryptography: the secrets extra
+def _secrets() -> Any:
+    """The secret commands' module: it needs ``cryptography``, installed with the extra
+    ``slurm-sync[buildkite-secrets]`` and by nothing else."""
+    try:
+        from slurm_sync.connectors import buildkite_secrets
+    except ImportError as exc:
+        raise ConfigError(f"buildkite secrets need the 'cryptography' package ({exc}): "
+                          "pip install 'slurm-sync[buildkite-secrets]'") from exc
+    return buildkite_secrets
 
+
+def _encrypt_command(ctx: CommandContext) -> int:
     args = ctx.args
-    return buildkite_secrets.cli_encrypt(args.public_key, name=args.name,
-                                         repository=args.repository)
+    code: int = _secrets().cli_encrypt(args.public_key, name=args.name,
+                                       repository=args.repository)
+    return code
 
 
 def _decrypt_command(ctx: CommandContext) -> int:
-    from slurm_sync.connectors import buildkite_secrets
-
-    return buildkite_secrets.cli_decrypt_env(ctx.args.private_key, os.environ, sys.stdout,
-                                             require_repository=ctx.args.require_repository)
+    code: int = _secrets().cli_decrypt_env(ctx.args.private_key, os.environ, sys.stdout,
+                                           require_repository=ctx.args.require_repository)
+    return code
