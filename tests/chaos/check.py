@@ -52,8 +52,9 @@ log and the call log:
   still wanted it: scheduled (waiting for its agent) or held by that very job's agent, nor
   named a job that is not ours;
 - ``refused`` and ``outbox`` as above; ``exit_codes``: a cycle whose squeue failed exits 3, one
-  whose scancel or single-job sbatch failed does not exit 0, and ``slurm-sync status`` after it
-  shows what waits in the outbox.
+  whose scancel or single-job sbatch failed does not exit 0, ``slurm-sync status`` after it
+  shows what waits in the outbox, and the status after the drain shows nothing waiting or
+  behind.
 """
 
 from __future__ import annotations
@@ -704,6 +705,12 @@ def _check_buildkite(kite: _Kite, add: Any) -> None:
         if cycle.status and depth == 0 and not later:  # (a later cycle may have retried)
             add("exit_codes", None, f"cycle {cycle.index}: {names}, yet the status after it "
                 f"shows an empty outbox")
+    # and once all is done, status says nothing waits and nothing is behind
+    final = result.final_status
+    if final and (_outbox_of(final) != 0 or "behind:" in final):
+        add("exit_codes", None, "the status after the drain shows something waiting: "
+            + " / ".join(line.strip() for line in final.splitlines()
+                         if "buildkite" in line or "behind" in line)[:300])
 
 
 def _outbox_of(status: str) -> int | None:

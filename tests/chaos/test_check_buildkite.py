@@ -166,6 +166,11 @@ def test_a_failed_scancel_in_a_cycle_that_exits_0_or_shows_no_outbox() -> None:
     result.cycles[0].exit_code = 1
     result.cycles[0].status = result.cycles[0].status.replace("│ 0 │ - │ 5", "│ 1 │ - │ 5")
     assert _failed(result) == {}
+    # the status after the drain: nothing waits, nothing behind
+    result.final_status = result.cycles[0].status + "behind: buildkite: an action has waited\n"
+    assert _failed(result) == {"exit_codes": 1}
+    result.final_status = result.final_status.splitlines()[0].replace("│ 1 │", "│ 0 │")
+    assert _failed(result) == {}
 
 
 def test_only_the_views_squeue_failing_asks_for_exit_3() -> None:
