@@ -9,11 +9,13 @@ database each in the shared MariaDB) and a test touches only its own (``cancel_a
 job there before and after it), so the versions can run side by side: each version's tests form
 one pytest-xdist group (``-n 3 --dist loadgroup`` gives each version a worker of its own, its tests
 one after the other, as before). SLURM_SYNC_LAB_VERSIONS="22.05 24.11" keeps only those versions'
-tests (``make test LAB_VERSIONS=...``).
+tests (``make test LAB_VERSIONS=...``). A test holds its cluster's lock (an flock in the lab's
+shared folder) while it runs, so lab tests of two pytest runs on one lab take turns.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -119,9 +121,15 @@ def lab(request: pytest.FixtureRequest) -> Iterator[LabCluster]:
         pytest.skip(reason)
     info = json.loads((ROOT / "lab" / "run" / version / "lab.json").read_text())
     cluster = LabCluster(version=version, info=info)
-    cluster.cancel_all()
-    yield cluster
-    cluster.cancel_all()
+    # One test at a time on a cluster, whichever pytest runs it (another session's, a make test
+    # beside a hand-run test): each cancels every job there, so two at once break each other.
+    # The other waits here instead (flock: released if its holder dies).
+    lock = Path(info["shared_dir"]) / f"tests-{info['cluster']}.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        cluster.cancel_all()
+        yield cluster
+        cluster.cancel_all()
 
 
 def _version_of(item: pytest.Item) -> str | None:
