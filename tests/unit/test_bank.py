@@ -1,5 +1,6 @@
-"""The Bank connector: cost rules, and cycles against the allocation-service emulator over real
-HTTP (approve, hold, release, fail open or closed, reports that survive an outage)."""
+"""The Bank connector: cost rules, and whole cycles (observe, plan, apply, the store) against the
+allocation-service emulator over real HTTP (approve, hold, release, fail open or closed, reports
+that survive an outage). The plan alone, called with values, is test_bank_plan.py's."""
 
 from __future__ import annotations
 
