@@ -97,15 +97,18 @@ lab-down:
 # the three versions are separate clusters, so they run in the background while the rest runs:
 # one pytest-xdist worker per version, that version's tests one after the other (tests/lab/
 # conftest.py groups them); their output goes to $(TEST_LOGS)/lab.log and is shown at the end.
+# They run in a session of their own, so that an interrupted make stops the xdist workers and the
+# syncers they started too (killing the pytest alone leaves its workers running their tests).
 # Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without root the lab
 # tests are skipped, said so. The exit code is non-zero if any of the runs failed.
 test: venv lint
 	@mkdir -p $(TEST_LOGS); rc=0; lab=; \
 	if [ "$(IS_ROOT)" = yes ]; then \
 	  lab/slurm-lab up $(LAB_VERSIONS) || exit 1; \
-	  SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS="$(LAB_LIST)" $(BIN)/pytest -ra -p no:cacheprovider \
-	    -n $(words $(LAB_LIST)) --dist loadgroup tests/lab > $(TEST_LOGS)/lab.log 2>&1 & lab=$$!; \
-	  trap 'kill $$lab 2>/dev/null' EXIT; \
+	  SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS="$(LAB_LIST)" setsid -w $(BIN)/pytest -ra \
+	    -p no:cacheprovider -n $(words $(LAB_LIST)) --dist loadgroup tests/lab \
+	    > $(TEST_LOGS)/lab.log 2>&1 & lab=$$!; \
+	  trap 'kill -- -$$lab 2>/dev/null || kill $$lab 2>/dev/null' EXIT; \
 	  echo "lab tests (Slurm $(LAB_LIST)) running in the background, output in $(TEST_LOGS)/lab.log"; \
 	  $(BIN)/pytest -ra $(DOCTESTS) tests --ignore=tests/lab || rc=1; \
 	else \
