@@ -8,9 +8,9 @@ Starts go out together: the runs of one job id in order of their start, one at a
 run whose start did not get through holds back the later runs of its job (different jobs go
 ``concurrency`` at a time). An earlier run a start's payload names in ``waits_for`` (``plan``:
 in the outbox or planned with it) that is not in this batch holds it back too, until
-cc-backend's job list shows a run of that job there: cc-backend keeps one record per job id
-for 24 hours, and must never get a later run first. What a batch learns (which starts got
-through) stays inside the call.
+cc-backend's job list shows a run of that job within 24 hours of it: cc-backend keeps one
+record per job id for 24 hours, and must never get a later run first. What a batch learns
+(which starts got through) stays inside the call.
 
 A 422 on start is resolved by asking cc-backend which run it holds: this run (already done),
 another (refused for good, naming both). A 400 from cc-backend's decoder is the connector's
@@ -147,8 +147,8 @@ class Sender:
     def _earlier_run_pending(self, action: Action, batch: set[str]) -> str | None:
         """Why this start waits for an earlier run of its job that ``plan`` saw in the outbox
         (or planned with it) and that is not in this batch: until cc-backend lists a run of
-        the job from that one's start on, it is taken to be still on its way. None when
-        nothing holds it back."""
+        the job within 24 h of it, it is taken to be still on its way. None when nothing holds
+        it back."""
         parts = RunKey.parse(action.key)
         if parts is None:
             return None
@@ -159,13 +159,17 @@ class Sender:
             return None
         body = action.payload.get("job")
         cluster = str(body.get("cluster") or "") if isinstance(body, Mapping) else ""
-        held = runs_in_cc(self.client, parts.job_id, cluster, outside[0], parts.start,
+        # Any run of the job cc-backend holds within 24 h of these decides this start's fate
+        # (a 422 names it): the earlier run got through, or it was refused because of that one.
+        held = runs_in_cc(self.client, parts.job_id, cluster,
+                          outside[0] - DUPLICATE_WINDOW + 1,
+                          max(int(time.time()), parts.start) + DUPLICATE_WINDOW,
                           self.settings.page_size)
         if isinstance(held, str):
             return (f"waits for run {outside[0]} of job {parts.job_id} (queued in the outbox; "
                     f"cc-backend's job list cannot be read: {held})")
         if held:
-            return None  # recorded since: this start goes, and a 422 is resolved as any other
+            return None  # this start goes, and its 422 is resolved as any other
         return f"waits for run {outside[0]} of job {parts.job_id} (queued in the outbox)"
 
     def _start_one(self, action: Action, version: str | None, why: str,

@@ -224,6 +224,19 @@ def test_a_retry_waits_for_its_earlier_run_until_cc_backend_has_one(tmp_path: Pa
     assert _held(backend) == [(T0, "running")]
 
 
+def test_a_retry_whose_earlier_run_was_refused_is_not_held_for_ever(tmp_path: Path,
+                                                                    backend: Backend) -> None:
+    """The earlier run it waits for was refused for good (cc-backend holds a still earlier run
+    of the job): that run decides this start too, so it goes, and is refused naming it."""
+    first, second = _run(T0, end=T0 + 300), _run(T0 + 600)
+    _insert(backend, T0 - 1000)
+    connector = _connector(tmp_path, backend)
+    _, later = _starts(connector, _view([second], [first]))
+    assert later.payload["waits_for"] == [T0]
+    (outcome,) = connector.apply_many([later])
+    assert outcome.status is Status.PERMANENT and f"run {T0 - 1000}" in outcome.detail
+
+
 def test_other_jobs_are_not_held_up_by_a_waiting_run(tmp_path: Path, backend: Backend) -> None:
     first, second, other = _run(T0, end=T0 + 300), _run(T0 + 600), _run(T0 + 5, job_id=501)
     connector = _connector(tmp_path, backend, concurrency=2)
