@@ -380,3 +380,23 @@ def test_an_unused_action_of_another_kind_is_refused_by_apply() -> None:
     from slurm_sync.connectors.bank.apply import apply_one
     outcome = apply_one(CountingService({}), Action("bank", "approve", "k", {}))  # type: ignore[arg-type]
     assert outcome.status.value == "permanent"
+
+
+def test_the_docs_name_the_settings_defaults() -> None:
+    """docs/bank.md's settings table says each default as BankSettings has it."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "bank.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| `")}
+
+    def shown(value: Any) -> str:
+        return f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+
+    found = defaults()
+    native = found.pop("native")
+    assert "Default: all" in rows["`accounts`"] and found.pop("accounts") == []
+    for key, value in found.items():
+        assert shown(value) in rows[f"`{key}`"], (key, value)
+    for key, value in native.items():
+        assert f"`{key}`" in rows["`native`"] and f"default {shown(value)}" in rows["`native`"]
