@@ -75,11 +75,12 @@ $(VENV_OLDEST)/.installed: pyproject.toml
 
 # mypy as well: lint's mypy cannot check for Python $(PY_OLDEST) (mypy 2 dropped it); this one
 # (the newest that runs on $(PY_OLDEST)) finds a newer standard library API the tests do not reach.
+PY_OLDEST_TESTS := $(VENV_OLDEST)/bin/pytest -q -p no:cacheprovider tests/unit $(DOCTESTS) \
+	&& (cd $(PKG_LINKS) && ../../$(VENV_OLDEST)/bin/mypy --config-file ../../pyproject.toml \
+	    --python-version $(PY_OLDEST) --cache-dir ../mypy-py$(subst .,,$(PY_OLDEST)) -p slurm_sync)
 py39: $(VENV_OLDEST)/.installed pkg-links
 	@[ -f $< ] || { echo "make py39: no Python $(PY_OLDEST) could be found or installed"; exit 1; }
-	$(VENV_OLDEST)/bin/pytest -q -p no:cacheprovider tests/unit $(DOCTESTS)
-	cd $(PKG_LINKS) && ../../$(VENV_OLDEST)/bin/mypy --config-file ../../pyproject.toml \
-	  --python-version $(PY_OLDEST) --cache-dir ../mypy-py$(subst .,,$(PY_OLDEST)) -p slurm_sync
+	$(PY_OLDEST_TESTS)
 
 # Mutated Slurm documents and configs (tests/fuzz); `make test` runs the same suite short.
 fuzz: venv
@@ -100,8 +101,9 @@ lab-down:
 # They run in a session of their own, so that an interrupted make stops the xdist workers and the
 # syncers they started too (killing the pytest alone leaves its workers running their tests).
 # Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without root the lab
-# tests are skipped, said so. The exit code is non-zero if any of the runs failed.
-test: venv lint
+# tests are skipped, said so. The exit code is non-zero if any of the runs failed. (No recursive
+# make in this recipe: `make -n test` would run that line for real.)
+test: venv lint $(VENV_OLDEST)/.installed
 	@mkdir -p $(TEST_LOGS); rc=0; lab=; \
 	if [ "$(IS_ROOT)" = yes ]; then \
 	  lab/slurm-lab up $(LAB_VERSIONS) || exit 1; \
@@ -115,10 +117,9 @@ test: venv lint
 	  echo "NOTE: not root: the lab tests (real Slurm 22.05, 24.11, 26.05) are skipped; run 'make test' as root for everything."; \
 	  $(BIN)/pytest -ra $(DOCTESTS) tests || rc=1; \
 	fi; \
-	$(MAKE) --no-print-directory $(VENV_OLDEST)/.installed || rc=1; \
 	if [ -f $(VENV_OLDEST)/.installed ]; then \
 	  echo "unit tests, doctests and mypy on Python $(PY_OLDEST):"; \
-	  $(MAKE) --no-print-directory py39 || rc=1; \
+	  $(PY_OLDEST_TESTS) || rc=1; \
 	fi; \
 	if [ -n "$$lab" ]; then \
 	  wait $$lab || rc=1; trap - EXIT; \
