@@ -98,8 +98,10 @@ lab-down:
 # the three versions are separate clusters, so they run in the background while the rest runs:
 # one pytest-xdist worker per version, that version's tests one after the other (tests/lab/
 # conftest.py groups them); their output goes to $(TEST_LOGS)/lab.log and is shown at the end.
-# They run in a session of their own, so that an interrupted make stops the xdist workers and the
-# syncers they started too (killing the pytest alone leaves its workers running their tests).
+# They start with job control on (set -m) for two reasons: a job started with `&` without it
+# ignores SIGINT, and so do the processes it starts, so test_loop_runs_cycles_until_interrupted's
+# `slurm-sync --loop` never stopped; and the job gets a process group of its own, which an
+# interrupted make kills whole (killing the pytest alone leaves its xdist workers running).
 # Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without root the lab
 # tests are skipped, said so. The exit code is non-zero if any of the runs failed. (No recursive
 # make in this recipe: `make -n test` would run that line for real.)
@@ -107,9 +109,9 @@ test: venv lint $(VENV_OLDEST)/.installed
 	@mkdir -p $(TEST_LOGS); rc=0; lab=; \
 	if [ "$(IS_ROOT)" = yes ]; then \
 	  lab/slurm-lab up $(LAB_VERSIONS) || exit 1; \
-	  SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS="$(LAB_LIST)" setsid -w $(BIN)/pytest -ra \
+	  set -m; SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS="$(LAB_LIST)" $(BIN)/pytest -ra \
 	    -p no:cacheprovider -n $(words $(LAB_LIST)) --dist loadgroup tests/lab \
-	    > $(TEST_LOGS)/lab.log 2>&1 & lab=$$!; \
+	    > $(TEST_LOGS)/lab.log 2>&1 & lab=$$!; set +m; \
 	  trap 'kill -- -$$lab 2>/dev/null || kill $$lab 2>/dev/null' EXIT; \
 	  echo "lab tests (Slurm $(LAB_LIST)) running in the background, output in $(TEST_LOGS)/lab.log"; \
 	  $(BIN)/pytest -ra $(DOCTESTS) tests --ignore=tests/lab || rc=1; \
