@@ -95,25 +95,25 @@ lab-down:
 
 # As root, the lab comes up first and its tests must run (SLURM_SYNC_REQUIRE_LAB=1 turns a
 # missing lab into a failure, not a skip). The lab tests spend their time waiting on Slurm and
-# the three versions are separate clusters, so they run in the background while the rest runs:
-# one pytest-xdist worker per version, that version's tests one after the other (tests/lab/
-# conftest.py groups them); their output goes to $(TEST_LOGS)/lab.log and is shown at the end.
-# They start with job control on (set -m) for two reasons: a job started with `&` without it
-# ignores SIGINT, and so do the processes it starts, so test_loop_runs_cycles_until_interrupted's
-# `slurm-sync --loop` never stopped; and the job gets a process group of its own, which an
-# interrupted make kills whole (killing the pytest alone leaves its xdist workers running).
-# Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without root the lab
-# tests are skipped, said so. The exit code is non-zero if any of the runs failed. (No recursive
-# make in this recipe: `make -n test` would run that line for real.)
+# the versions are separate clusters, so each version's lab tests run in a pytest of their own
+# (SLURM_SYNC_LAB_VERSIONS, tests/lab/conftest.py), the three in the background while the rest
+# runs; their output goes to $(TEST_LOGS)/lab-VERSION.log and is shown at the end. They start
+# with job control on (set -m), for two reasons: a job started with `&` without it ignores SIGINT,
+# and so do the processes it starts (test_loop_runs_cycles_until_interrupted's `slurm-sync --loop`
+# then never stops); and each job gets a process group of its own, which an interrupted make
+# kills whole. Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without
+# root the lab tests are skipped, said so. The exit code is non-zero if any run failed. (No
+# recursive make in this recipe: `make -n test` would run that line for real.)
 test: venv lint $(VENV_OLDEST)/.installed
-	@mkdir -p $(TEST_LOGS); rc=0; lab=; \
+	@mkdir -p $(TEST_LOGS); rc=0; pids=; \
 	if [ "$(IS_ROOT)" = yes ]; then \
 	  lab/slurm-lab up $(LAB_VERSIONS) || exit 1; \
-	  set -m; SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS="$(LAB_LIST)" $(BIN)/pytest -ra \
-	    -p no:cacheprovider -n $(words $(LAB_LIST)) --dist loadgroup tests/lab \
-	    > $(TEST_LOGS)/lab.log 2>&1 & lab=$$!; set +m; \
-	  trap 'kill -- -$$lab 2>/dev/null || kill $$lab 2>/dev/null' EXIT; \
-	  echo "lab tests (Slurm $(LAB_LIST)) running in the background, output in $(TEST_LOGS)/lab.log"; \
+	  set -m; for v in $(LAB_LIST); do \
+	    SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS=$$v $(BIN)/pytest -ra -p no:cacheprovider \
+	      tests/lab > $(TEST_LOGS)/lab-$$v.log 2>&1 & pids="$$pids $$!"; \
+	  done; set +m; \
+	  trap 'for p in $$pids; do kill -- -$$p 2>/dev/null || kill $$p 2>/dev/null; done' EXIT; \
+	  echo "lab tests of Slurm $(LAB_LIST) running in the background, output in $(TEST_LOGS)/lab-*.log"; \
 	  $(BIN)/pytest -ra $(DOCTESTS) tests --ignore=tests/lab || rc=1; \
 	else \
 	  echo "NOTE: not root: the lab tests (real Slurm 22.05, 24.11, 26.05) are skipped; run 'make test' as root for everything."; \
@@ -123,9 +123,11 @@ test: venv lint $(VENV_OLDEST)/.installed
 	  echo "unit tests, doctests and mypy on Python $(PY_OLDEST):"; \
 	  $(PY_OLDEST_TESTS) || rc=1; \
 	fi; \
-	if [ -n "$$lab" ]; then \
-	  wait $$lab || rc=1; trap - EXIT; \
-	  echo "lab tests (Slurm $(LAB_LIST)), from $(TEST_LOGS)/lab.log:"; cat $(TEST_LOGS)/lab.log; \
+	if [ -n "$$pids" ]; then \
+	  set -- $$pids; summary=; \
+	  for v in $(LAB_LIST); do wait $$1; r=$$?; shift; [ $$r = 0 ] || rc=1; summary="$$summary $$v: exit $$r;"; done; \
+	  trap - EXIT; echo "lab tests (Slurm$$summary) output:"; \
+	  for v in $(LAB_LIST); do echo "== $(TEST_LOGS)/lab-$$v.log"; cat $(TEST_LOGS)/lab-$$v.log; done; \
 	fi; \
 	exit $$rc
 
