@@ -97,20 +97,22 @@ lab-down:
 # missing lab into a failure, not a skip). The lab tests spend their time waiting on Slurm and
 # the versions are separate clusters, so each version's lab tests run in a pytest of their own
 # (SLURM_SYNC_LAB_VERSIONS, tests/lab/conftest.py), the three in the background while the rest
-# runs; their output goes to $(TEST_LOGS)/lab-VERSION.log and is shown at the end. They start
-# with job control on (set -m), for two reasons: a job started with `&` without it ignores SIGINT,
-# and so do the processes it starts (test_loop_runs_cycles_until_interrupted's `slurm-sync --loop`
-# then never stops); and each job gets a process group of its own, which an interrupted make
-# kills whole. Python $(PY_OLDEST)'s unit tests run after the rest, still beside the lab. Without
-# root the lab tests are skipped, said so. The exit code is non-zero if any run failed. (No
-# recursive make in this recipe: `make -n test` would run that line for real.)
+# runs; their output goes to $(TEST_LOGS)/lab-VERSION.log and is shown at the end. A job started
+# with `&` ignores SIGINT, and so does all it starts (test_loop_runs_cycles_until_interrupted's
+# `slurm-sync --loop` then never stops): env --default-signal=INT undoes that, also when make
+# itself was started ignoring SIGINT. Job control (set -m) gives each job a process group of its
+# own, which an interrupted make kills whole. Python $(PY_OLDEST)'s unit tests run after the rest,
+# still beside the lab. Without root the lab tests are skipped, said so. The exit code is
+# non-zero if any run failed. (No recursive make in this recipe: `make -n test` would run that
+# line for real.)
 test: venv lint $(VENV_OLDEST)/.installed
 	@mkdir -p $(TEST_LOGS); rc=0; pids=; \
 	if [ "$(IS_ROOT)" = yes ]; then \
 	  lab/slurm-lab up $(LAB_VERSIONS) || exit 1; \
 	  set -m; for v in $(LAB_LIST); do \
-	    SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS=$$v $(BIN)/pytest -ra -p no:cacheprovider \
-	      tests/lab > $(TEST_LOGS)/lab-$$v.log 2>&1 & pids="$$pids $$!"; \
+	    SLURM_SYNC_REQUIRE_LAB=1 SLURM_SYNC_LAB_VERSIONS=$$v env --default-signal=INT \
+	      $(BIN)/pytest -ra -p no:cacheprovider tests/lab > $(TEST_LOGS)/lab-$$v.log 2>&1 & \
+	    pids="$$pids $$!"; \
 	  done; set +m; \
 	  trap 'for p in $$pids; do kill -- -$$p 2>/dev/null || kill $$p 2>/dev/null; done' EXIT; \
 	  echo "lab tests of Slurm $(LAB_LIST) running in the background, output in $(TEST_LOGS)/lab-*.log"; \
