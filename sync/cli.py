@@ -179,9 +179,20 @@ def _parser(registry: Mapping[str, type[Connector]] | None = None) -> argparse.A
         connector.add_commands(sub)
     # -c, -v, -d and -q are taken after the command word too (`slurm-sync status -c FILE`,
     # and `slurm-sync --direction start -q`, where `run` goes before --direction)
-    for command in dict.fromkeys(sub.choices.values()):
+    for command in _command_parsers(sub):
         _global_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _command_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    """Every command's parser, nested ones (``bank reconcile``) included."""
+    found: list[argparse.ArgumentParser] = []
+    for command in dict.fromkeys(sub.choices.values()):
+        found.append(command)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += _command_parsers(action)
+    return found
 
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -434,6 +445,9 @@ def _print_report(
             "dry_run": dry_run,
             "actions": [entry(a) for a in report.planned],
             "retried": [entry(a) for a in report.retried],
+            "facts": [{"connector": o.action.connector, "kind": o.action.kind,
+                       "key": o.action.key, "outcome": "would record" if dry_run
+                       else o.status.value, "detail": o.detail} for o in report.facts],
             "deferred": len(report.deferred),
             "refused": report.refused,
             "slurm_errors": report.slurm_errors,
@@ -457,14 +471,19 @@ def _print_report(
             shown += f": {outcome.detail}"
         why = f"retry: {action.reason}" if id(action) in retried else action.reason
         table.add_row(*map(escape, (action.connector, action.kind, action.key, why, shown)))
-    if shown_actions:
+    for fact in report.facts:  # decided with nothing to send: recorded as they are
+        shown = "would record" if dry_run else fact.status.value
+        table.add_row(*map(escape, (fact.action.connector, fact.action.kind, fact.action.key,
+                                    fact.detail, f"{shown} (nothing sent)")))
+    if shown_actions or report.facts:
         out.print(table)
     done = sum(o.status.delivered for o in report.outcomes)
     failed = sum(o.status in (Status.TRANSIENT, Status.PERMANENT) for o in report.outcomes)
     out.print(
         f"{len(report.planned)} planned, {len(report.retried)} retried from the outbox, "
         f"{done} done, {failed} failed, "
-        f"{len(report.deferred)} deferred by --limit, {len(report.refused)} refused",
+        f"{len(report.deferred)} deferred by --limit, {len(report.refused)} refused"
+        + (f", {len(report.facts)} recorded without sending" if report.facts else ""),
         highlight=False,
     )
 

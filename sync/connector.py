@@ -151,6 +151,11 @@ class Kind:
     ``destructive``: the stop guard holds it back when Slurm's word is in doubt (a failed or
     empty query, too large a share of tracked jobs). ``timed``: ``plan`` reads when it was
     delivered (``snapshot.since``). ``batched``: applied together through ``apply_many``.
+    ``opens``/``closes``: its delivery opens a run the service then holds (a record started)
+    or closes it (the record stopped). The engine tracks the runs opened and not closed: it
+    looks them up in sacct when the window has passed them, the stop guard weighs stops
+    against them, and ``status`` says how many ended and are not closed. None: a kind named
+    ``start`` opens and one named ``stop`` closes.
     """
 
     name: str
@@ -158,6 +163,8 @@ class Kind:
     destructive: bool = False
     timed: bool = False
     batched: bool = False
+    opens: bool | None = None
+    closes: bool | None = None
 
     def __post_init__(self) -> None:
         if self.side not in (Direction.START, Direction.STOP):
@@ -198,6 +205,16 @@ class KindTable(Mapping[str, Kind]):
 
     def destructive(self, name: str) -> bool:
         return self[name].destructive
+
+    def opening(self) -> tuple[str, ...]:
+        """The kinds whose delivery opens a run (``Kind.opens``)."""
+        return tuple(k.name for k in self._kinds.values()
+                     if (k.name == "start" if k.opens is None else k.opens))
+
+    def closing(self) -> tuple[str, ...]:
+        """The kinds whose delivery closes a run (``Kind.closes``)."""
+        return tuple(k.name for k in self._kinds.values()
+                     if (k.name == "stop" if k.closes is None else k.closes))
 
 
 @dataclass(frozen=True)
@@ -244,8 +261,9 @@ class Connector(ABC):
     @classmethod  # noqa: B027 - optional hook, nothing to add by default
     def add_commands(cls, commands: Any) -> None:
         """Add its own subcommands to the CLI: ``commands`` is the ``slurm-sync`` subparsers
-        object; a subcommand sets ``handler=fn`` (``fn(args, ctx) -> int``, see
-        ``slurm_sync.commands``)."""
+        object; a subcommand sets ``handler=fn`` (``fn(ctx) -> int``, ``ctx`` a
+        ``slurm_sync.commands.CommandContext`` holding the parsed ``args``). All commands share
+        one namespace: prefix the ``dest`` of your options (``motd_user``)."""
 
     @classmethod
     def adapt_config(cls, data: Mapping[str, Any], path: str) -> Any:

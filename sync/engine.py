@@ -486,9 +486,13 @@ def _look_up(reader: SlurmReader, wanted: Mapping[str, int], view: View,
     return replace(view, ended=(*view.ended, *runs))
 
 
-def _tracked(snapshot: Snapshot) -> frozenset[str]:
-    return (snapshot.delivered.get("start", frozenset())
-            - snapshot.delivered.get("stop", frozenset()))
+def _tracked(snapshot: Snapshot, kinds: KindTable = DEFAULT_KINDS) -> frozenset[str]:
+    """Runs opened and not closed (``Kind.opens``, ``Kind.closes``)."""
+    opened = frozenset().union(*(snapshot.delivered.get(k, frozenset())
+                                 for k in kinds.opening()))
+    closed = frozenset().union(*(snapshot.delivered.get(k, frozenset())
+                                 for k in kinds.closing()))
+    return opened - closed
 
 
 def run_cycle(
@@ -531,7 +535,8 @@ def run_cycle(
     if view.sacct_ok and not options.scope.job_ids:
         wanted: dict[str, int] = {}
         for name in windows:
-            wanted.update(unseen_runs(_tracked(snapshots[name]), view))
+            tracked = _tracked(snapshots[name], connectors[name].kind_table())
+            wanted.update(unseen_runs(tracked, view))
         view = _look_up(reader, dict(sorted(wanted.items(), key=lambda kv: kv[1])[:LOOKUP_CAP]),
                         view, report.slurm_errors)
     for message in report.slurm_errors:
@@ -603,7 +608,7 @@ def _connector_cycle(
     planned = [a for a in planned if options.direction.includes(kinds[a.kind].side)]
     facts = [f for f in facts if options.direction.includes(kinds[f.action.kind].side)]
     report.facts.extend(facts)
-    tracked = _tracked(snapshot)
+    tracked = _tracked(snapshot, kinds)
     # Queued retries go through the same guard and --limit as new actions, ahead of them.
     allowed, refused = guard([*due, *planned], view, tracked, options.stop_guard_share,
                              options.force, options.stop_guard_min, kinds)
@@ -664,8 +669,10 @@ def _connector_cycle(
     )
     if window is None:
         return
-    started = {o.action.key for o in outcomes if o.action.kind == "start" and o.status.delivered}
-    stopped = {o.action.key for o in outcomes if o.action.kind == "stop" and o.status.delivered}
+    started = {o.action.key for o in (*facts, *outcomes)
+               if o.action.kind in kinds.opening() and o.status.delivered}
+    stopped = {o.action.key for o in (*facts, *outcomes)
+               if o.action.kind in kinds.closing() and o.status.delivered}
     lag = lag_of(name, (tracked | started) - stopped, view, held)
     report.lag[name] = lag
     store.record_lag(connector=name, now=now, ended_unstopped=lag.ended_unstopped,
