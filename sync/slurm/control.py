@@ -1,5 +1,6 @@
 """Act on Slurm: submit batch scripts, ask how jobs are doing, cancel or signal them.
 
+    >>> from slurm_sync.slurm.run import SlurmCommands
     >>> control = SlurmControl(Runner(SlurmCommands(bin_dir="lab/run/24.11/bin")))
     >>> request = SubmitRequest(script="#!/bin/sh\\nexec buildkite-agent start\\n",
     ...                         job_name="buildkite-42", options=("--partition=main",),

@@ -1,5 +1,6 @@
 """Read Slurm: one call per kind per cycle, parsed into ``Job`` records.
 
+    >>> from slurm_sync.slurm.run import SlurmCommands
     >>> reader = SlurmReader(Runner(SlurmCommands(bin_dir="lab/run/24.11/bin")))
     >>> running = reader.squeue(JobFilter(states=("R",)))  # doctest: +SKIP
     >>> ended = reader.sacct(SacctWindow(start=t0, end=t1))  # doctest: +SKIP
