@@ -464,16 +464,11 @@ def _endpoint(path: str) -> str:
     return parts[0]
 
 
-def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any]:
-    """The numbers of one run, for the report and BENCHMARKS.md."""
-    if result.service == "buildkite":
-        return figures_buildkite(result, findings)
-    timeline = result.timeline
-    runs = timeline.runs()
-    requests = Counter(q["status"] for q in result.requests)
-    by_path = Counter(f"{q['method']} {_endpoint(q['path'])}" for q in result.requests)
-    faults = {
-        "service_5xx": sum(n for s, n in requests.items() if s >= 500),
+def _faults(result: Result, requests: Counter[int]) -> dict[str, int]:
+    """The faults every run injects: the service's (by reply status; -1 a hang, -2 a reset)
+    and the stand-in Slurm's."""
+    return {
+        "service_5xx": sum(n for status, n in requests.items() if status >= 500),
         "service_429": requests.get(429, 0),
         "service_hang": requests.get(-1, 0),
         "service_reset": requests.get(-2, 0),
@@ -482,6 +477,17 @@ def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any
         "sacct_empty": sum(1 for c in result.calls if c["fault"] == "empty"),
         "slow_answers": sum(1 for c in result.calls if c["fault"].startswith("slow")),
     }
+
+
+def figures(result: Result, findings: dict[str, list[Finding]]) -> dict[str, Any]:
+    """The numbers of one run, for the report and BENCHMARKS.md."""
+    if result.service == "buildkite":
+        return figures_buildkite(result, findings)
+    timeline = result.timeline
+    runs = timeline.runs()
+    requests = Counter(q["status"] for q in result.requests)
+    by_path = Counter(f"{q['method']} {_endpoint(q['path'])}" for q in result.requests)
+    faults = _faults(result, requests)
     ctx = _Context(result)
     bank = result.service == "bank"
     duplicate_rule = 0 if bank else sum(
@@ -775,14 +781,7 @@ def figures_buildkite(result: Result, findings: dict[str, list[Finding]]) -> dic
         "sbatch_calls": sum(n for (cmd, _), n in calls.items() if cmd == "sbatch"),
         "scancel_calls": sum(n for (cmd, _), n in calls.items() if cmd == "scancel"),
         "faults": {
-            "service_5xx": sum(n for st, n in requests.items() if st >= 500),
-            "service_429": requests.get(429, 0),
-            "service_hang": requests.get(-1, 0),
-            "service_reset": requests.get(-2, 0),
-            "squeue_failed": sum(1 for c in result.calls if c["fault"] == "fail"
-                                 and c["cmd"] == "squeue"),
-            "sacct_empty": sum(1 for c in result.calls if c["fault"] == "empty"),
-            "slow_answers": sum(1 for c in result.calls if c["fault"].startswith("slow")),
+            **_faults(result, requests),
             "sbatch_failed": calls.get(("sbatch", "fail"), 0),
             "sbatch_lost": calls.get(("sbatch", "lost"), 0),
             "sbatch_hang": sum(n for (cmd, f), n in calls.items()

@@ -210,6 +210,18 @@ def test_a_resent_start_is_already_there(tmp_path: Path, bank: Bank) -> None:
     assert bank.usage("lab") == Decimal("1.00")
 
 
+def _requeued(job_id: int) -> tuple[Job, Job]:
+    """A job's two runs as sacct lists them: 60 s requeued, then 120 s completed (1 cpu at
+    60 SU/h: 1.00 and 2.00 SU)."""
+    common: dict[str, Any] = {
+        "job_id": job_id, "user": "alice", "account": "lab", "partition": "main", "cpus": 1,
+        "submit_time": NOW - 400, "hosts": ("n1",), "cluster": "c", "node_count": 1,
+        "source": "sacct"}
+    return (Job(**common, state=JobState.REQUEUED, start_time=NOW - 300, end_time=NOW - 240),
+            Job(**common, state=JobState.COMPLETED, start_time=NOW - 200, end_time=NOW - 80,
+                restart_count=1))
+
+
 def test_a_requeued_jobs_runs_are_all_charged_on_its_one_record_in_order(
     tmp_path: Path, bank: Bank, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,12 +232,7 @@ def test_a_requeued_jobs_runs_are_all_charged_on_its_one_record_in_order(
     bank.set_allocation("lab", "100.00")
     bank.set_user_allocation("lab", "alice", "100.00")
     connector, _ = _connector(tmp_path, bank)
-    common = {"job_id": 8, "user": "alice", "account": "lab", "partition": "main", "cpus": 1,
-              "submit_time": NOW - 400, "hosts": ("n1",), "cluster": "c", "node_count": 1,
-              "source": "sacct"}
-    first = Job(**common, state=JobState.REQUEUED, start_time=NOW - 300, end_time=NOW - 240)
-    second = Job(**common, state=JobState.COMPLETED, start_time=NOW - 200, end_time=NOW - 80,
-                 restart_count=1)
+    first, second = _requeued(8)
     slurm = Slurm()
     slurm.ended = [second, first]
     store = Store.memory()
@@ -252,12 +259,7 @@ def test_a_later_runs_end_waits_while_an_earlier_runs_end_is_in_the_outbox(
     bank.set_allocation("lab", "100.00")
     bank.set_user_allocation("lab", "alice", "100.00")
     connector, _ = _connector(tmp_path, bank)
-    common = {"job_id": 9, "user": "alice", "account": "lab", "partition": "main", "cpus": 1,
-              "submit_time": NOW - 400, "hosts": ("n1",), "cluster": "c", "node_count": 1,
-              "source": "sacct"}
-    first = Job(**common, state=JobState.REQUEUED, start_time=NOW - 300, end_time=NOW - 240)
-    second = Job(**common, state=JobState.COMPLETED, start_time=NOW - 200, end_time=NOW - 80,
-                 restart_count=1)
+    first, second = _requeued(9)
     slurm = Slurm()
     slurm.ended = [first]
     store = Store.memory(rand=lambda: 0.0)
