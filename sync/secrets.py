@@ -9,7 +9,7 @@ config itself, and never show up in a message, a repr or a log.
     's3cret'
     >>> SecretRef.from_config("s3cret", key="$.connectors.cc.token")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    slurm_sync.errors.ConfigError: $.connectors.cc.token: a secret is never written into config.json...
+    slurm_sync.errors.ConfigError: $.connectors.cc.token: a secret is never written ...
 
 In config.json a secret is a reference, ``{"file": "/absolute/path"}`` or ``{"env": "VAR_NAME"}``.
 A connector puts :data:`SECRET_REF_SCHEMA` where its settings fragment expects a secret; the
