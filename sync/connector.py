@@ -75,8 +75,10 @@ class SlurmNeeds:
 class View:
     """What Slurm said in one cycle, and whether each query succeeded.
 
-    ``active`` comes from squeue, ``ended`` from the sacct window. A failed query leaves its
-    list empty and its ``*_ok`` false: connectors must not plan a stop or cancel from it.
+    ``active`` comes from squeue, ``ended`` from the sacct window and, after it, from the
+    engine's lookup by job id of tracked runs the window missed (``looked_up`` of them, the
+    last ones). A failed query leaves its list empty and its ``*_ok`` false: connectors must
+    not plan a stop or cancel from it.
     """
 
     now: float
@@ -85,6 +87,7 @@ class View:
     window: SacctWindow | None = None
     squeue_ok: bool = False
     sacct_ok: bool = False
+    looked_up: int = 0
 
     @property
     def slurm_ok(self) -> bool:

@@ -483,7 +483,7 @@ def _look_up(reader: SlurmReader, wanted: Mapping[str, int], view: View,
     runs = tuple(j for j in found if delivery_key(j) in wanted)
     log.info("looked up tracked runs outside the window", extra={"fields": {
         "asked": len(wanted), "found": len(runs)}})
-    return replace(view, ended=(*view.ended, *runs))
+    return replace(view, ended=(*view.ended, *runs), looked_up=view.looked_up + len(runs))
 
 
 def _tracked(snapshot: Snapshot, kinds: KindTable = DEFAULT_KINDS) -> frozenset[str]:
@@ -686,8 +686,9 @@ def _connector_cycle(
 def sacct_suspect(view: View) -> bool:
     """sacct listed nothing though squeue shows a run that overlaps the window (started before
     its end, and running or ended after its start): sacct must list such a run, so the answer
-    is one that lies (or a database that lags), and the window must not move past it."""
-    if view.window is None or view.ended:
+    is one that lies (or a database that lags), and the window must not move past it. The
+    runs the lookup by job id found are not the window's answer and do not count."""
+    if view.window is None or len(view.ended) > view.looked_up:
         return False
     window = view.window
     return any(j.start_time and j.start_time < window.end

@@ -335,3 +335,32 @@ def test_an_empty_sacct_holds_the_watermark_while_squeue_shows_a_run_in_the_wind
     empty.now = T0 + 60
     _run(empty, store, {"events": Recorder()})
     assert store.get_watermark(connector="events") == mark
+
+
+def test_an_empty_sacct_window_holds_the_watermark_though_the_lookup_of_tracked_runs_answers() -> None:
+    """Seed 2 of the long chaos run, again: the window's sacct came back empty, but the same
+    cycle's lookup of a tracked run by job id found it. The lookup's records are not the window's
+    answer: the watermark must stay, or the requeued job's earlier run is never seen."""
+
+    class EmptyWindow(Timeline):
+        def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+            if not job_filter.job_ids:
+                self.sacct_calls.append((window, ()))
+                return _result([])
+            return super().sacct(window, job_filter)
+
+        def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+            return _result([self._job(i, s, e, "squeue") for i, s, e in self.runs
+                            if s <= self.now])
+
+    runs = [(3, T0 + 5, T0 + 20), (1, T0 + 30, T0 + 40), (2, T0 + 45, T0 + 50)]
+    slurm = Timeline(runs)
+    store = Store.memory()
+    slurm.now = T0 + 10
+    _run(slurm, store, {"events": Recorder()})  # job 3's start is delivered: it is tracked
+    mark = store.get_watermark(connector="events")
+    empty = EmptyWindow(runs)
+    empty.now = T0 + 60
+    _run(empty, store, {"events": Recorder()})
+    assert any(ids == (3,) for _, ids in empty.sacct_calls), "the tracked run was not looked up"
+    assert store.get_watermark(connector="events") == mark
