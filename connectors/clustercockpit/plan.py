@@ -11,7 +11,8 @@ and what ``observe`` found (no I/O, no clock, no logging).
 Starts: every run Slurm shows running (squeue) or that ran in the sacct window, not yet
 delivered, queued or refused. A run cc-backend already lists running (reconcile) is a fact,
 recorded as delivered; one with no host left after node_regex is a fact refused for good, and
-so is its stop. A run only sacct shows running waits for squeue's view of its cores. Stops:
+so is its stop. A run only sacct shows running, or that started after the cycle began, waits
+for squeue's view of its cores. Stops:
 every started run Slurm says ended (sacct, or squeue for a run that ended before the window).
 
 Each start's payload also says which earlier runs of its job slurm-sync started (``ours``) or
@@ -72,10 +73,12 @@ def plan(view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
                 started.add(key)
             elif not job.hosts:
                 continue  # never ran anywhere (cancelled while pending)
-            elif job.source != "squeue" and (job.state.active or not view.squeue_ok):
+            elif job.source != "squeue" and (job.state.active or not view.squeue_ok
+                                              or job.start_time >= int(view.now)):
                 # Only squeue knows a running job's cores and GPUs: a run sacct alone shows
-                # (squeue failed, or it started between the two calls) waits for the next
-                # cycle's squeue rather than being sent without its allocation for good.
+                # (squeue failed, or it started after the cycle began: after squeue was asked,
+                # and perhaps ended too) waits for the next cycle's squeue, which lists it
+                # for MinJobAge, rather than being sent without its allocation for good.
                 continue
             else:
                 try:

@@ -91,6 +91,21 @@ def test_a_run_only_sacct_shows_running_waits_for_squeue() -> None:
     assert _plan(_view(ended=(ended,), squeue_ok=False)).actions == ()
 
 
+def test_a_run_that_started_after_the_cycle_began_waits_for_the_next_squeue() -> None:
+    """Seed 1 of the long chaos run: a job started and was cancelled in the same second, after
+    the cycle's squeue and before its sacct. squeue (MinJobAge) lists it next cycle with its
+    cores; sending it from sacct alone said, falsely, that it had left squeue."""
+    ended = _sacct()[14]
+    assert ended.start_time is not None
+    late = _view(ended=(ended,))
+    late = replace(late, now=float(ended.start_time) - 0.4)
+    assert _plan(late).actions == ()
+    gone = replace(late, now=float(ended.start_time) + 400)
+    start = _plan(gone).actions[0]
+    assert start.kind == "start" and "left squeue" in start.payload["job"]["metaData"][
+        "slurmSyncNotes"]
+
+
 def test_a_run_cc_backend_runs_is_adopted_as_a_fact_and_its_end_stopped() -> None:
     """Reconcile: cc-backend lists the run running, so its start is a fact recorded as
     delivered (nothing sent), and Slurm's end of it is a stop."""
@@ -148,7 +163,8 @@ def test_a_start_names_the_earlier_runs_of_its_job_for_apply() -> None:
             for n in range(4)]
     snapshot = Snapshot(delivered={"start": frozenset({delivery_key(runs[0])})},
                         queued={"start": frozenset({delivery_key(runs[1])})})
-    result = _plan(_view(ended=tuple(runs)), snapshot, Direction.START)
+    view = replace(_view(ended=tuple(runs)), now=float(start + 1000))  # all four have ended
+    result = _plan(view, snapshot, Direction.START)
     by_key = {a.key: a.payload for a in result.actions}
     assert list(by_key) == [delivery_key(runs[2]), delivery_key(runs[3])]
     assert by_key[delivery_key(runs[2])]["ours"] == [start]
