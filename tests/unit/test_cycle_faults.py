@@ -337,10 +337,10 @@ def test_an_empty_sacct_holds_the_watermark_while_squeue_shows_a_run_in_the_wind
     assert store.get_watermark(connector="events") == mark
 
 
-def test_an_empty_sacct_window_holds_the_watermark_though_the_lookup_of_tracked_runs_answers() -> None:
+def test_an_empty_sacct_window_holds_the_watermark_though_the_lookup_answers() -> None:
     """Seed 2 of the long chaos run, again: the window's sacct came back empty, but the same
-    cycle's lookup of a tracked run by job id found it. The lookup's records are not the window's
-    answer: the watermark must stay, or the requeued job's earlier run is never seen."""
+    cycle's lookup of a tracked run by job id found it. The lookup's records are not the
+    window's answer: the watermark must stay, or the requeued job's earlier run is never seen."""
 
     class EmptyWindow(Timeline):
         def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
