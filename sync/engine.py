@@ -44,7 +44,7 @@ from slurm_sync.connector import (
 )
 from slurm_sync.errors import SlurmError, SyncError
 from slurm_sync.slurm.model import Job
-from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.query import WINDOW_RUNS, JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.store import Store
 
@@ -310,7 +310,7 @@ def _view(
             errors.append(str(exc))
     if window is not None:
         try:
-            sacct_filter = JobFilter(states=("all",), job_ids=tuple(scope.job_ids))
+            sacct_filter = replace(WINDOW_RUNS, job_ids=tuple(scope.job_ids))
             answer = reader.sacct(window, sacct_filter)
             ended = answer.jobs
             skipped += [f"sacct record {s.index} (job {s.job_id}): {s.reason}"

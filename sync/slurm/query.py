@@ -27,6 +27,7 @@ from slurm_sync.errors import SlurmFormatError
 from slurm_sync.slurm.model import Job, JobState
 
 __all__ = [
+    "WINDOW_RUNS",
     "JobFilter",
     "SacctWindow",
     "parse_version",
@@ -107,6 +108,16 @@ class JobFilter:
             if not wanted & set((job.partition or "").split(",")):
                 return False
         return True
+
+
+#: What a cycle's sacct window asks for: runs that were running at some time in the window
+#: (sacct's ``-s R`` selects by the window, not by the state now: a run that started and ended
+#: in it is listed, and so is the REQUEUED record of a requeued job's earlier run) and jobs that
+#: ended in it. Never the pending queue, which sacct lists without ``-s`` (every job eligible
+#: before the window's end): it grows with the queue and no connector plans from it. Seen on
+#: the lab's 22.05, 24.11 and 26.05 alike.
+WINDOW_RUNS = JobFilter(states=(
+    "R", "S", "CD", "CA", "F", "TO", "NF", "PR", "BF", "DL", "OOM", "REQUEUED"))
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

@@ -269,6 +269,15 @@ def _states(words: Iterable[str]) -> set[str] | None:
     return wanted
 
 
+def _selected(st: SlurmState, states: set[str] | None) -> bool:
+    """sacct's ``-s``, for a record whose life overlaps the window: a state it was in during
+    the window. RUNNING selects every run that ran in it, whatever its state now (as real sacct
+    does on 22.05, 24.11 and 26.05); another state selects a record that is in it."""
+    if states is None or st.state in states:
+        return True
+    return "RUNNING" in states and st.run is not None and st.start > 0
+
+
 def _options(argv: Sequence[str], names: dict[str, str]) -> tuple[dict[str, list[str]], list[str]]:
     """``--name=value``, ``--name value`` and ``-x value``: {canonical: [values]}, flags."""
     found: dict[str, list[str]] = {}
@@ -441,7 +450,7 @@ def sacct_document(timeline: Timeline, templates: dict[str, Any], now: float,
         for st in sacct_records(job, now, duplicates):
             if not (st.eligible and st.eligible < end and (st.end >= start or st.end == 0)):
                 continue
-            if states is not None and st.state not in states:
+            if not _selected(st, states):
                 continue
             records.append(_sacct_record(templates, job, st, timeline.cluster, now))
     for entry, tasks, st in submits.shown(submitted, now, None):
@@ -453,7 +462,7 @@ def sacct_document(timeline: Timeline, templates: dict[str, Any], now: float,
             continue
         if not (st.eligible and st.eligible < end and (st.end >= start or st.end == 0)):
             continue
-        if states is not None and st.state not in states:
+        if not _selected(st, states):
             continue
         record = _sacct_record(templates, first, st, timeline.cluster, now)
         if entry["array_size"] and st.state == "PENDING":

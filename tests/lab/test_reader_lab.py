@@ -14,7 +14,7 @@ import pytest
 
 from slurm_sync.errors import SlurmError
 from slurm_sync.slurm.model import Job, JobState
-from slurm_sync.slurm.query import JobFilter, SacctWindow
+from slurm_sync.slurm.query import WINDOW_RUNS, JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner, SlurmCommands
 from tests.lab.conftest import LabCluster, cpu_ids_of, gpu_ids_of
@@ -127,6 +127,30 @@ def test_sacct_window_catches_jobs_that_ended_between_polls(lab: LabCluster) -> 
         assert job.start_time and job.end_time and job.start_time <= job.end_time
         assert job.hosts == (lab.node,) and job.cluster == lab.info["cluster"]
         assert job.account == "lab"
+
+
+def test_the_cycles_sacct_window_lists_runs_not_the_pending_queue(lab: LabCluster) -> None:
+    """``WINDOW_RUNS``: a run that started and ended in the window, and one still running, are
+    listed; a job waiting in the queue all along (eligible, so plain sacct lists it) is not."""
+    start = int(time.time()) - 1
+    short = lab.submit("#!/bin/sh\nexit 0\n", "-n1", "--job-name=short")
+    lab.wait_state(short, "COMPLETED")
+    wide = _running(lab, "-n4", "--job-name=wide")  # the node's four cores
+    waiting = lab.submit(SLEEP, "-n4", "--job-name=waiting")  # pending: Resources
+    lab.wait_state(waiting, "PENDING")
+    reader = lab.reader()
+    mine = {short, wide, waiting}
+
+    def listed(job_filter: JobFilter) -> dict[int, Job]:
+        window = SacctWindow(start, int(time.time()) + 1)
+        return {j.job_id: j for j in reader.sacct(window, job_filter).jobs if j.job_id in mine}
+
+    # slurmdbd records a start or a submission a few seconds late
+    lab.wait("sacct to record the three jobs",
+             lambda: set(listed(JobFilter(states=("all",)))) == mine, timeout=60)
+    runs = listed(WINDOW_RUNS)
+    assert set(runs) == {short, wide}
+    assert runs[short].state is JobState.COMPLETED and runs[wide].state is JobState.RUNNING
 
 
 def test_unicode_job_name_round_trips(lab: LabCluster) -> None:

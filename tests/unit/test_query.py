@@ -9,6 +9,7 @@ import pytest
 from slurm_sync.errors import SlurmFormatError
 from slurm_sync.slurm.model import Job, JobState
 from slurm_sync.slurm.query import (
+    WINDOW_RUNS,
     JobFilter,
     SacctWindow,
     parse_version,
@@ -86,6 +87,15 @@ def test_sacct_window_is_explicit_local_time_and_allocations_only() -> None:
                                                                  users=("bob",)))
     assert "--user=bob" in named and "-a" not in named
     assert "--state=COMPLETED,FAILED" in named
+
+
+def test_the_cycles_window_asks_for_runs_and_ends_never_the_pending_queue() -> None:
+    """sacct's -s selects by the window: RUNNING is every run that ran in it (the lab tests show
+    it on each version); PENDING would bring the whole eligible queue, every cycle."""
+    (state,) = [a for a in sacct_args(SacctWindow(0, 60), WINDOW_RUNS) if a.startswith("--state")]
+    asked = set(state.split("=", 1)[1].split(","))
+    assert {"RUNNING", "COMPLETED", "CANCELLED", "REQUEUED", "TIMEOUT"} <= asked
+    assert "PENDING" not in asked and "COMPLETING" not in asked
 
 
 def test_window_must_not_run_backwards() -> None:
