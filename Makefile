@@ -5,8 +5,8 @@
 #               and (as root) the lab tests on 22.05, 24.11, 26.05, the three versions side by side
 #   make py39   the unit tests and doctests on the oldest Python pyproject.toml claims (3.9)
 #   make fuzz   the long fuzz run: twenty times the inputs (SLURM_SYNC_FUZZ_SEED=N for others)
-#   make chaos  the long chaos run: 1,000 jobs, three seeds against cc-backend (one on 1.4) and
-#               one against the bank, ~45 min
+#   make chaos  the long chaos run: 1,000 jobs, three seeds against cc-backend (one on 1.4), one
+#               against the bank, and 300 Buildkite jobs on two seeds, ~60 min
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -140,16 +140,22 @@ bench: venv
 	$(BIN)/python bench/parse_bench.py
 
 # The long chaos run (tests/chaos/run.py): simulated Slurm 24.11, a faulty cc-backend (then the
-# bank), five kill -9, a 60 s syncer stop, a 75 s service outage; figures go to BENCHMARKS.md,
-# each seed's work folder stays in bench/out/chaos*/seed-N.
+# bank, then Buildkite with stand-in sbatch/scancel), five kill -9, a 60 s syncer stop, a 75 s
+# service outage; figures go to BENCHMARKS.md, each seed's work folder stays in
+# bench/out/chaos*/seed-N.
 CHAOS_SEEDS ?= 1 2 3@1.4.4
 CHAOS_JOBS ?= 1000
+CHAOS_BK_SEEDS ?= 1 2
+CHAOS_BK_JOBS ?= 300
 chaos: venv
 	$(BIN)/python -m tests.chaos.run $(foreach s,$(CHAOS_SEEDS),--seed $(s)) \
 	  --jobs $(CHAOS_JOBS) --json bench/out/chaos.json --keep bench/out/chaos; cc=$$?; \
 	$(BIN)/python -m tests.chaos.run --service bank --seed 1 \
 	  --jobs $(CHAOS_JOBS) --json bench/out/chaos-bank.json --keep bench/out/chaos-bank; \
-	bank=$$?; exit $$((cc || bank))
+	bank=$$?; \
+	$(BIN)/python -m tests.chaos.run --service buildkite $(foreach s,$(CHAOS_BK_SEEDS),--seed $(s)) \
+	  --jobs $(CHAOS_BK_JOBS) --json bench/out/chaos-buildkite.json --keep bench/out/chaos-buildkite; \
+	bk=$$?; exit $$((cc || bank || bk))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/out
