@@ -1,4 +1,4 @@
-"""Buildkite agent query rules -> checked sbatch options (connectors.buildkite_policy)."""
+"""Buildkite agent query rules -> checked sbatch options (connectors/buildkite/policy.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from slurm_sync.config import combined_schema
-from slurm_sync.connectors.buildkite_policy import (
+from slurm_sync.connectors.buildkite.policy import (
     ALIASES,
     CONFLICTS,
     DEFAULT_ALLOWED,

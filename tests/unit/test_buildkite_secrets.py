@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-import slurm_sync.connectors.buildkite_secrets as bks
-from slurm_sync.connectors.buildkite_secrets import (
+import slurm_sync.connectors.buildkite.secrets as bks
+from slurm_sync.connectors.buildkite.secrets import (
     BuildkiteSecretError,
     DecryptedSecret,
     cli_decrypt_env,

@@ -194,7 +194,7 @@ def test_buildkite_secret_commands_round_trip(
     public = tmp_path / "agents.pub"
     public.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    import slurm_sync.connectors.buildkite_secrets as secrets
+    import slurm_sync.connectors.buildkite.secrets as secrets
 
     monkeypatch.setattr(secrets.cli_encrypt, "__kwdefaults__",
                         {**secrets.cli_encrypt.__kwdefaults__, "getpass": lambda p: "s3cr3t v"})

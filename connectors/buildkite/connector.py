@@ -59,7 +59,7 @@ from slurm_sync.connector import (
     Snapshot,
     View,
 )
-from slurm_sync.connectors.buildkite_policy import POLICY_SCHEMA, QueuePolicy, Refused, resolve
+from slurm_sync.connectors.buildkite.policy import POLICY_SCHEMA, QueuePolicy, Refused, resolve
 from slurm_sync.errors import ConfigError, SlurmCommandError, SlurmError, SlurmFormatError
 from slurm_sync.http import Reply, ServiceClient, classify, outcome_of
 from slurm_sync.secrets import SECRET_REF_SCHEMA
@@ -1171,11 +1171,11 @@ def _secrets() -> Any:
     """The secret commands' module: it needs ``cryptography``, installed with the extra
     ``slurm-sync[buildkite-secrets]`` and by nothing else."""
     try:
-        from slurm_sync.connectors import buildkite_secrets
+        from slurm_sync.connectors.buildkite import secrets
     except ImportError as exc:
         raise ConfigError(f"buildkite secrets need the 'cryptography' package ({exc}): "
                           "pip install 'slurm-sync[buildkite-secrets]'") from exc
-    return buildkite_secrets
+    return secrets
 
 
 def _encrypt_command(ctx: CommandContext) -> int:
