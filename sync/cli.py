@@ -358,6 +358,7 @@ def _cmd_run(
         sacct_overlap=config.sacct_overlap_seconds,
         first_window=config.first_window_seconds,
         max_lag=config.max_lag_seconds,
+        retention=config.retention_days * 86400,
     )
     try:
         while True:

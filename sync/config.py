@@ -148,6 +148,12 @@ CORE_SCHEMA: dict[str, Any] = {
             "maximum": TEN_YEARS,
             "description": "How far back the first sacct window reaches (no watermark yet).",
         },
+        "retention_days": {
+            "type": "number",
+            "minimum": 1,
+            "maximum": 3650,
+            "description": "How long a finished run's delivery records are kept.",
+        },
         "log_format": {"enum": ["text", "json"]},
         "metrics_file": {
             **_ABSOLUTE_PATH,
@@ -250,6 +256,7 @@ class Config:
     retry_max_seconds: float = 3600.0
     sacct_overlap_seconds: int = 60
     first_window_seconds: int = 3600
+    retention_days: float = 14.0
     log_format: str = "text"
     metrics_file: str | None = None
     connectors: Mapping[str, ConnectorSettings] = field(default_factory=_no_connectors)
@@ -563,6 +570,7 @@ def config_from_dict(
         retry_max_seconds=float(data.get("retry_max_seconds", 3600)),
         sacct_overlap_seconds=int(data.get("sacct_overlap_seconds", 60)),
         first_window_seconds=int(data.get("first_window_seconds", 3600)),
+        retention_days=float(data.get("retention_days", 14)),
         log_format=str(data.get("log_format", "text")),
         metrics_file=metrics_file,
         connectors=MappingProxyType(connectors),

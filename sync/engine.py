@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 EXIT_SLURM, EXIT_CONNECTOR, EXIT_BEHIND = 3, 4, 5
 # Tracked runs looked up by job id in one sacct call per cycle, at most (the oldest first).
 LOOKUP_CAP = 1000
+#: a cycle purges delivery records older than ``CycleOptions.retention`` at most this often (s)
+PURGE_EVERY = 3600.0
 
 #: The kinds ``guard`` and ``limit`` assume when not given a connector's: records started
 #: and stopped. Every connector declares its own (``Connector.kinds``).
@@ -127,6 +129,8 @@ class CycleOptions:
     sacct_overlap: int = 60
     first_window: int = 3600
     max_lag: float | None = 3600.0
+    #: how long a finished run's delivery records are kept (seconds); None keeps them for ever
+    retention: float | None = 14 * 86400.0
 
 
 @dataclass
@@ -404,15 +408,40 @@ def _in_run(action: Action, options: CycleOptions, kinds: KindTable) -> bool:
     return True
 
 
-def _snapshot(store: Store, name: str, kinds: KindTable) -> Snapshot:
+def _snapshot(store: Store, name: str, kinds: KindTable, job_ids: Iterable[int]) -> Snapshot:
+    """What the store says of the cycle's jobs (``job_ids``), of the runs still open, of the
+    keys that name no job, and the outbox: its cost follows the cycle, not the history."""
+    opened = store.open_runs(connector=name, opening=kinds.opening(), closing=kinds.closing())
+    ids = {*job_ids, *(r[0] for k in opened if (r := run_key(k)) is not None)}
+    records, outbox = store.snapshot_records(connector=name, job_ids=ids)
+    delivered: dict[str, set[str]] = {k: set() for k in kinds}
+    failed: dict[str, set[str]] = {k: set() for k in kinds}
+    queued: dict[str, set[str]] = {k: set() for k in kinds}
+    delivered_at: dict[str, dict[str, float]] = {k: {} for k in kinds if kinds[k].timed}
+    for key, kind, status, at in records:
+        if kind not in kinds:
+            continue
+        if status is Status.PERMANENT:
+            failed[kind].add(key)
+        else:
+            delivered[kind].add(key)
+            if kind in delivered_at:
+                delivered_at[kind][key] = at
+    for key, kind in outbox:
+        if kind in queued:
+            queued[kind].add(key)
     return Snapshot(
-        delivered_at={k: store.delivered_times(connector=name, kind=k)
-                      for k in kinds if kinds[k].timed},
-        delivered={k: store.delivered(connector=name, kind=k) for k in kinds},
-        queued={k: store.queued(connector=name, kind=k) for k in kinds},
-        failed={k: store.failed(connector=name, kind=k) for k in kinds},
+        delivered_at=delivered_at,
+        delivered={k: frozenset(v) for k, v in delivered.items()},
+        queued={k: frozenset(v) for k, v in queued.items()},
+        failed={k: frozenset(v) for k, v in failed.items()},
         watermark=store.get_watermark(connector=name),
     )
+
+
+def _cycle_job_ids(view: View, scope: Scope) -> frozenset[int]:
+    """The job ids a cycle can plan for: those of squeue's and sacct's records, and --jobid."""
+    return frozenset({j.job_id for j in (*view.active, *view.ended)} | set(scope.job_ids))
 
 
 def run_key(key: str) -> tuple[int, int] | None:
@@ -530,7 +559,8 @@ def run_cycle(
                  options.scope, report.slurm_errors, report.skipped)
     for line in report.skipped:
         log.warning("slurm record skipped", extra={"fields": {"record": line}})
-    snapshots = {name: _snapshot(store, name, connectors[name].kind_table())
+    job_ids = _cycle_job_ids(view, options.scope)
+    snapshots = {name: _snapshot(store, name, connectors[name].kind_table(), job_ids)
                  for name in needs}
     if view.sacct_ok and not options.scope.job_ids:
         wanted: dict[str, int] = {}
@@ -547,6 +577,11 @@ def run_cycle(
                              report, windows.get(name), now, progress)
         except Exception as exc:
             _connector_failed(report, name, "cycle", exc)
+    if not options.dry_run and options.retention is not None and store.purge_due(
+            now=now, every=PURGE_EVERY):
+        purged = store.purge(older_than=now - options.retention)
+        log.info("purged old deliveries", extra={"fields": {
+            "deliveries": purged.deliveries, "runs": purged.runs}})
     return report
 
 
@@ -665,7 +700,7 @@ def _connector_cycle(
     store.record_outcomes(
         outcomes=[*facts, *outcomes], now=now,
         watermarks={name: float(window.end)} if move and window is not None else None,
-        wake=settled,
+        wake=settled, opening=kinds.opening(), closing=kinds.closing(),
     )
     if window is None:
         return

@@ -93,6 +93,8 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    #: run after the statements, in the same transaction (a data fill SQL cannot express)
+    fill: Callable[[sqlite3.Connection], None] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -168,6 +170,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         version=3,
         description="runs: how many Slurm records the run could not read",
         statements=("ALTER TABLE runs ADD COLUMN skipped INTEGER NOT NULL DEFAULT 0",),
+    ),
+    Migration(
+        version=4,
+        description="a bounded snapshot: deliveries by job id and age, the open runs, meta",
+        statements=(
+            # job_id: the Slurm job id of a ``cluster/job_id/start`` key (RunKey), NULL for a
+            # key of another form. A cycle reads the records of its own jobs only.
+            "ALTER TABLE deliveries ADD COLUMN job_id INTEGER",
+            "CREATE INDEX deliveries_by_job ON deliveries (connector, job_id)",
+            "CREATE INDEX deliveries_by_age ON deliveries (at)",
+            # Runs a connector opened (a delivered kind with Kind.opens) and has not closed.
+            """CREATE TABLE open_runs (
+                connector TEXT NOT NULL,
+                key       TEXT NOT NULL,
+                job_id    INTEGER,
+                PRIMARY KEY (connector, key)
+            ) WITHOUT ROWID""",
+            # Which opening and closing kinds open_runs was built with, per connector: when a
+            # connector's kinds change, its open runs are rebuilt from the deliveries.
+            """CREATE TABLE open_runs_kinds (
+                connector TEXT PRIMARY KEY,
+                kinds     TEXT NOT NULL
+            )""",
+            """CREATE TABLE meta (
+                name  TEXT PRIMARY KEY,
+                value REAL NOT NULL
+            )""",
+        ),
+        fill=lambda conn: _fill_job_ids(conn),
     ),
 )
 
@@ -511,6 +542,8 @@ class Store:
                 )
                 for statement in migration.statements:
                     conn.execute(statement)
+                if migration.fill is not None:
+                    migration.fill(conn)
                 conn.execute(
                     "INSERT INTO schema_version (version, description) VALUES (?, ?)",
                     (migration.version, migration.description),
@@ -687,6 +720,69 @@ class Store:
 
         return self._read(f"reading {table}", read)
 
+    def open_runs(
+        self, *, connector: str, opening: Collection[str], closing: Collection[str]
+    ) -> frozenset[str]:
+        """`store.open_runs(connector=, opening=, closing=)` is the keys of the runs the
+        connector opened (an ``opening`` kind delivered) and has not closed (no ``closing`` kind
+        delivered). Kept up to date by :meth:`record_outcomes`, so a cycle does not scan every
+        delivery ever made; rebuilt from the deliveries (once) when the kinds differ from those
+        it was built with, or when outcomes were recorded without them."""
+        signature = _kinds_signature(opening, closing)
+
+        def built(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT kinds FROM open_runs_kinds WHERE connector = ?",
+                               (connector,)).fetchone()
+            return row is not None and row[0] == signature
+
+        def read(conn: sqlite3.Connection) -> frozenset[str]:
+            return frozenset(r[0] for r in conn.execute(
+                "SELECT key FROM open_runs WHERE connector = ?", (connector,)))
+
+        def rebuild(conn: sqlite3.Connection) -> frozenset[str]:
+            if not built(conn):
+                conn.execute("DELETE FROM open_runs WHERE connector = ?", (connector,))
+                conn.executemany(
+                    "INSERT INTO open_runs (connector, key, job_id) VALUES (?, ?, ?)",
+                    [(connector, key, _job_id_of(key))
+                     for key in _scan_open(conn, connector, opening, closing)])
+                conn.execute("INSERT INTO open_runs_kinds (connector, kinds) VALUES (?, ?)"
+                             " ON CONFLICT (connector) DO UPDATE SET kinds = excluded.kinds",
+                             (connector, signature))
+            return read(conn)
+
+        if self._read("reading open runs", built):
+            return self._read("reading open runs", read)
+        if self._read_only:  # a dry run computes them without writing
+            return self._read("reading open runs",
+                              lambda conn: _scan_open(conn, connector, opening, closing))
+        return self._write("rebuilding open runs", rebuild)
+
+    def snapshot_records(
+        self, *, connector: str, job_ids: Collection[int]
+    ) -> tuple[tuple[tuple[str, str, Status, float], ...], tuple[tuple[str, str], ...]]:
+        """`store.snapshot_records(connector=, job_ids=)` is what a cycle's snapshot needs:
+        the delivery records (key, kind, status, at) of ``job_ids``' runs and of every key that
+        names no job (a connector's own keys), and the outbox's (key, kind). One read
+        transaction; its cost follows the cycle's jobs, not the deliveries ever made."""
+        ids = sorted(set(job_ids))
+
+        def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            head = "SELECT key, kind, status, at FROM deliveries WHERE connector = ?"
+            rows = conn.execute(f"{head} AND job_id IS NULL", (connector,)).fetchall()
+            for start in range(0, len(ids), _KEY_CHUNK):
+                chunk = ids[start:start + _KEY_CHUNK]
+                rows += conn.execute(
+                    f"{head} AND job_id IN ({', '.join('?' * len(chunk))})",
+                    (connector, *chunk)).fetchall()
+            queued = conn.execute("SELECT key, kind FROM outbox WHERE connector = ?",
+                                  (connector,)).fetchall()
+            return rows, queued
+
+        rows, queued = self._read("reading the snapshot", read, snapshot=True)
+        return (tuple((k, kd, Status(st), float(at)) for k, kd, st, at in rows),
+                tuple((k, kd) for k, kd in queued))
+
     # ------------------------------------------------------------------ recording outcomes
 
     def record_outcomes(
@@ -696,6 +792,8 @@ class Store:
         now: float,
         watermarks: Mapping[str, float] | None = None,
         wake: Collection[tuple[str, str]] = (),
+        opening: Collection[str] = (),
+        closing: Collection[str] = (),
     ) -> BatchResult:
         """`store.record_outcomes(outcomes=, now=, watermarks=)` writes a batch atomically.
 
@@ -706,8 +804,10 @@ class Store:
         the same transaction, forward only (see :meth:`set_watermark`). ``wake`` ({(connector,
         key)}) makes every queued action of those keys due now: an action that waited for
         another of its key (a stop for its start) goes as soon as that one is settled, not after
-        its own backoff. Nothing is written when nothing changed; on any error nothing of the
-        batch is.
+        its own backoff. ``opening`` and ``closing`` name the connector's kinds that open and
+        close a run (``Kind.opens``/``closes``): its open runs (:meth:`open_runs`) are kept up
+        to date with them; without them they are rebuilt when next read. Nothing is written
+        when nothing changed; on any error nothing of the batch is.
         """
         _check_time(now, "now")
         marks = dict(watermarks or {})
@@ -744,6 +844,8 @@ class Store:
                     _deliver(conn, row, now=now)
                     attempts.pop(ident, None)
                     counts["failed" if row.status is Status.PERMANENT else "delivered"] += 1
+            _track_open_runs(conn, [r for r in rows if r.status is not Status.TRANSIENT],
+                             opening, closing)
             return BatchResult(skipped=skipped, watermarks_moved=moved, **counts)
 
         return self._write("recording outcomes", write)
@@ -928,10 +1030,15 @@ class Store:
     def purge(self, *, older_than: float, keep: Collection[str] = ()) -> PurgeResult:
         """`store.purge(older_than=, keep=)` forgets jobs long finished and old runs.
 
-        A job key's delivery records go, all kinds together, when the newest of them is older
-        than ``older_than``, unless the key is in ``keep`` (pass the keys of jobs still running,
-        whose only record may be an old ``start``) or in the outbox. Choose ``older_than`` well
-        before the start of the sacct window. Runs that ended before it go too, except the last.
+        A key's delivery records go, all kinds together, when the newest of them is older than
+        ``older_than``, unless the key is in ``keep``, in the outbox, or an open run (opened
+        and not closed: a job still running, whose only record may be an old start; see
+        :meth:`open_runs`). A connector whose open runs are not built (never read since the
+        kinds were last given) is left alone: what is open cannot be told there. Choose
+        ``older_than`` well before the start of the sacct window and beyond every service's
+        idempotence window. Runs that ended before it go too, except the last. The candidates
+        are found through the index on the records' age, so a purge costs what it removes, not
+        what is kept.
         """
         _check_time(older_than, "older_than")
         self._check_writable("purge")
@@ -939,12 +1046,19 @@ class Store:
 
         def write(conn: sqlite3.Connection) -> PurgeResult:
             old = conn.execute(
-                "SELECT connector, key FROM deliveries GROUP BY connector, key"
-                " HAVING max(at) < ?"
-                " EXCEPT SELECT connector, key FROM outbox",
-                (older_than,),
+                "SELECT DISTINCT connector, key FROM deliveries WHERE at < ?"
+                " AND connector IN (SELECT connector FROM open_runs_kinds)", (older_than,)
             ).fetchall()
-            gone = [(c, k) for c, k in old if k not in kept]
+            gone = [
+                (c, k) for c, k in old if k not in kept
+                and conn.execute(
+                    "SELECT max(at) FROM deliveries WHERE connector = ? AND key = ?", (c, k)
+                ).fetchone()[0] < older_than
+                and not conn.execute(
+                    "SELECT 1 FROM outbox WHERE connector = ? AND key = ?", (c, k)).fetchone()
+                and not conn.execute(
+                    "SELECT 1 FROM open_runs WHERE connector = ? AND key = ?", (c, k)).fetchone()
+            ]
             before = conn.total_changes
             conn.executemany("DELETE FROM deliveries WHERE connector = ? AND key = ?", gone)
             deliveries = conn.total_changes - before
@@ -955,6 +1069,22 @@ class Store:
             return PurgeResult(deliveries=deliveries, runs=max(runs, 0))
 
         return self._write("purging", write)
+
+    def purge_due(self, *, now: float, every: float) -> bool:
+        """`store.purge_due(now=, every=)` is true, and notes ``now``, when the last purge was
+        ``every`` seconds ago or more (or never): a cycle purges at most that often."""
+        _check_time(now, "now")
+        self._check_writable("purge")
+
+        def write(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'last_purge'").fetchone()
+            if row is not None and now - float(row[0]) < every:
+                return False
+            conn.execute("INSERT INTO meta (name, value) VALUES ('last_purge', ?)"
+                         " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (now,))
+            return True
+
+        return self._write("noting the purge", write)
 
     # -------------------------------------------------------------- transactions, retries
 
@@ -1049,14 +1179,14 @@ def _deliver(conn: sqlite3.Connection, row: _OutcomeRow, *, now: float) -> None:
     # A delivered record is final. A permanent failure is replaced by a delivery, or by a
     # newer failure with another detail; identical records are not rewritten.
     conn.execute(
-        "INSERT INTO deliveries (connector, key, kind, status, at, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO deliveries (connector, key, kind, status, at, detail, job_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (connector, key, kind) DO UPDATE SET"
         " status = excluded.status, at = excluded.at, detail = excluded.detail"
         " WHERE deliveries.status = 'permanent'"
         " AND (excluded.status <> 'permanent' OR excluded.detail <> deliveries.detail)",
         (row.connector, row.key, row.kind, row.status.value, now,
-         _dumps({"detail": row.text} if row.text else {})),
+         _dumps({"detail": row.text} if row.text else {}), _job_id_of(row.key)),
     )
     conn.execute(
         "DELETE FROM outbox WHERE connector = ? AND key = ? AND kind = ?",
@@ -1162,6 +1292,67 @@ def _job_id_of(key: str) -> int | None:
     """The Slurm job id in a ``cluster/job_id/start_time`` key, None in a key of another form."""
     parts = RunKey.parse(key)
     return parts.job_id if parts is not None else None
+
+
+def _fill_job_ids(conn: sqlite3.Connection) -> None:
+    """Migration 4: the job id of every delivery record whose key is a run's."""
+    rows = conn.execute("SELECT connector, key, kind FROM deliveries").fetchall()
+    conn.executemany(
+        "UPDATE deliveries SET job_id = ? WHERE connector = ? AND key = ? AND kind = ?",
+        [(job_id, c, k, kd) for c, k, kd in rows if (job_id := _job_id_of(k)) is not None])
+
+
+def _kinds_signature(opening: Collection[str], closing: Collection[str]) -> str:
+    return json.dumps([sorted(set(opening)), sorted(set(closing))])
+
+
+def _scan_open(conn: sqlite3.Connection, connector: str, opening: Collection[str],
+               closing: Collection[str]) -> frozenset[str]:
+    """Every delivered key of an ``opening`` kind with no delivered ``closing`` kind (a scan
+    of the connector's deliveries: done once, then kept by ``_track_open_runs``)."""
+    def keys(kinds: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        for kind in sorted(set(kinds)):
+            found.update(r[0] for r in conn.execute(
+                "SELECT key FROM deliveries WHERE connector = ? AND kind = ?"
+                " AND status <> 'permanent'", (connector, kind)))
+        return found
+
+    return frozenset(keys(opening) - keys(closing))
+
+
+def _track_open_runs(conn: sqlite3.Connection, rows: Sequence[_OutcomeRow],
+                     opening: Collection[str], closing: Collection[str]) -> None:
+    """Keep ``open_runs`` in step with the recorded rows, for each connector whose open runs
+    were built with these kinds; any other connector's are marked for a rebuild."""
+    signature = _kinds_signature(opening, closing)
+    for connector in sorted({r.connector for r in rows}):
+        built = conn.execute("SELECT kinds FROM open_runs_kinds WHERE connector = ?",
+                             (connector,)).fetchone()
+        if built is None:
+            continue
+        if built[0] != signature:
+            conn.execute("DELETE FROM open_runs_kinds WHERE connector = ?", (connector,))
+            continue
+        for row in rows:
+            if row.connector != connector:
+                continue
+            # the record as it stands (a delivered record is final: a late refusal of the
+            # same key and kind did not replace it)
+            status = conn.execute(
+                "SELECT status FROM deliveries WHERE connector = ? AND key = ? AND kind = ?",
+                (connector, row.key, row.kind)).fetchone()
+            if status is None or status[0] == "permanent":
+                continue
+            if row.kind in closing:
+                conn.execute("DELETE FROM open_runs WHERE connector = ? AND key = ?",
+                             (connector, row.key))
+            elif row.kind in opening and not conn.execute(
+                    "SELECT 1 FROM deliveries WHERE connector = ? AND key = ?"
+                    f" AND status <> 'permanent' AND kind IN ({', '.join('?' * len(closing))})",
+                    (connector, row.key, *sorted(closing))).fetchone():
+                conn.execute("INSERT OR IGNORE INTO open_runs (connector, key, job_id)"
+                             " VALUES (?, ?, ?)", (connector, row.key, _job_id_of(row.key)))
 
 
 def _chunks(keys: Iterable[str]) -> Iterator[list[str]]:

@@ -114,6 +114,7 @@ def test_core_keys_are_read() -> None:
         ({"sacct_overlap_seconds": -1}, r"\$\.sacct_overlap_seconds: -1 is less than the minimum"),
         ({"sacct_overlap_seconds": 1.5}, r"\$\.sacct_overlap_seconds: 1\.5 is not of type 'integ"),
         ({"first_window_seconds": 0}, r"\$\.first_window_seconds: 0 is less than or equal"),
+        ({"retention_days": 0.5}, r"\$\.retention_days: 0\.5 is less than the minimum of 1"),
         ({"log_format": "xml"}, r"\$\.log_format: 'xml' is not one of \['text', 'json'\]"),
         ({"state_dir": "state"}, r"\$\.state_dir: 'state' does not match .* an absolute path"),
         ({"metrics_file": 3}, r"\$\.metrics_file: 3 is not of type 'string'"),

@@ -265,12 +265,13 @@ def test_batched_kinds_go_to_apply_many_once_and_times_reach_the_next_plan() -> 
     report = _cycle(store, connector, TS0)
     starts = [o for o in report.outcomes if o.action.kind == "start"]
     assert connector.calls == [len(starts)] and len(starts) > 1
-    snapshot = _snapshot_of(store, connector)
+    snapshot = _snapshot_of(store, connector, {o.action.key for o in starts})
     assert snapshot.since("start", starts[0].action.key) == TS0
     assert snapshot.since("stop", starts[0].action.key) is None
 
 
-def _snapshot_of(store: Store, connector: Any) -> Any:
-    from slurm_sync.engine import _snapshot
+def _snapshot_of(store: Store, connector: Any, keys: set[str]) -> Any:
+    from slurm_sync.engine import _snapshot, run_key
 
-    return _snapshot(store, "events", connector.kind_table())
+    ids = {r[0] for k in keys if (r := run_key(k)) is not None}
+    return _snapshot(store, "events", connector.kind_table(), ids)
