@@ -768,7 +768,10 @@ class Store:
         ids = sorted(set(job_ids))
 
         def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
-            head = "SELECT key, kind, status, at FROM deliveries WHERE connector = ?"
+            # INDEXED BY: without statistics SQLite would take the primary key's (connector)
+            # prefix and read every record of the connector, which is what this avoids
+            head = ("SELECT key, kind, status, at FROM deliveries INDEXED BY deliveries_by_job"
+                    " WHERE connector = ?")
             rows = conn.execute(f"{head} AND job_id IS NULL", (connector,)).fetchall()
             for start in range(0, len(ids), _KEY_CHUNK):
                 chunk = ids[start:start + _KEY_CHUNK]
@@ -1046,7 +1049,8 @@ class Store:
 
         def write(conn: sqlite3.Connection) -> PurgeResult:
             old = conn.execute(
-                "SELECT DISTINCT connector, key FROM deliveries WHERE at < ?"
+                "SELECT DISTINCT connector, key FROM deliveries INDEXED BY deliveries_by_age"
+                " WHERE at < ?"
                 " AND connector IN (SELECT connector FROM open_runs_kinds)", (older_than,)
             ).fetchall()
             gone = [
