@@ -134,3 +134,28 @@ def test_a_dry_run_reads_open_runs_without_writing(tmp_path: Path) -> None:
         _record(store, _done("start", _key(1)), kinds=False)
     with Store.open(db, read_only=True) as store:
         assert store.open_runs(connector="events", opening=OPEN, closing=CLOSE) == {_key(1)}
+
+
+def test_a_week_of_cycles_keeps_the_state_file_flat(tmp_path: Path) -> None:
+    """A week of hourly cycles, 40 short jobs an hour, records kept two days: the deliveries
+    stop growing once the retention is reached, and the file with them (SQLite reuses the
+    pages the purge frees)."""
+    hour = 3600
+    runs = [(n + 1, T0 + (n // 40) * hour + (n % 40) * 60, T0 + (n // 40) * hour + (n % 40) * 60
+             + 300) for n in range(7 * 24 * 40)]
+    slurm = Timeline(runs)
+    sink = Recorder()
+    options = CycleOptions(retention=2 * DAY, first_window=hour)
+    sizes: dict[int, tuple[int, int]] = {}
+    with Store.open(tmp_path / "state.db") as store:
+        for cycle in range(1, 7 * 24 + 1):
+            slurm.now = T0 + cycle * hour
+            run_cycle(slurm, store, {"events": sink}, options, now=float(slurm.now))
+            if cycle % 24 == 0:
+                count = sum(store.delivery_counts(connector="events").values())
+                sizes[cycle // 24] = (count, (tmp_path / "state.db").stat().st_size)
+    assert len(sink.written) == 2 * len(runs)  # nothing lost on the way
+    (day3, size3), (day7, size7) = sizes[3], sizes[7]
+    # two days of jobs (a start and a stop each), and up to two hours more between purges
+    assert max(day3, day7) <= 2 * 40 * (2 * 24 + 2) and abs(day7 - day3) <= 2 * 40 * 2, sizes
+    assert size7 <= size3 * 1.1, sizes
