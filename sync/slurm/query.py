@@ -30,6 +30,7 @@ __all__ = [
     "WINDOW_RUNS",
     "JobFilter",
     "SacctWindow",
+    "listing_args",
     "parse_version",
     "sacct_args",
     "squeue_args",
@@ -172,6 +173,23 @@ def squeue_args(job_filter: JobFilter, version: tuple[int, int, int]) -> list[st
     if "partitions" in honoured and job_filter.partitions:
         args.append("--partition=" + ",".join(job_filter.partitions))
     return args
+
+
+def listing_args(job_filter: JobFilter, fmt: str) -> list[str]:
+    """The arguments of ``squeue -h -o fmt`` for ``job_filter``: the text output honours every
+    filter on every version (``--json`` does not before 24.05)."""
+    args = ["-h"]
+    if job_filter.states:
+        args.append(f"--states={_squeue_state_arg(job_filter)}")
+    if job_filter.job_ids:
+        args.append("--jobs=" + ",".join(str(i) for i in job_filter.job_ids))
+    if job_filter.names:
+        args.append("--name=" + ",".join(job_filter.names))
+    if job_filter.users:
+        args.append("--user=" + ",".join(job_filter.users))
+    if job_filter.partitions:
+        args.append("--partition=" + ",".join(job_filter.partitions))
+    return [*args, "-o", fmt]
 
 
 @dataclass(frozen=True)

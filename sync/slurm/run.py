@@ -116,6 +116,7 @@ class Runner:
         check: bool = True,
         environ: Mapping[str, str] | None = None,
         stop_on: re.Pattern[str] | None = None,
+        output_env: Mapping[str, str] | None = None,
     ) -> CommandResult:
         """Run ``command`` with ``args``; raise ``SlurmCommandError`` unless it exits 0.
 
@@ -124,6 +125,8 @@ class Runner:
         ``environ``: the whole environment of the command instead of the service's own (the
         runner's ``env`` is still added). ``stop_on``: the command is stopped as soon as a
         line of its stderr matches (the result's ``stopped`` is then true); no ``stdin``.
+        ``output_env``: variables that shape the output (``SLURM_TIME_FORMAT``), set for this
+        call only; the service's own are never passed on, so the parsers see what they expect.
         """
         argv = self.commands.argv(command, args)
         limit = timeout if timeout is not None else self.commands.timeout
@@ -131,6 +134,8 @@ class Runner:
                if k not in _OUTPUT_ENV and not k.startswith("SBATCH_")}
         if self.env is not None:
             env.update(self.env)
+        if output_env is not None:
+            env.update(output_env)
         started = time.monotonic()
         try:
             proc = _execute(argv, env, stdin, limit, stop_on)
