@@ -153,6 +153,38 @@ def test_the_cycles_sacct_window_lists_runs_not_the_pending_queue(lab: LabCluste
     assert runs[short].state is JobState.COMPLETED and runs[wide].state is JobState.RUNNING
 
 
+def test_the_listing_says_what_squeue_json_says_of_ids_states_and_times(
+        lab: LabCluster) -> None:
+    """``reader.squeue_listing`` (plain ``squeue -o``) against ``reader.squeue`` (JSON) on the
+    same jobs: a running job, a finished one, array tasks running and pending, a pending job
+    whose name holds a '|'."""
+    done = lab.submit("#!/bin/sh\nexit 0\n", "-n1", "--job-name=done")
+    lab.wait_state(done, "COMPLETED")
+    running = _running(lab, "-n2", "--job-name=two cores")
+    array = lab.submit(SLEEP, "-n1", "--array=1-4", "--job-name=arr", user="bob")
+    waiting = lab.submit(SLEEP, "-n4", "--job-name=wait|ing")
+    lab.wait_state(waiting, "PENDING")
+    reader = lab.reader()
+    everything = JobFilter(states=("all",))
+    listed = {(j.job_id, j.array_task_id): j for j in reader.squeue_listing(everything).jobs}
+    full = {(j.job_id, j.array_task_id): j for j in reader.squeue(everything).jobs}
+    mine = {k for k, j in full.items()
+            if j.job_id in (done, running, waiting) or j.array_job_id == array}
+    assert mine and mine <= set(listed), (sorted(mine), sorted(listed))
+    for key in mine:
+        a, b = listed[key], full[key]
+        assert (a.job_id, a.array_job_id, a.array_task_id, a.state, a.name, a.partition,
+                a.user, a.account, a.node_count, a.hosts) == (
+                b.job_id, b.array_job_id, b.array_task_id, b.state, b.name, b.partition,
+                b.user, b.account, b.node_count, b.hosts), key
+        if b.state is not JobState.PENDING:
+            assert a.start_time == b.start_time and a.cpus == b.cpus, key
+        if b.state.finished:
+            assert a.end_time == b.end_time, key
+        assert a.source == "squeue-list" and a.allocations == ()
+    assert listed[(waiting, None)].name == "wait|ing"
+
+
 def test_unicode_job_name_round_trips(lab: LabCluster) -> None:
     name = "Ωmega-déjà-✓"
     job_id = lab.submit(SLEEP, f"--job-name={name}", "--hold")
