@@ -139,10 +139,13 @@ class Snapshot:
 class SlurmContext:
     """What a connector may use of Slurm beyond the cycle's view: the reader (for the job
     files, or one batched lookup) and Slurm's cluster name. Connectors never run Slurm
-    commands except through this."""
+    commands except through this. ``dry_run``: the runs only plan and report (``--dry-run``):
+    ``observe`` must then not make even the writes it would make once to set itself up (a
+    service's registration)."""
 
     reader: SlurmReader
     cluster: str | None = None
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
