@@ -13,11 +13,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from slurm_sync.actions import Action
 from slurm_sync.connector import Direction, Scope, Snapshot, View
-from slurm_sync.connectors.buildkite import BKJob, BuildkiteConnector, Ref, Remote
+from slurm_sync.connectors.buildkite import BKJob, Ref, Remote, Settings, observe, plan
+from slurm_sync.connectors.buildkite.rest import RestApi
 from slurm_sync.errors import SlurmCommandError
+from slurm_sync.http import ServiceClient
 from slurm_sync.slurm.model import Job, JobState
 
 NOW = 1_795_500_000.0
@@ -47,19 +48,26 @@ class _Squeue:
         return {i: self.records.get(i, ()) for i in ids}
 
 
-def _connector(tmp_path: Path) -> BuildkiteConnector:
-    token = tmp_path / "token"
-    token.write_text("bkua_x\n")
-    token.chmod(0o600)
-    connector = BuildkiteConnector({
+def _settings(tmp_path: Path) -> Settings:
+    return Settings.parse({
         "mode": "rest", "queue": "slurm",
         "rest": {"url": "http://127.0.0.1:9", "organization": "acme",
-                 "token": {"file": str(token)}},
+                 "token": {"file": str(tmp_path / "token")}},
         "agent": {"config": "/etc/bk.cfg", "build_root": str(tmp_path / "builds")},
         "batch_dir": str(tmp_path / "batches"), "taken_grace_seconds": 120,
     })
-    connector.cluster = "c"
-    return connector
+
+
+class _Buildkite(RestApi):
+    """Buildkite's REST API answering ``known`` as this cycle's listing."""
+
+    def __init__(self, settings: Settings, known: dict[str, BKJob]) -> None:
+        assert settings.rest is not None
+        super().__init__(ServiceClient("http://127.0.0.1:9"), settings.rest)
+        self.known = known
+
+    def remote(self, ours: Any, **_: Any) -> Remote:
+        return Remote(complete=True, known=self.known)
 
 
 def _job(job_id: int, ref: Ref, state: JobState, **kw: Any) -> Job:
@@ -67,50 +75,52 @@ def _job(job_id: int, ref: Ref, state: JobState, **kw: Any) -> Job:
                submit_time=int(NOW) - 600, **kw)
 
 
-def _cycle(connector: BuildkiteConnector, monkeypatch: pytest.MonkeyPatch, control: _Squeue,
-           active: tuple[Job, ...], known: dict[str, BKJob]) -> list[Any]:
-    """observe (Buildkite answers ``known``) and plan, as a cycle does."""
-    connector.control = control  # type: ignore[assignment]
-    monkeypatch.setattr(connector, "_observe_rest",
-                        lambda ours: Remote(complete=True, known=known))
+def _cycle(tmp_path: Path, control: _Squeue, active: tuple[Job, ...],
+           known: dict[str, BKJob]) -> list[Action]:
+    """observe (Buildkite answers ``known``, Slurm's later squeue ``control``) and plan, as a
+    cycle does."""
+    settings = _settings(tmp_path)
     view = View(now=NOW, active=active, squeue_ok=True, sacct_ok=True)
-    snapshot = connector.observe(view, Snapshot())
-    return connector.plan(view, snapshot, Direction.BOTH, Scope())
+    api = _Buildkite(settings, known)
+    observed = observe(view, Snapshot(), settings=settings, api=api,
+                       control=control, cluster="c", dry_run=False,  # type: ignore[arg-type]
+                       warned=set())
+    api.client.close()
+    result = plan(view, Snapshot(), Direction.BOTH, Scope(), observed, settings)
+    assert result.facts == ()
+    return list(result.actions)
 
 
 def test_a_job_that_started_after_the_cycles_squeue_is_not_cancelled_as_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    connector = _connector(tmp_path)
     ref = Ref("app", 7, _id(1))
     seen = _job(70, ref, JobState.PENDING)  # the cycle's squeue
     now = _job(70, ref, JobState.RUNNING, start_time=int(NOW) - 1)  # a squeue after Buildkite
     control = _Squeue({70: (now,)})
-    plan = _cycle(connector, monkeypatch, control, (seen,),
+    actions = _cycle(tmp_path, control, (seen,),
                   {ref.job: BKJob(ref.job, "running", "app", 7, (), "running")})
-    assert plan == []
+    assert actions == []
     assert control.asked == [[70]] and control.cleared == 1
 
 
 def test_a_job_still_pending_after_buildkite_was_read_is_cancelled_as_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    connector = _connector(tmp_path)
     ref = Ref("app", 7, _id(1))
     seen = _job(70, ref, JobState.PENDING)
     control = _Squeue({70: (seen,)})
-    plan = _cycle(connector, monkeypatch, control, (seen,),
+    actions = _cycle(tmp_path, control, (seen,),
                   {ref.job: BKJob(ref.job, "accepted", "app", 7, (), "running")})
-    assert [a.kind for a in plan] == ["cancel"] and "another agent" in plan[0].reason
+    assert [a.kind for a in actions] == ["cancel"] and "another agent" in actions[0].reason
 
 
 def test_an_array_task_is_asked_about_through_its_array(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """Tasks 0 and 1 of array 80 pend at the cycle's squeue and both Buildkite jobs are held;
     afterwards task 0 runs (its own agent took its job), task 1 still pends: only task 1
     goes."""
-    connector = _connector(tmp_path)
     refs = [Ref("app", 7, _id(n)) for n in (1, 2)]
     batches = tmp_path / "batches"
     batches.mkdir()
@@ -123,33 +133,31 @@ def test_an_array_task_is_asked_about_through_its_array(
              Job(job_id=81, state=JobState.RUNNING, array_task_id=0, start_time=int(NOW) - 1,
                  **common))
     control = _Squeue({80: later})
-    plan = _cycle(connector, monkeypatch, control, (seen,),
+    actions = _cycle(tmp_path, control, (seen,),
                   {r.job: BKJob(r.job, "running", "app", 7, (), "running") for r in refs})
-    assert [(a.kind, a.payload["slurm_id"]) for a in plan] == [("cancel", "80_1")]
+    assert [(a.kind, a.payload["slurm_id"]) for a in actions] == [("cancel", "80_1")]
     assert control.asked == [[80]]
 
 
 def test_no_squeue_after_buildkite_cancels_nothing_as_taken(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    connector = _connector(tmp_path)
     ref = Ref("app", 7, _id(1))
     seen = _job(70, ref, JobState.PENDING)
     control = _Squeue({}, fail=True)
-    assert _cycle(connector, monkeypatch, control, (seen,),
+    assert _cycle(tmp_path, control, (seen,),
                   {ref.job: BKJob(ref.job, "running", "app", 7, (), "running")}) == []
 
 
 def test_jobs_within_the_taken_grace_or_not_held_cost_no_squeue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    connector = _connector(tmp_path)
     ref = Ref("app", 7, _id(1))
     young = Job(job_id=70, name="buildkite", state=JobState.PENDING,
                 comment=f"bk:{ref.text()}", submit_time=int(NOW) - 10)
     control = _Squeue({})
-    assert _cycle(connector, monkeypatch, control, (young,),
+    assert _cycle(tmp_path, control, (young,),
                   {ref.job: BKJob(ref.job, "running", "app", 7, (), "running")}) == []
-    assert _cycle(connector, monkeypatch, control, (_job(70, ref, JobState.PENDING),),
+    assert _cycle(tmp_path, control, (_job(70, ref, JobState.PENDING),),
                   {ref.job: BKJob(ref.job, "scheduled", "app", 7, (), "running")}) == []
     assert control.asked == []
