@@ -329,7 +329,8 @@ def _connectors(
         configured = {n: c for n, c in configured.items() if n in args.connector}
     built = {n: registry[n](dict(c.settings)) for n, c in configured.items()}
     for name, connector in built.items():
-        connector.bind(SlurmContext(reader=reader, cluster=config.cluster))
+        connector.bind(SlurmContext(reader=reader, cluster=config.cluster,
+                                    dry_run=bool(getattr(args, "dry_run", False))))
         for warning in connector.warnings:
             log.warning(warning, extra={"fields": {"connector": name}})
     return built

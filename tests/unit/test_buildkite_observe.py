@@ -5,12 +5,14 @@ makes before reading)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from slurm_sync.cli import main
 from slurm_sync.connector import Direction, Scope, SlurmContext, Snapshot, View
 from slurm_sync.connectors.buildkite import BuildkiteConnector, Observed, plan
 from slurm_sync.slurm.reader import SlurmReader
@@ -101,3 +103,45 @@ def test_observe_returns_what_it_read_and_keeps_nothing_of_the_cycle(
     result = connector.plan(_view(), Snapshot(), Direction.BOTH, Scope(), observed=observed)
     assert [(a.kind, a.key) for a in result.actions] == [("submit", f"{new.job_ids[0]}#1")]
     connector.close()
+
+
+def test_slurm_sync_dry_run_does_not_register_the_stack(
+    tmp_path: Path, kite: Buildkite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI tells the connector its run is a dry run (``SlurmContext.dry_run``): `slurm-sync
+    --dry-run` reads the stack as it stands and registers nothing; the next real run does."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "slurm" / "24.11"
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({**json.loads((fixture / "sacct.json").read_text()),
+                                 "jobs": []}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("squeue", "sacct"):
+        (bin_dir / name).write_text(f'#!/bin/sh\ncase "$1" in --version) echo "slurm '
+                                    f'24.11.5";; *) exec cat {empty};; esac\n')
+        (bin_dir / name).chmod(0o755)
+    token = tmp_path / "agent-token"
+    token.write_text(kite.agent_token + "\n")
+    token.chmod(0o600)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"), "slurm": {"bin_dir": str(bin_dir)},
+        "connectors": {"buildkite": {
+            "mode": "stacks", "queue": "slurm",
+            "stacks": {"url": kite.url, "token": {"file": str(token)}, "stack_key": "hpc1"},
+            "agent": {"config": "/etc/bk.cfg", "build_root": str(tmp_path / "builds")},
+            "batch_dir": str(tmp_path / "batches")}}}))
+    kite.add_build("app", jobs=[{"step_key": "a", "command": "true",
+                                 "agent_query_rules": ["queue=slurm"]}])
+    assert main(["-c", str(config), "--dry-run", "-q"]) == 0
+    assert kite.count("POST", REGISTER) == 0
+    assert [(s.method, s.status) for s in kite.seen] == [("GET", 404)]  # stack not known
+    kite.seen.clear()
+    assert main(["-c", str(config), "--direction", "stop", "-q"]) == 0  # submits nothing
+    assert kite.count("POST", REGISTER) == 1
+    kite.seen.clear()
+    capsys.readouterr()
+    assert main(["-c", str(config), "--dry-run", "--json"]) == 0
+    assert [s.method for s in kite.seen] == ["GET"]  # the registered stack, read only
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] and [a["kind"] for a in report["actions"]] == ["submit"]
