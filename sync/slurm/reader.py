@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 
 from slurm_sync.errors import SlurmCommandError, SlurmFormatError
-from slurm_sync.slurm.model import ExitCode, Job, JobState, NodeTopology
+from slurm_sync.slurm.model import ExitCode, Job, JobState, NodeTopology, Producer
 from slurm_sync.slurm.parse import (
     ParseResult,
     parse_sacct,
@@ -29,6 +30,7 @@ from slurm_sync.slurm.parse import (
 )
 from slurm_sync.slurm.query import JobFilter, SacctWindow, parse_version, sacct_args, squeue_args
 from slurm_sync.slurm.run import Runner
+from slurm_sync.slurm.scontrol import PRODUCER, parse_show_job
 from slurm_sync.slurm.statesave import JobFiles, read_job_files
 
 __all__ = ["SlurmReader"]
@@ -76,6 +78,30 @@ class SlurmReader:
         ):
             jobs = resolve_cpu_ids(jobs, self.topology())
         return replace(parsed, jobs=jobs)
+
+    def show_jobs(self, job_ids: Collection[int] | None = None) -> ParseResult:
+        """Jobs slurmctld holds, from ``scontrol show job -d`` text (``scontrol.py``): all of
+        them, or those of ``job_ids`` (an array's or het job's id takes its tasks, as squeue's
+        ``-j``). One call: ``scontrol show job -d ID`` for one id, else all jobs, of which only
+        the wanted records are read; plus one ``sinfo`` for the node layouts when the text has
+        allocations. A job id slurmctld no longer holds is simply not in the result. The text
+        names no cluster: the jobs carry this reader's ``cluster`` (None when not given).
+        """
+        wanted = None if job_ids is None else frozenset(job_ids)
+        if wanted is not None and not wanted:
+            return ParseResult(jobs=(), skipped=(), producer=Producer(plugin=PRODUCER))
+        args = ["show", "job", "-d"]
+        if wanted is not None and len(wanted) == 1:
+            args.append(str(next(iter(wanted))))
+        try:
+            result = self.runner.run("scontrol", args)
+        except SlurmCommandError as exc:
+            if len(args) == 4 and exc.returncode == 1 and "invalid job id" in exc.stderr.lower():
+                return ParseResult(jobs=(), skipped=(), producer=Producer(plugin=PRODUCER))
+            raise
+        topology = self.topology() if b"CPU_IDs=" in result.stdout else None
+        return parse_show_job(result.stdout, cluster=self.cluster, topology=topology,
+                              job_ids=wanted)
 
     def sacct(self, window: SacctWindow, job_filter: JobFilter = ALL_STATES) -> ParseResult:
         """Jobs whose life overlaps ``window``, from the accounting database.
