@@ -253,3 +253,55 @@ def test_unreachable_controller_is_an_error_not_an_empty_queue(lab: LabCluster) 
     # 24.11+ exit non-zero; 22.05 exits 0 with an "errors" entry: both raise.
     with pytest.raises(SlurmError):
         reader.squeue()
+
+
+def test_show_jobs_equals_squeue_json(lab: LabCluster) -> None:
+    """``reader.show_jobs()`` (``scontrol show job -d`` text) reads every job slurmctld holds as
+    ``reader.squeue`` (``squeue --json``) does, field by field, with the differences
+    tests/unit/test_scontrol_parse.py allows (its captures are of these same versions)."""
+    from tests.unit.test_scontrol_parse import COMPARED, RULES
+
+    failed = lab.submit("#!/bin/sh\nexit 3\n", "-n1", "--job-name=fail3", user="bob")
+    lab.wait_state(failed, "FAILED")
+    plain = _running(lab, "-n2", "--job-name=plain job with spaces",
+                     "--comment=a comment, with = signs")
+    # the text names no cluster: show_jobs gives its jobs the reader's (squeue's JSON has one)
+    reader = SlurmReader(lab.reader().runner, cluster=str(lab.info["cluster"]))
+    array = lab.submit(SLEEP, "-n1", "--array=0-3%2", "--partition=gpu",
+                       "--gres=gpu:a100:2", "--job-name=array", user="bob")
+    lab.wait("two array tasks running", lambda: sum(
+        j.state is JobState.RUNNING for j in reader.squeue(JobFilter(job_ids=(array,))).jobs
+    ) == 2)
+    held = lab.submit(SLEEP, "--hold", "--job-name=held")
+    everything = JobFilter(states=("all",))
+    for _ in range(5):  # one moment: retaken if squeue's answer changed meanwhile
+        before = reader.squeue(everything)
+        shown = reader.show_jobs()
+        document = json.loads(lab.cmd("squeue", "--json", "--states=all"))
+        if reader.squeue(everything).jobs == before.jobs:
+            break
+    assert not shown.skipped and not before.skipped, shown.skipped
+    squeue = {j.job_id: j for j in before.jobs}
+    scontrol = {j.job_id: j for j in shown.jobs}
+    records = {r["job_id"]: r for r in document["jobs"]}
+    assert set(scontrol) == set(squeue) and {failed, plain, array, held} <= set(scontrol)
+    assert sum(j.array_job_id == array for j in scontrol.values()) == 3  # 2 tasks + the rest
+    mismatches = []
+    for job_id, sq in squeue.items():
+        sc = scontrol[job_id]
+        for field in COMPARED:
+            try:
+                if field in RULES:
+                    RULES[field](sq, sc, records[job_id], lab.version)
+                else:
+                    assert getattr(sc, field) == getattr(sq, field)
+            except AssertionError:
+                mismatches.append(f"{job_id} ({sq.name}).{field}: squeue "
+                                  f"{getattr(sq, field)!r}, scontrol {getattr(sc, field)!r}")
+    assert not mismatches, "\n".join(mismatches)
+    assert scontrol[plain].allocations[0].cpu_ids == tuple(cpu_ids_of(lab.show(plain)))
+    # one job: one `scontrol show job -d ID`; an array's id: its tasks
+    (one,) = reader.show_jobs([plain]).jobs
+    assert one == scontrol[plain]
+    assert {j.job_id for j in reader.show_jobs([array]).jobs} == {
+        i for i, j in scontrol.items() if j.array_job_id == array}
