@@ -333,8 +333,8 @@ def _read(block: _Block) -> _Record:
     """The record's ``Key=Value`` pairs and its allocation lines, checked for the structure
     Slurm prints (see the module docstring, "Hostile text")."""
     first, *rest = block.lines
-    head, found, name = first.partition(" JobName=")
-    if not found:
+    head, has_name, name = first.partition(" JobName=")
+    if not has_name:
         raise SlurmFormatError("JobName", first[:80], "the first line has no JobName=")
     values: dict[str, str] = {}
     for token in head.split(" "):
@@ -367,14 +367,14 @@ def _read(block: _Block) -> _Record:
         else:
             pairs = _PAIR.findall(line)
             free = None
-        found = dict(pairs)
-        if len(found) < len(pairs) or not values.keys().isdisjoint(found) or (
-                not _FIRST_LINE.isdisjoint(found)):
+        on_line = dict(pairs)
+        if len(on_line) < len(pairs) or not values.keys().isdisjoint(on_line) or (
+                not _FIRST_LINE.isdisjoint(on_line)):
             twice = next(k for k, _ in pairs if k in values or k in _FIRST_LINE
                          or [p for p, _ in pairs].count(k) > 1)
-            raise SlurmFormatError(twice, found[twice], "the key is in the record twice (a "
+            raise SlurmFormatError(twice, on_line[twice], "the key is in the record twice (a "
                                    "value with line breaks?)")
-        values.update(found)
+        values.update(on_line)
         in_allocation = key == "JOB_GRES"
     if block.padded:
         for key in _PADDED:
