@@ -164,10 +164,10 @@ class BuildkiteConnector(Connector):
             reply = self.api.notify([{"job_uuid": str(a.payload["job"]),
                                       "detail": str(a.payload["detail"])} for a in actions])
             return [outcome_of(a, reply) for a in actions]
+        if kind == SUBMIT:
+            return submitter.submit_all(actions)  # unbound, they wait (marked to look first)
         if self.control is None:
             return [Outcome.transient(a, "not bound to Slurm") for a in actions]
-        if kind == SUBMIT:
-            return submitter.submit_all(actions)
         if kind in (CANCEL, SIGNAL):
             return stop_all(self.control, actions, signal=kind == SIGNAL)
         return [Outcome.permanent(a, f"unknown action kind {kind!r}") for a in actions]

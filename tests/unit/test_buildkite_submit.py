@@ -435,6 +435,7 @@ def test_the_connector_submits_through_its_control(tmp_path: Path) -> None:
     job = _scheduled(1)
     (waiting,) = connector.apply_many([_submit(job)])
     assert waiting.status is Status.TRANSIENT and "not bound" in waiting.detail
+    assert waiting.action.payload["retry"] is True
     control = _Slurm()
     connector.control = control  # type: ignore[assignment]
     (outcome,) = connector.apply_many([_submit(job)])
