@@ -146,7 +146,7 @@ def test_a_build_runs_once_each_and_cancels_leave_nothing(
     first = _sync(config, "--json")
     assert first.returncode == 1, first.stdout + first.stderr  # the refusal is a failure
     report = json.loads(first.stdout)
-    outcomes = {a_["key"].split("#")[0]: a_ for a_ in report["actions"]}
+    outcomes = {a_["key"].split("#")[0]: a_ for a_ in (*report["actions"], *report["facts"])}
     assert "--uid is never taken from a pipeline" in outcomes[forbidden]["detail"]
     assert other not in outcomes
     # a, b, pending, running and timeout share a shape: one array of five; c goes alone
