@@ -1,6 +1,7 @@
 """Fill a lab cluster with N held pending jobs and M running jobs, quickly; --clean cancels them.
 
     python bench/fill.py --run-dir lab/run-fat --version 24.11 --pending 10000 --running 1000
+    python bench/fill.py --run-dir lab/run-small --allocs 10000 --blocked 10000
     python bench/fill.py --run-dir lab/run-fat --version 24.11 --clean
 
 Needs root and a lab cluster that is up (``lab/slurm-lab up``; a fat-node profile for issue 14
@@ -17,6 +18,15 @@ fill are counted, not submitted again.
 - Each running batch job has a slurmstepd (14 threads on 24.11) and its ``sleep``: the kernel
   tasks this needs are checked against ``kernel.pid_max`` before submitting (other people's
   processes share it); ``--force`` skips that check.
+- ``--allocs M`` makes M running jobs that have no process at all: allocations of one CPU made
+  with ``salloc --no-shell`` (named ``fill-alloc``; no step is launched, so slurmd starts no
+  slurmstepd). slurmctld holds and reports them as RUNNING jobs like batch jobs (the same
+  ``squeue --json`` record size on 24.11, without a batch script), so a machine whose pid_max
+  or memory cannot hold 10,000 slurmstepds still gets 10,000 running jobs.
+- ``--blocked N`` makes N eligible pending jobs (named ``fill-blocked``, not held) that ask
+  for all 4 GPUs of the node while an allocation (``fill-gpu-holder``) holds one, so they pend
+  (Resources/Priority) whatever the cores and OverSubscribe: unlike held jobs they are in a
+  ``sacct -S -E`` window without ``--state``. ``--clean`` cancels them before the holder.
 
 At the end it prints the job counts, the time taken, and what the running jobs cost the machine
 (PSS and threads of the cluster's slurmstepd and sleep processes, MemAvailable).
@@ -35,22 +45,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PENDING_NAME = "fill-held"
 RUNNING_NAME = "fill-run"
+ALLOC_NAME = "fill-alloc"
+BLOCKED_NAME = "fill-blocked"
+HOLDER_NAME = "fill-gpu-holder"
 ARRAY_MAX = 1000  # the lab's MaxArraySize=1001 allows indices 0-1000
 TASKS_PER_JOB = 15  # slurmstepd's 14 threads and the job's sleep, seen on 24.11
 SYS_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
+# sh -c LOOP sh COUNT COMMAND...: COMMAND run COUNT times, each retried for up to 30 s
 _SUBMIT_LOOP = r"""
+n=$1; shift
+err=$(mktemp)
 i=0
-while [ "$i" -lt "$1" ]; do
+while [ "$i" -lt "$n" ]; do
     tries=0
-    until sbatch --hold --job-name=fill-held --chdir=/tmp --output=/dev/null --wrap=true \
-            >/dev/null 2>/tmp/fill-sbatch.err; do
+    until "$@" >/dev/null 2>"$err"; do
         tries=$((tries + 1))
-        [ "$tries" -lt 30 ] || { cat /tmp/fill-sbatch.err >&2; exit 1; }
+        [ "$tries" -lt 30 ] || { cat "$err" >&2; rm -f "$err"; exit 1; }
         sleep 1
     done
     i=$((i + 1))
 done
+rm -f "$err"
 """
 
 
@@ -118,13 +134,40 @@ def kernel_tasks() -> int:
     return int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
 
 
-def submit_pending(lab: Lab, count: int, loops: int = 2) -> None:
+def submit_loop(lab: Lab, count: int, command: list[str], loops: int = 2) -> None:
+    """``command`` run ``count`` times by ``loops`` shell loops inside the cluster's root."""
+    started = time.monotonic()
     shares = [count // loops + (1 if i < count % loops else 0) for i in range(loops)]
-    procs = [subprocess.Popen(lab.in_root("sh", "-c", _SUBMIT_LOOP, "sh", str(n)))
+    procs = [subprocess.Popen(lab.in_root("sh", "-c", _SUBMIT_LOOP, "sh", str(n), *command))
              for n in shares if n]
     failed = [p for p in procs if p.wait() != 0]
     if failed:
-        raise SystemExit("sbatch --hold failed (see above)")
+        raise SystemExit(f"{command[0]} failed (see above)")
+    print(f"{count} x {' '.join(command[:2])} ... in {time.monotonic() - started:.0f} s",
+          flush=True)
+
+
+def submit_pending(lab: Lab, count: int) -> None:
+    submit_loop(lab, count, ["sbatch", "--hold", f"--job-name={PENDING_NAME}", "--chdir=/tmp",
+                             "--output=/dev/null", "--wrap=true"])
+
+
+def submit_blocked(lab: Lab, count: int) -> None:
+    """Eligible pending jobs: each asks for every GPU while the holder keeps one."""
+    gpus = int(lab.info.get("gpus") or 4)
+    if not lab.count(HOLDER_NAME, "R"):
+        subprocess.run(lab.in_root("salloc", "--no-shell", "--immediate=60", "-n1",
+                                   "--gres=gpu:1", f"--job-name={HOLDER_NAME}", "--chdir=/tmp"),
+                       capture_output=True, check=True)  # no salloc wrapper in the lab
+    submit_loop(lab, count, ["sbatch", f"--job-name={BLOCKED_NAME}", "--chdir=/tmp",
+                             "--output=/dev/null", "-n1", f"--gres=gpu:{gpus}", "--wrap=true"])
+
+
+def submit_allocs(lab: Lab, count: int) -> None:
+    """Running jobs without processes: one-CPU allocations, no shell, no step."""
+    extra = ["--oversubscribe"] if lab.info.get("oversubscribe") else []
+    submit_loop(lab, count, ["salloc", "--no-shell", "--immediate=60", "-n1",
+                             f"--job-name={ALLOC_NAME}", "--chdir=/tmp", *extra])
 
 
 def submit_running(lab: Lab, count: int, cpus: int) -> None:
@@ -150,15 +193,25 @@ def wait_running(lab: Lab, want: int, timeout: float) -> int:
         time.sleep(5)
 
 
+def settle(lab: Lab, want: int, timeout: float = 60) -> tuple[int, int, float]:
+    """job_processes() once every running batch job has its slurmstepd and sleep (or timeout)."""
+    end = time.monotonic() + timeout
+    while True:
+        found = lab.job_processes()
+        if found[0] >= 2 * want or lab.root == "/" or time.monotonic() > end:
+            return found
+        time.sleep(2)
+
+
 def clean(lab: Lab, timeout: float) -> None:
     started = time.monotonic()
-    for name in (RUNNING_NAME, PENDING_NAME):
+    names = (BLOCKED_NAME, PENDING_NAME, ALLOC_NAME, RUNNING_NAME, HOLDER_NAME)  # in order
+    for name in names:
         lab.run("scancel", f"--name={name}", check=False)
     end = time.monotonic() + timeout
-    while lab.count(RUNNING_NAME, "R,CG") + lab.count(PENDING_NAME, "PD") and \
-            time.monotonic() < end:
+    while sum(lab.count(n, "PD,R,CG,S,CF") for n in names) and time.monotonic() < end:
         time.sleep(2)
-    left = lab.count(RUNNING_NAME, "R,CG,PD") + lab.count(PENDING_NAME, "PD")
+    left = sum(lab.count(n, "PD,R,CG,S,CF") for n in names)
     procs, threads, _ = lab.job_processes()
     print(f"cancelled in {time.monotonic() - started:.0f} s; {left} fill jobs left, "
           f"{procs} job processes ({threads} threads) left")
@@ -170,7 +223,11 @@ def main() -> int:
                         help="the lab's run dir (SLURM_LAB_RUN_DIR; default lab/run)")
     parser.add_argument("--version", default="24.11")
     parser.add_argument("--pending", type=int, default=0, help="held pending jobs wanted")
-    parser.add_argument("--running", type=int, default=0, help="running jobs wanted")
+    parser.add_argument("--running", type=int, default=0, help="running batch jobs wanted")
+    parser.add_argument("--allocs", type=int, default=0,
+                        help="running allocations without processes wanted (salloc --no-shell)")
+    parser.add_argument("--blocked", type=int, default=0,
+                        help="eligible pending jobs wanted (whole node each, not held)")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs per running job (default 1)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="seconds to wait for the running jobs to start / end")
@@ -197,21 +254,24 @@ def main() -> int:
         print(f"warning: {args.running} x {args.cpus} CPUs > the node's {cpus}: "
               "some will pend", file=sys.stderr)
     if args.pending > have_pending:
-        t = time.monotonic()
         submit_pending(lab, args.pending - have_pending)
-        print(f"submitted {args.pending - have_pending} held jobs in "
-              f"{time.monotonic() - t:.0f} s", flush=True)
+    have_allocs = lab.count(ALLOC_NAME, "R,PD,CF")
+    if args.allocs > have_allocs:
+        submit_allocs(lab, args.allocs - have_allocs)
     if new_running:
         t = time.monotonic()
         submit_running(lab, new_running, args.cpus)
         running = wait_running(lab, args.running, args.timeout)
         print(f"submitted {new_running} running jobs; {running} running after "
               f"{time.monotonic() - t:.0f} s", flush=True)
-    time.sleep(2)
-    procs, threads, pss = lab.job_processes()
+    have_blocked = lab.count(BLOCKED_NAME, "PD")
+    if args.blocked > have_blocked:
+        submit_blocked(lab, args.blocked - have_blocked)
+    procs, threads, pss = settle(lab, lab.count(RUNNING_NAME, "R"))
     pending, running = lab.count(PENDING_NAME, "PD"), lab.count(RUNNING_NAME, "R")
-    print(f"{pending} held pending + {running} running fill jobs "
-          f"({time.monotonic() - started:.0f} s)")
+    allocs, blocked = lab.count(ALLOC_NAME, "R"), lab.count(BLOCKED_NAME, "PD")
+    print(f"fill jobs: {pending} held pending, {blocked} eligible pending, {running} running "
+          f"batch, {allocs} running allocations ({time.monotonic() - started:.0f} s)")
     print(f"job processes: {procs0} -> {procs} ({threads0} -> {threads} threads), "
           f"PSS {pss0:.0f} -> {pss:.0f} MB; MemAvailable {mem0:.0f} -> {mem_available_mb():.0f}"
           f" MB; kernel tasks {tasks0} -> {kernel_tasks()} (pid_max {pid_max})")
