@@ -96,7 +96,7 @@ class EventsConnector(Connector):
     def needs(self) -> SlurmNeeds:
         # Running jobs for 'started' while their allocation is still known; the sacct window for
         # short jobs and for every 'finished'.
-        return SlurmNeeds(squeue=JobFilter(states=("R", "CG", "S")), sacct=True)
+        return SlurmNeeds(squeue=JobFilter(states=("R", "CG", "S")), sacct=True, detail="new")
 
     def plan(
         self, view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
@@ -109,7 +109,10 @@ class EventsConnector(Connector):
             if job.start_time is None or not scope.covers(job):
                 continue
             key = delivery_key(job)
-            if direction.includes(Direction.START) and not snapshot.done(START, key):
+            # a listed record (squeue's plain listing) has no allocation: the engine gives
+            # the full record of a run not yet started, so a listed one is never written
+            if (direction.includes(Direction.START) and not snapshot.done(START, key)
+                    and job.source != "squeue-list"):
                 starts.setdefault(key, job)
             ended = job.state.finished and job.source == "sacct"
             if ended and direction.includes(Direction.STOP) and not snapshot.done(STOP, key):

@@ -65,10 +65,24 @@ class Direction(str, Enum):
 @dataclass(frozen=True)
 class SlurmNeeds:
     """What a connector wants from Slurm each cycle; the engine merges every connector's needs
-    into one ``squeue`` and one ``sacct`` call."""
+    into one ``squeue`` and one ``sacct`` call.
+
+    ``detail``: ``"all"`` (the default) gives the connector every job of its ``squeue`` filter
+    as squeue's full record (allocation, TRES, exit code). ``"new"`` says it needs the full
+    record only of runs it has not opened yet (no opening kind delivered, refused or queued)
+    and of open runs squeue lists as ended: the others may come as squeue's plain listing
+    (``source == "squeue-list"``: ids, states, times, hosts, no allocation), so a steady cycle
+    asks Slurm for ids and states only. A plan must not send a run's allocation from a
+    listed record (the full record comes once the run needs it).
+    """
 
     squeue: JobFilter | None = None
     sacct: bool = False
+    detail: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.detail not in ("all", "new"):
+            raise ValueError(f"SlurmNeeds.detail is 'all' or 'new', not {self.detail!r}")
 
 
 @dataclass(frozen=True)

@@ -296,16 +296,19 @@ def limit(actions: Sequence[Action], cap: int | None,
 def _view(
     reader: SlurmReader, squeue_filter: JobFilter | None, window: SacctWindow | None,
     now: float, scope: Scope, errors: list[str], skipped: list[str] | None = None,
+    listing: bool = False,
 ) -> View:
-    """The cycle's view: one squeue, one sacct. Records the parser skipped are named in
-    ``skipped`` (``squeue record 3 (job 42): why``), so a cycle reports them."""
+    """The cycle's view: one squeue (its plain listing when ``listing``), one sacct. Records
+    the parser skipped are named in ``skipped`` (``squeue record 3 (job 42): why``), so a
+    cycle reports them."""
     skipped = [] if skipped is None else skipped
     active: tuple[Job, ...] = ()
     ended: tuple[Job, ...] = ()
     squeue_ok = sacct_ok = True
     if squeue_filter is not None:
         try:
-            answer = reader.squeue(squeue_filter)
+            answer = (reader.squeue_listing(squeue_filter) if listing
+                      else reader.squeue(squeue_filter))
             active = answer.jobs
             skipped += [f"squeue record {s.index} (job {s.job_id}): {s.reason}"
                         for s in answer.skipped]
@@ -515,6 +518,68 @@ def _look_up(reader: SlurmReader, wanted: Mapping[str, int], view: View,
     return replace(view, ended=(*view.ended, *runs), looked_up=view.looked_up + len(runs))
 
 
+def lists_first(needs: Iterable[SlurmNeeds]) -> bool:
+    """Whether a cycle reads squeue's plain listing and then the full records it needs, rather
+    than every full record (pure): when each connector that reads squeue wants full records
+    of new runs only (``detail="new"``), or of a few jobs it names (``"all"`` with names)."""
+    readers = [n for n in needs if n.squeue is not None]
+    return any(n.detail == "new" for n in readers) and all(
+        n.detail == "new" or (n.squeue is not None and n.squeue.names) for n in readers)
+
+
+def detail_ids(
+    listed: Sequence[Job], needs: Mapping[str, SlurmNeeds], snapshots: Mapping[str, Snapshot],
+    kinds: Mapping[str, KindTable],
+) -> frozenset[int]:
+    """The job ids whose full record the cycle must fetch (pure): for a ``detail="all"``
+    connector every listed job of its filter; for a ``"new"`` one each listed run not yet
+    opened (no opening kind delivered, refused or queued) and each open run squeue lists as
+    ended (its stop may need what only the full record says)."""
+    ids: set[int] = set()
+    for name, need in needs.items():
+        if need.squeue is None or name not in snapshots:
+            continue
+        mine = [j for j in listed if need.squeue.matches(j)]
+        if need.detail == "all":
+            ids.update(j.job_id for j in mine)
+            continue
+        snapshot, table = snapshots[name], kinds[name]
+        settled = frozenset().union(*(
+            snapshot.delivered.get(k, frozenset()) | snapshot.failed.get(k, frozenset())
+            | snapshot.queued.get(k, frozenset()) for k in table.opening()))
+        tracked = _tracked(snapshot, table)
+        for job in mine:
+            if not job.start_time:
+                continue  # pending: nothing to open yet
+            key = delivery_key(job)
+            if key not in settled or (job.state.finished and key in tracked):
+                ids.add(job.job_id)
+    return frozenset(ids)
+
+
+def _with_details(reader: SlurmReader, view: View, wanted: frozenset[int], errors: list[str],
+                  skipped: list[str]) -> View:
+    """The listed jobs of ``wanted`` replaced by their full records (one squeue call). A
+    failure is the cycle's Slurm error (squeue not ok): nothing destructive is planned, and a
+    listed record is never sent as if it were full."""
+    if not wanted:
+        return view
+    try:
+        answer = reader.squeue(JobFilter(states=("all",), job_ids=tuple(sorted(wanted))))
+    except SlurmError as exc:
+        errors.append(str(exc))
+        # as a failed squeue: no view of the active jobs (plans fall back on sacct alone)
+        return replace(view, active=(), squeue_ok=False)
+    for s in answer.skipped:  # once per cycle, though the listing may have named it too
+        line = f"squeue record {s.index} (job {s.job_id}): {s.reason}"
+        if line not in skipped:
+            skipped.append(line)
+    full = {j.job_id: j for j in answer.jobs}
+    log.debug("full records fetched", extra={"fields": {
+        "listed": len(view.active), "asked": len(wanted), "found": len(full)}})
+    return replace(view, active=tuple(full.get(j.job_id, j) for j in view.active))
+
+
 def _tracked(snapshot: Snapshot, kinds: KindTable = DEFAULT_KINDS) -> frozenset[str]:
     """Runs opened and not closed (``Kind.opens``, ``Kind.closes``)."""
     opened = frozenset().union(*(snapshot.delivered.get(k, frozenset())
@@ -555,13 +620,18 @@ def run_cycle(
     widest = None
     if windows:
         widest = SacctWindow(min(w.start for w in windows.values()), int(now) + 1)
+    listing = lists_first(needs.values())
     view = _view(reader, merged_filter(needs.values(), options.scope), widest, now,
-                 options.scope, report.slurm_errors, report.skipped)
+                 options.scope, report.slurm_errors, report.skipped, listing)
     for line in report.skipped:
         log.warning("slurm record skipped", extra={"fields": {"record": line}})
     job_ids = _cycle_job_ids(view, options.scope)
     snapshots = {name: _snapshot(store, name, connectors[name].kind_table(), job_ids)
                  for name in needs}
+    if listing and view.squeue_ok:
+        details = detail_ids(view.active, needs, snapshots,
+                             {n: connectors[n].kind_table() for n in needs})
+        view = _with_details(reader, view, details, report.slurm_errors, report.skipped)
     if view.sacct_ok and not options.scope.job_ids:
         wanted: dict[str, int] = {}
         for name in windows:

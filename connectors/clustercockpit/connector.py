@@ -124,7 +124,8 @@ class ClusterCockpitConnector(Connector):
             self.cc_cluster = slurm.cluster
 
     def needs(self) -> SlurmNeeds:
-        return SlurmNeeds(squeue=JobFilter(states=SQUEUE_STATES), sacct=True)
+        # full records (cores, GPUs) only of runs not started yet: a steady cycle lists
+        return SlurmNeeds(squeue=JobFilter(states=SQUEUE_STATES), sacct=True, detail="new")
 
     def close(self) -> None:
         self.client.close()

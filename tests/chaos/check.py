@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -289,11 +290,11 @@ def _check_common(ctx: _Context, add: Any) -> None:
     for cycle in result.cycles:
         if cycle.killed or cycle.exit_code is None:
             continue
-        # the cycle's view is its first squeue --json: a connector's own look-up after it
-        # (the Buildkite connector asks again about jobs it would cancel) failing changes
-        # nothing the cycle did, and the exit code does not say it
+        # the cycle's view is its first squeue (--json, or the plain listing): a connector's
+        # own look-up after it (the Buildkite connector asks again about jobs it would cancel)
+        # failing changes nothing the cycle did, and the exit code does not say it
         view = [c for c in ctx.calls_of.get(cycle.pid, [])
-                if c["cmd"] == "squeue" and "--json" in c["args"]][:1]
+                if c["cmd"] == "squeue" and "--version" not in c["args"]][:1]
         failed = [c for c in view if c["rc"] != 0]
         if failed and cycle.exit_code != EXIT_SLURM:
             add("exit_codes", None, f"cycle {cycle.index} (pid {cycle.pid}): squeue failed, "
@@ -418,7 +419,8 @@ def _degraded(ctx: _Context, add: Any) -> None:
                 for call in calls:
                     if (call["cmd"] != "squeue" or "--json" not in call["args"]
                             or call["rc"] != 0 or call.get("fault") == "empty"
-                            or not run.start <= call["t"] < planned):
+                            or not run.start <= call["t"] < planned
+                            or not _asked_for(call["args"], job)):
                         continue
                     st = squeue_state(job, call["t"], ctx.timeline.min_job_age)
                     if st is not None and st.run == index and st.allocation:
@@ -430,6 +432,16 @@ def _degraded(ctx: _Context, add: Any) -> None:
             notes = (body.get("metaData") or {}).get("slurmSyncNotes", "")
             add("degraded", job.job_id, f"start of the run at {run.start} sent at {sent:.1f} "
                 f"without hwthreads, but {why} (notes: {notes!r})")
+
+
+def _asked_for(args: Sequence[str], job: Job) -> bool:
+    """Whether a ``squeue --json`` call printed ``job``'s record: it names no job ids (every
+    job), or names the job's own id or its array's."""
+    ids = [a.split("=", 1)[1] for a in args if a.startswith("--jobs=")]
+    if not ids:
+        return True
+    asked = {int(i) for i in ids[0].split(",") if i.isdigit()}
+    return job.job_id in asked or bool(job.array_job_id and job.array_job_id in asked)
 
 
 def _stop_delays(ctx: _Context) -> list[float]:

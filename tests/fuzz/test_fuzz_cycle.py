@@ -37,6 +37,7 @@ from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
 from tests.fuzz.conftest import SEED, inputs
 from tests.fuzz.mutate import mutate
+from tests.standin_listing import ListsFromSqueue
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm"
 DOCUMENTS = sorted(FIXTURES.glob("*/squeue-*.json"))
@@ -45,7 +46,7 @@ NOW = 1_795_400_000.0
 SHARE, FLOOR = 0.5, 2
 
 
-class Mutated(SlurmReader):
+class Mutated(ListsFromSqueue, SlurmReader):
     """squeue answers the mutated text (parsed as slurm-sync parses it); sacct has no end."""
 
     def __init__(self, text: str) -> None:

@@ -173,10 +173,10 @@ def test_the_listing_says_what_squeue_json_says_of_ids_states_and_times(
     assert mine and mine <= set(listed), (sorted(mine), sorted(listed))
     for key in mine:
         a, b = listed[key], full[key]
-        assert (a.job_id, a.array_job_id, a.array_task_id, a.state, a.name, a.partition,
-                a.user, a.account, a.node_count, a.hosts) == (
-                b.job_id, b.array_job_id, b.array_task_id, b.state, b.name, b.partition,
-                b.user, b.account, b.node_count, b.hosts), key
+        assert (a.cluster, a.job_id, a.array_job_id, a.array_task_id, a.state, a.name,
+                a.partition, a.user, a.account, a.node_count, a.hosts) == (
+                b.cluster, b.job_id, b.array_job_id, b.array_task_id, b.state, b.name,
+                b.partition, b.user, b.account, b.node_count, b.hosts), key
         if b.state is not JobState.PENDING:
             assert a.start_time == b.start_time and a.cpus == b.cpus, key
         if b.state.finished:

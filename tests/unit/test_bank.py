@@ -30,6 +30,7 @@ from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
 from tests.emulators.bank import Bank
+from tests.standin_listing import ListsFromSqueue
 
 NOW = 1_795_600_000
 TOKEN = "bank-test-token"
@@ -58,7 +59,7 @@ def test_unpriced_partitions_are_a_choice_and_multi_partition_takes_the_highest(
     assert actual_cost(ended, free) == Decimal("3.33")  # 2.5 x 4 cpus x 1/3 h
 
 
-class Slurm(SlurmReader):
+class Slurm(ListsFromSqueue, SlurmReader):
     """squeue and sacct answered from lists the test sets; holds and releases recorded."""
 
     def __init__(self) -> None:

@@ -21,6 +21,7 @@ from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
 from tests.emulators.base import Faults
 from tests.emulators.ccbackend import CCBackend
+from tests.standin_listing import ListsFromSqueue
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.11"
 TOKEN = "jwt-for-tests"
@@ -30,7 +31,7 @@ BUS = {"0": "00000000:03:00.0", "1": "00000000:04:00.0", "2": "00000000:05:00.0"
        "3": "00000000:06:00.0"}
 
 
-class Captured(SlurmReader):
+class Captured(ListsFromSqueue, SlurmReader):
     """squeue and sacct answered from captures; counts lookups."""
 
     def __init__(self, squeue: str = "squeue-array.json") -> None:

@@ -34,6 +34,7 @@ from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
 from tests.emulators.base import Reply, Request
 from tests.emulators.ccbackend import CCBackend
+from tests.standin_listing import ListsFromSqueue
 
 TOKEN = "jwt-for-tests"
 CLUSTERS = {"lab": {"subclusters": {"main": ["n1", "n2"]}}}
@@ -104,7 +105,7 @@ def _run(start: int, *, end: int | None = None, job_id: int = JOB, host: str = "
     )
 
 
-class Jobs(SlurmReader):
+class Jobs(ListsFromSqueue, SlurmReader):
     """squeue and sacct answered from a list of jobs."""
 
     def __init__(self, active: Sequence[Job] = (), ended: Sequence[Job] = ()) -> None:

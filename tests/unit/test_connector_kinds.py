@@ -26,11 +26,12 @@ from slurm_sync.slurm.query import JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
+from tests.standin_listing import ListsFromSqueue
 
 NOW = 1_795_700_000
 
 
-class Running(SlurmReader):
+class Running(ListsFromSqueue, SlurmReader):
     def __init__(self, count: int, fail: bool = False) -> None:
         super().__init__(Runner())
         self.jobs = [Job(job_id=i, cluster="c", start_time=NOW - 60, hosts=("n1",),

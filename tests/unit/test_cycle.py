@@ -18,6 +18,7 @@ from slurm_sync.slurm.query import JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
+from tests.standin_listing import ListsFromSqueue
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "slurm" / "24.11"
 TS0 = 1_795_400_000.0
@@ -25,7 +26,7 @@ TS1 = TS0 + 60
 TS2 = TS0 + 4000
 
 
-class CapturedSlurm(SlurmReader):
+class CapturedSlurm(ListsFromSqueue, SlurmReader):
     """A reader answering with the 24.11 lab captures (or failing, when told to)."""
 
     def __init__(self, fail: bool = False) -> None:

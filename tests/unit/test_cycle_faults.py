@@ -19,6 +19,7 @@ from slurm_sync.slurm.query import JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
 from slurm_sync.store import Store
+from tests.standin_listing import ListsFromSqueue
 
 T0 = 1_795_400_000
 
@@ -27,7 +28,7 @@ def _result(jobs: Sequence[Job]) -> ParseResult:
     return ParseResult(jobs=tuple(jobs), skipped=(), producer=Producer("24.11.0", "v0.0.42"))
 
 
-class Timeline(SlurmReader):
+class Timeline(ListsFromSqueue, SlurmReader):
     """Runs with start and end times; squeue shows those running at ``now``, sacct those whose
     life overlaps the window (and only the asked job ids). ``failing`` names commands that fail."""
 
