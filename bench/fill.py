@@ -1,7 +1,7 @@
 """Fill a lab cluster with N held pending jobs and M running jobs, quickly; --clean cancels them.
 
     python bench/fill.py --run-dir lab/run-fat --version 24.11 --pending 10000 --running 1000
-    python bench/fill.py --run-dir lab/run-small --allocs 10000 --blocked 10000
+    python bench/fill.py --run-dir lab/run-fat --running 1000 --allocs 9000 --blocked 10000
     python bench/fill.py --run-dir lab/run-fat --version 24.11 --clean
 
 Needs root and a lab cluster that is up (``lab/slurm-lab up``; a fat-node profile for issue 14

@@ -145,10 +145,17 @@ def issue14(args: argparse.Namespace) -> int:
                     str(args.run_dir), "--version", args.version, "--pending", str(pending),
                     "--running", str(running), "--allocs", str(args.allocs),
                     "--blocked", str(args.blocked)], check=True)
-    ids = lab.run("squeue", "-h", "-t", "R", f"--name={fill.RUNNING_NAME},{fill.ALLOC_NAME}",
-                  "-o", "%A").split()
+    def job_ids(states: str) -> list[str]:
+        """Jobs' own ids, less an array's base id: ``-j <base>`` selects every task."""
+        rows = lab.run("squeue", "-h", "-t", states, f"--name={fill.RUNNING_NAME},"
+                       f"{fill.ALLOC_NAME}", "-o", "%A|%K|%F").split()
+        return [a for a, k, f in (r.split("|") for r in rows) if k == "N/A" or a != f]
+
+    kind, ids = "running", job_ids("R")
+    if not ids:  # e.g. after they were cancelled: the ended ones slurmctld still holds
+        kind, ids = "ended", job_ids("all")
     if not ids:
-        raise SystemExit("no running fill jobs")
+        raise SystemExit("no running or ended fill jobs")
     hundred, one = ",".join(ids[:100]), ids[len(ids) // 2]
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 3600))
     window = sacct_window(time.time() - 3600, time.time(), 0, 3600)  # the same hour
@@ -156,12 +163,12 @@ def issue14(args: argparse.Namespace) -> int:
     queries: list[tuple[str, list[str]]] = [
         ("squeue --json --states=RUNNING", [sq, "--json", "--states=RUNNING"]),
         ("squeue --json --states=all", [sq, "--json", "--states=all"]),
-        (f"squeue --json -j <{len(ids[:100])} running ids>", [sq, "--json", "-j", hundred]),
+        (f"squeue --json -j <{len(ids[:100])} {kind} ids>", [sq, "--json", "-j", hundred]),
         ("squeue -h -t all -o '%A|%T|%S|%e'", [sq, "-h", "-t", "all", "-o", "%A|%T|%S|%e"]),
         ("squeue -h --states=PD,R,CG,S -o '%A|%F|%K|%T|%S|%e|%P|%u|%a|%D|%C|%N|%j'",
          [sq, "-h", "--states=PD,R,CG,S", "-o", "%A|%F|%K|%T|%S|%e|%P|%u|%a|%D|%C|%N|%j"]),
         ("scontrol show job -d (all)", [sc, "show", "job", "-d"]),
-        ("scontrol show job -d <one running id>", [sc, "show", "job", "-d", one]),
+        (f"scontrol show job -d <one {kind} id>", [sc, "show", "job", "-d", one]),
         ("sacct --json -X -D -a -S <1 h ago> -E now", [sa, "--json", "-X", "-D", "-a", "-S",
                                                         start, "-E", "now"]),
         ("sacct --json -X -D -a -S <1 h ago> -E now --state=RUNNING,...,REQUEUED",
