@@ -559,13 +559,18 @@ def detail_ids(
 
 def _with_details(reader: SlurmReader, view: View, wanted: frozenset[int], errors: list[str],
                   skipped: list[str]) -> View:
-    """The listed jobs of ``wanted`` replaced by their full records (one squeue call). A
-    failure is the cycle's Slurm error (squeue not ok): nothing destructive is planned, and a
-    listed record is never sent as if it were full."""
+    """The listed jobs of ``wanted`` replaced by their full records: one ``scontrol show job
+    -d`` (``SlurmReader.show_jobs``; 0.67 s and 29 MB for 11,000 jobs on a 2 x 512-core node,
+    where ``squeue --json -j`` took 1.3 s and 274 MB for 100, and 22.05's ignores ``-j``).
+    scontrol's text names no cluster: the records take Slurm's ClusterName, as the listing's
+    do. A failure is the cycle's Slurm error (squeue not ok): nothing destructive is planned,
+    and a listed record is never sent as if it were full."""
     if not wanted:
         return view
     try:
-        answer = reader.squeue(JobFilter(states=("all",), job_ids=tuple(sorted(wanted))))
+        answer = reader.show_jobs(wanted)
+        cluster = reader.cluster_name()
+        answer = replace(answer, jobs=tuple(replace(j, cluster=cluster) for j in answer.jobs))
     except SlurmError as exc:
         errors.append(str(exc))
         # as a failed squeue: no view of the active jobs (plans fall back on sacct alone)

@@ -4,6 +4,7 @@ that wants full records of new runs only reads the listing first."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 
 from slurm_sync.slurm.listing import as_listed
@@ -16,4 +17,16 @@ class ListsFromSqueue:
 
     def squeue_listing(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
         answer: ParseResult = self.squeue(job_filter)  # type: ignore[attr-defined]
+        self.listed_cluster = next((j.cluster for j in answer.jobs if j.cluster), "c")
         return replace(answer, jobs=tuple(as_listed(j) for j in answer.jobs))
+
+    def show_jobs(self, job_ids: Collection[int] | None = None) -> ParseResult:
+        """scontrol's full records: the stand-in's squeue records of those ids."""
+        ids = tuple(sorted(job_ids or ()))
+        answer: ParseResult = self.squeue(  # type: ignore[attr-defined]
+            JobFilter(states=("all",), job_ids=ids))
+        return replace(answer, jobs=tuple(j for j in answer.jobs if not ids or j.job_id in ids))
+
+    def cluster_name(self) -> str:
+        """The stand-in's jobs name their cluster themselves: the one its listing named."""
+        return getattr(self, "listed_cluster", "c")

@@ -73,7 +73,7 @@ def plan(view: View, snapshot: Snapshot, direction: Direction, scope: Scope,
                 started.add(key)
             elif not job.hosts:
                 continue  # never ran anywhere (cancelled while pending)
-            elif job.source != "squeue" and (job.state.active or not view.squeue_ok
+            elif not job.live and (job.state.active or not view.squeue_ok
                                               or (job.start_time or 0) >= int(view.now)):
                 # Only squeue knows a running job's cores and GPUs: a run sacct alone shows
                 # (squeue failed, or it started after the cycle began: after squeue was asked,

@@ -178,6 +178,13 @@ class Job:
         return job
 
     @property
+    def live(self) -> bool:
+        """`job.live` is true for slurmctld's full record of the job (``squeue --json`` or
+        ``scontrol show job -d``): it knows a running job's allocation, as sacct and squeue's
+        plain listing do not."""
+        return self.source in ("squeue", "scontrol")
+
+    @property
     def identity(self) -> tuple[str | None, int, int | None]:
         """`job.identity` is (cluster, job_id, start_time), the key a delivery is recorded by."""
         return (self.cluster, self.job_id, self.start_time)

@@ -379,6 +379,92 @@ def squeue_listing(document: dict[str, Any], fmt: str) -> str:
     return "".join(lines)
 
 
+def _ranges(numbers: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` as Slurm prints id lists: ``1-3,7``."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == n - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        elif out and "-" not in out[-1] and int(out[-1]) == n - 1:
+            out[-1] = f"{out[-1]}-{n}"
+        else:
+            out.append(str(n))
+    return ",".join(out)
+
+
+def _clock(epoch: int | None) -> str:
+    return "Unknown" if not epoch else datetime.fromtimestamp(epoch).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def scontrol_show_job(document: dict[str, Any]) -> str:
+    """``scontrol show job -d`` for the records ``squeue --json`` prints (one sim node has one
+    thread per core, so a CPU id is its core's: socket x cores per socket + core)."""
+    blocks = []
+    # The sim numbers an array's first task with the array's own id, which real Slurm never
+    # does (a task that starts gets an id of its own): the pending remainder's record would
+    # repeat that id, so it is left out here. Full records are asked for started runs only.
+    started = {r["job_id"] for r in document["jobs"] if r["job_state"][0] != "PENDING"}
+    for record in document["jobs"]:
+        if record["job_state"][0] == "PENDING" and record["job_id"] in started:
+            continue
+
+        def number(key: str, record: dict[str, Any] = record) -> int | None:
+            value = record[key]
+            return value["number"] if value.get("set") else None
+
+        array = number("array_job_id") or None
+        head = f"JobId={record['job_id']}"
+        if array:
+            task = record.get("array_task_string") or str(number("array_task_id"))
+            head += f" ArrayJobId={array} ArrayTaskId={task} ArrayTaskThrottle=0"
+        user = f"{record['user_name']}({record['user_id']})"
+        code = record["exit_code"]
+        rc = code["return_code"]["number"] if code["return_code"].get("set") else 0
+        sig = code["signal"]["id"]["number"] if code["signal"]["id"].get("set") else 0
+        limit = number("time_limit") or 0
+        days, rest = divmod(limit * 60, 86400)
+        clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+        state = record["job_state"][-1] if len(record["job_state"]) > 1 else record[
+            "job_state"][0]
+        lines = [
+            f"{head} JobName={record['name']}",
+            f"   UserId={user} GroupId={user} MCS_label=N/A",
+            f"   Priority=1 Nice=0 Account={record['account']} QOS={record['qos']}",
+            f"   JobState={state} Reason={record['state_reason']} Dependency=(null)",
+            f"   Requeue=1 Restarts={record['restart_cnt']} BatchFlag=1 Reboot=0 "
+            f"ExitCode={rc}:{sig}",
+            f"   RunTime=00:00:00 TimeLimit={f'{days}-' if days else ''}{clock} TimeMin=N/A",
+            f"   SubmitTime={_clock(number('submit_time'))} "
+            f"EligibleTime={_clock(number('eligible_time'))}",
+            f"   StartTime={_clock(number('start_time'))} EndTime={_clock(number('end_time'))} "
+            f"Deadline=N/A",
+            f"   Partition={record['partition']} AllocNode:Sid=simctld:1",
+            f"   NodeList={record['nodes'] or '(null)'}",
+            f"   NumNodes={number('node_count') or 1} NumCPUs={number('cpus') or 1} "
+            f"NumTasks={number('tasks') or 1} CPUs/Task=1 ReqB:S:C:T=0:0:*:*",
+            f"   ReqTRES={record['tres_req_str']} AllocTRES={record['tres_alloc_str']}",
+            f"   JOB_GRES={record['tres_per_node'].replace('gres/', '') or '(null)'}",
+        ]
+        resources = record.get("job_resources") or {}
+        gres = list(record.get("gres_detail") or [])
+        for index, node in enumerate((resources.get("nodes") or {}).get("allocation", [])):
+            cpus = [sock["index"] * CORES_PER_SOCKET + core["index"]
+                    for sock in node["sockets"] for core in sock["cores"]
+                    if "ALLOCATED" in core["status"]]
+            lines.append(f"     Nodes={node['name']} CPU_IDs={_ranges(cpus)} "
+                         f"Mem={node['memory']['allocated']} "
+                         f"GRES={gres[index] if index < len(gres) else ''}")
+        lines += [
+            "   MinCPUsNode=1 MinMemoryCPU=2000M MinTmpDiskNode=0",
+            "   OverSubscribe=OK Contiguous=0 Licenses=(null) Network=(null)",
+            "   WorkDir=/home/sim",
+        ]
+        if record.get("comment"):
+            lines.append(f"   Comment={record['comment']}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks) + ("\n" if blocks else "No jobs in the system\n")
+
+
 # --- sacct -------------------------------------------------------------------------------------
 
 
@@ -509,7 +595,8 @@ def sacct_document(timeline: Timeline, templates: dict[str, Any], now: float,
 # --- scontrol ----------------------------------------------------------------------------------
 
 
-def _scontrol(timeline: Timeline, now: float, argv: Sequence[str]) -> tuple[int, str, str]:
+def _scontrol(timeline: Timeline, now: float, argv: Sequence[str],
+              folder: Path) -> tuple[int, str, str]:
     words = list(argv)
     if not words or words[0] in ("version", "--version", "-V"):
         return 0, f"slurm {RELEASE}\n", ""
@@ -520,6 +607,16 @@ def _scontrol(timeline: Timeline, now: float, argv: Sequence[str]) -> tuple[int,
         text = text.replace("lab2411", timeline.cluster)
         text += f"MinJobAge               = {timeline.min_job_age} sec\n"
         return 0, text, ""
+    if words[:3] == ["show", "job", "-d"]:
+        templates = json.loads((folder / "templates.json").read_text())
+        for name in ("squeue_running", "squeue_pending", "sacct_job"):
+            templates[name + "_text"] = json.dumps(templates[name])
+        ids = words[3:4]
+        argv = ["--states=all", *(f"--jobs={ids[0]}" for _ in ids)]
+        document = squeue_document(timeline, templates, now, argv, submits.load(folder))
+        if ids and not document["jobs"]:
+            return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
+        return 0, scontrol_show_job(document), ""
     if words[:2] == ["write", "batch_script"] and len(words) >= 3:
         job_id = int(words[2]) if words[2].isdigit() else -1
         job = next((j for j in timeline.jobs if j.job_id == job_id), None)
@@ -671,7 +768,7 @@ def main(command: str, argv: Sequence[str], work: str) -> int:
         entry["fault"] = fault
         code, out, err = submits.scancel(folder, argv, now, fault)
     elif command == "scontrol":
-        code, out, err = _scontrol(timeline, now, argv)
+        code, out, err = _scontrol(timeline, now, argv, folder)
     elif command == "sinfo":
         code, out, err = _sinfo(argv)
     else:
