@@ -19,7 +19,7 @@ Without ``states`` squeue shows only jobs that are not finished; the after-filte
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -164,14 +164,21 @@ def squeue_args(job_filter: JobFilter, version: tuple[int, int, int]) -> list[st
     args = ["--json"]
     if "states" in honoured and job_filter.states:
         args.append(f"--states={_squeue_state_arg(job_filter)}")
-    if "job_ids" in honoured and job_filter.job_ids:
-        args.append("--jobs=" + ",".join(str(i) for i in job_filter.job_ids))
-    if "names" in honoured and job_filter.names:
-        args.append("--name=" + ",".join(job_filter.names))
-    if "users" in honoured and job_filter.users:
-        args.append("--user=" + ",".join(job_filter.users))
-    if "partitions" in honoured and job_filter.partitions:
-        args.append("--partition=" + ",".join(job_filter.partitions))
+    return args + _filter_args(job_filter, honoured)
+
+
+_FILTER_OPTIONS = (("job_ids", "--jobs"), ("names", "--name"), ("users", "--user"),
+                   ("partitions", "--partition"))
+
+
+def _filter_args(job_filter: JobFilter, fields: Collection[str]) -> list[str]:
+    """``--jobs=``, ``--name=``, ``--user=``, ``--partition=`` (squeue's and sacct's spelling)
+    for the filter's fields among ``fields`` that are set."""
+    args = []
+    for field, option in _FILTER_OPTIONS:
+        values = getattr(job_filter, field)
+        if field in fields and values:
+            args.append(f"{option}=" + ",".join(str(v) for v in values))
     return args
 
 
@@ -181,15 +188,7 @@ def listing_args(job_filter: JobFilter, fmt: str) -> list[str]:
     args = ["-h"]
     if job_filter.states:
         args.append(f"--states={_squeue_state_arg(job_filter)}")
-    if job_filter.job_ids:
-        args.append("--jobs=" + ",".join(str(i) for i in job_filter.job_ids))
-    if job_filter.names:
-        args.append("--name=" + ",".join(job_filter.names))
-    if job_filter.users:
-        args.append("--user=" + ",".join(job_filter.users))
-    if job_filter.partitions:
-        args.append("--partition=" + ",".join(job_filter.partitions))
-    return [*args, "-o", fmt]
+    return [*args, *_filter_args(job_filter, [f for f, _ in _FILTER_OPTIONS]), "-o", fmt]
 
 
 @dataclass(frozen=True)
@@ -229,11 +228,5 @@ def sacct_args(
         # sacct has no COMPLETING; with -s a job matches only if it was in that state in the window.
         names = [s.value for s in job_filter.wanted_states() if s is not JobState.COMPLETING]
         args.append("--state=" + ",".join(names))
-    if job_filter.job_ids:
-        args.append("--jobs=" + ",".join(str(i) for i in job_filter.job_ids))
-    if job_filter.names:
-        args.append("--name=" + ",".join(job_filter.names))
-    if job_filter.partitions:
-        args.append("--partition=" + ",".join(job_filter.partitions))
-    return args
+    return args + _filter_args(job_filter, ("job_ids", "names", "partitions"))
 
