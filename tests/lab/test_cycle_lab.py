@@ -168,6 +168,7 @@ def test_metrics_file_for_node_exporter(lab: LabCluster, tmp_path: Path) -> None
 
 def test_loop_runs_cycles_until_interrupted(lab: LabCluster, tmp_path: Path) -> None:
     import signal
+    import sqlite3
     import time
 
     config = _config(lab, tmp_path)
@@ -176,7 +177,18 @@ def test_loop_runs_cycles_until_interrupted(lab: LabCluster, tmp_path: Path) -> 
         [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "--loop", "1", "-vv"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(4)
+    # two cycles recorded (a loaded machine may take seconds for one), then the interrupt
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        db = tmp_path / "state" / "state.db"
+        if db.exists():
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                try:
+                    if conn.execute("SELECT count(*) FROM runs").fetchone()[0] >= 2:
+                        break
+                except sqlite3.OperationalError:
+                    pass  # not created yet
+        time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
