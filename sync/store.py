@@ -605,17 +605,6 @@ class Store:
             for c, k, kd, s, at, d in sorted(rows, key=lambda r: (r[1], r[2]))
         )
 
-    def delivered_times(self, *, connector: str, kind: str) -> dict[str, float]:
-        """`store.delivered_times(connector=, kind=)` is key -> when it was delivered."""
-
-        def read(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(
-                "SELECT key, at FROM deliveries WHERE connector = ? AND kind = ?"
-                " AND status <> 'permanent'", (connector, kind),
-            ).fetchall()
-
-        return {k: float(at) for k, at in self._read("reading delivery times", read)}
-
     def delivery_counts(self, *, connector: str) -> dict[Status, int]:
         """`store.delivery_counts(connector=)` is how many records end in each status."""
 

@@ -1,5 +1,5 @@
 """Stand-in Slurm readers answer squeue's plain listing from their own full records, as real
-squeue would list the same jobs (``slurm_sync.slurm.listing.as_listed``): a cycle of a connector
+squeue would list the same jobs (``as_listed``): a cycle of a connector
 that wants full records of new runs only reads the listing first."""
 
 from __future__ import annotations
@@ -7,9 +7,26 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 
-from slurm_sync.slurm.listing import as_listed
+from slurm_sync.slurm.model import Job, JobState
 from slurm_sync.slurm.parse import ParseResult
 from slurm_sync.slurm.query import JobFilter
+
+
+def as_listed(job: Job) -> Job:
+    """`as_listed(full)` is what squeue's plain listing (``slurm_sync.slurm.listing``) says of
+    the job ``full`` is the whole record of: the same identity, state, times and counts,
+    nothing of its allocation."""
+    pending = job.state is JobState.PENDING
+    return Job.from_fields({
+        "job_id": job.job_id, "name": job.name, "state": job.state, "cluster": job.cluster,
+        "user": job.user, "account": job.account, "partition": job.partition,
+        "array_job_id": job.array_job_id, "array_task_id": job.array_task_id,
+        "array_tasks_pending": job.array_tasks_pending,
+        "start_time": None if pending else job.start_time,
+        "end_time": job.end_time if job.state.finished else None,
+        "node_count": job.node_count, "cpus": job.cpus, "nodelist": job.nodelist,
+        "hosts": job.hosts, "source": "squeue-list",
+    })
 
 
 class ListsFromSqueue:

@@ -107,19 +107,3 @@ def _int(text: str, what: str) -> int | None:
         raise SlurmFormatError("squeue listing", text, f"{what} is not a whole number")
     return int(text)
 
-
-def as_listed(job: Job) -> Job:
-    """`as_listed(full)` is what the listing says of the job ``full`` is the whole record of:
-    the same identity, state, times and counts, nothing of its allocation (a stand-in Slurm
-    answers the listing with it)."""
-    pending = job.state is JobState.PENDING
-    return Job.from_fields({
-        "job_id": job.job_id, "name": job.name, "state": job.state, "cluster": job.cluster,
-        "user": job.user, "account": job.account, "partition": job.partition,
-        "array_job_id": job.array_job_id, "array_task_id": job.array_task_id,
-        "array_tasks_pending": job.array_tasks_pending,
-        "start_time": None if pending else job.start_time,
-        "end_time": job.end_time if job.state.finished else None,
-        "node_count": job.node_count, "cpus": job.cpus, "nodelist": job.nodelist,
-        "hosts": job.hosts, "source": "squeue-list",
-    })

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from slurm_sync.connector import SlurmNeeds, Snapshot, delivery_key
 from slurm_sync.connectors.events import EventsConnector
 from slurm_sync.engine import CycleOptions, detail_ids, lists_first, run_cycle
-from slurm_sync.slurm.listing import as_listed
 from slurm_sync.slurm.model import Job, JobState
 from slurm_sync.slurm.parse import ParseResult
 from slurm_sync.slurm.query import JobFilter, SacctWindow
 from slurm_sync.store import Store
+from tests.standin_listing import as_listed
 from tests.unit.test_cycle_faults import T0, Recorder, Timeline, _result
 
 RUNNING = JobFilter(states=("R",))
