@@ -170,6 +170,8 @@ class BankService(Service):
 
 
 BK_QUEUE = "slurm"
+#: How long past its planned time a late cancel waits for a job of its build to run.
+LATE_CANCEL_WAIT = 30.0
 BK_PIPELINES = ("app", "docs", "infra", "ml")
 BK_SLURM_TIMEOUT = 8.0  # slurm.timeout of the run: an sbatch hang outlives it
 BK_LONGEST_WAIT = 25.0  # submits.pending_wait: the longest pending and running times
@@ -244,12 +246,23 @@ class BuildkiteDriver(Driver):
                     {"step_key": f"step{i}", "command": "make test",
                      "agent_query_rules": list(rules)} for i, rules in enumerate(build.rules)])
             if (build.cancel_at is not None and build.cancel_at <= now
-                    and build.index not in self.cancelled):
+                    and build.index not in self.cancelled and self._due(build, now)):
                 self.emu.cancel_build(self.made[build.index].id, "chaos: cancelled by its user")
                 self.cancelled[build.index] = now
         if now >= self.next_agent_tick:
             self.next_agent_tick = now + 0.1
             self.agents.tick(now)
+
+    def _due(self, build: PlannedBuild, now: float) -> bool:
+        """An early cancel is due at its time; a late one waits, up to LATE_CANCEL_WAIT s past
+        its time, for a job of the build to be accepted by an agent, so that the run cancels
+        jobs while they run on any machine's speed (on a slow one, none had started by the
+        planned time and the scenario cancelled nothing running)."""
+        if (build.cancel_kind != "late" or build.cancel_at is None
+                or now >= build.cancel_at + LATE_CANCEL_WAIT):
+            return True
+        return any("accepted" in self.emu.job_history(job)
+                   for job in self.made[build.index].job_ids)
 
     def snapshot(self) -> tuple[Any, ...]:
         tasks = tuple((e["job_id"], t["task"], t["state"], t["start"] is None)
