@@ -92,7 +92,9 @@ class View:
     ``active`` comes from squeue, ``ended`` from the sacct window and, after it, from the
     engine's lookup by job id of tracked runs the window missed (``looked_up`` of them, the
     last ones). A failed query leaves its list empty and its ``*_ok`` false: connectors must
-    not plan a stop or cancel from it.
+    not plan a stop or cancel from it. ``ends_only``: the window asked sacct for ended runs
+    only (``WINDOW_ENDS``), and ``listed_ends`` are the end times of the jobs squeue listed as
+    ended, which such a window must hold (the engine's check of an empty answer).
     """
 
     now: float
@@ -102,6 +104,8 @@ class View:
     squeue_ok: bool = False
     sacct_ok: bool = False
     looked_up: int = 0
+    ends_only: bool = False
+    listed_ends: tuple[int, ...] = ()
 
     @property
     def slurm_ok(self) -> bool:

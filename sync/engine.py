@@ -44,7 +44,7 @@ from slurm_sync.connector import (
 )
 from slurm_sync.errors import SlurmError, SyncError
 from slurm_sync.slurm.model import Job
-from slurm_sync.slurm.query import WINDOW_RUNS, JobFilter, SacctWindow
+from slurm_sync.slurm.query import WINDOW_ENDS, WINDOW_RUNS, JobFilter, SacctWindow
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.store import Store
 
@@ -217,6 +217,39 @@ def sacct_window(watermark: float | None, now: float, overlap: int, first: int) 
     return SacctWindow(start=min(start, end), end=end)
 
 
+#: Seconds of MinJobAge a window leaves unused (the listing runs after the cycle's clock
+#: reading; slurmctld purges an ended job at MinJobAge or later, never sooner).
+ENDS_MARGIN = 10
+
+
+def ends_only(window: SacctWindow | None, now: float, listing: bool,
+              min_job_age: int | None) -> bool:
+    """Whether the cycle's sacct window may ask for ended runs only (``WINDOW_ENDS``), pure.
+
+    It may when the cycle reads squeue's listing and the window reaches back no further than
+    Slurm's ``MinJobAge``: every job that ended in it is still listed, so an empty answer
+    while the listing shows such an end is seen to lie (``sacct_suspect``). Otherwise (a first
+    run's hour, a window held back by an outage, MinJobAge unknown or shorter than the window,
+    a cycle that reads squeue's JSON) it asks for running runs too (``WINDOW_RUNS``): the
+    running jobs squeue shows are then what an empty answer is checked against.
+
+        >>> w = SacctWindow(start=1000, end=1121)
+        >>> ends_only(w, 1120, True, 300), ends_only(w, 1120, True, 120)
+        (True, False)
+    """
+    if window is None or not listing or not min_job_age:
+        return False
+    return now - window.start + ENDS_MARGIN <= min_job_age
+
+
+def with_ends(job_filter: JobFilter) -> JobFilter:
+    """``job_filter`` with the ended states added (``WINDOW_ENDS``'s, REQUEUED aside): what the
+    listing asks for when the window checks its answer against it. Pure."""
+    states = [s.value for s in job_filter.wanted_states()]
+    states += [s.value for s in WINDOW_ENDS.wanted_states() if s.finished]
+    return replace(job_filter, states=tuple(dict.fromkeys(states)))
+
+
 def confirmed_ends(view: View) -> frozenset[str]:
     """Delivery keys of the runs Slurm's accounting says ended: a finished sacct record (the
     window's, or the per-job lookup's) with an end time, for a run squeue does not show still
@@ -300,16 +333,27 @@ def _view(
 ) -> View:
     """The cycle's view: one squeue (its plain listing when ``listing``), one sacct. Records
     the parser skipped are named in ``skipped`` (``squeue record 3 (job 42): why``), so a
-    cycle reports them."""
+    cycle reports them. The window asks for ended runs only where ``ends_only`` allows it; the
+    listing then takes ended jobs too, whose end times the view keeps (``listed_ends``)."""
     skipped = [] if skipped is None else skipped
     active: tuple[Job, ...] = ()
     ended: tuple[Job, ...] = ()
+    listed_ends: tuple[int, ...] = ()
     squeue_ok = sacct_ok = True
-    if squeue_filter is not None:
+    ends = False
+    if window is not None and listing and squeue_filter is not None:
         try:
-            answer = (reader.squeue_listing(squeue_filter) if listing
-                      else reader.squeue(squeue_filter))
-            active = answer.jobs
+            ends = ends_only(window, now, listing, reader.min_job_age())
+        except SlurmError:
+            ends = False  # the listing asks scontrol show config again and says why it failed
+    if squeue_filter is not None:
+        asked = with_ends(squeue_filter) if ends else squeue_filter
+        try:
+            answer = reader.squeue_listing(asked) if listing else reader.squeue(asked)
+            active = (tuple(j for j in answer.jobs if squeue_filter.matches(j)) if ends
+                      else answer.jobs)
+            listed_ends = tuple(sorted({j.end_time for j in answer.jobs
+                                        if j.state.finished and j.end_time}))
             skipped += [f"squeue record {s.index} (job {s.job_id}): {s.reason}"
                         for s in answer.skipped]
         except SlurmError as exc:
@@ -317,7 +361,8 @@ def _view(
             errors.append(str(exc))
     if window is not None:
         try:
-            sacct_filter = replace(WINDOW_RUNS, job_ids=tuple(scope.job_ids))
+            sacct_filter = replace(WINDOW_ENDS if ends else WINDOW_RUNS,
+                                   job_ids=tuple(scope.job_ids))
             answer = reader.sacct(window, sacct_filter)
             ended = answer.jobs
             skipped += [f"sacct record {s.index} (job {s.job_id}): {s.reason}"
@@ -326,7 +371,8 @@ def _view(
             sacct_ok = False
             errors.append(str(exc))
     return View(now=now, active=active, ended=ended, window=window,
-                squeue_ok=squeue_ok, sacct_ok=sacct_ok)
+                squeue_ok=squeue_ok, sacct_ok=sacct_ok, ends_only=ends,
+                listed_ends=listed_ends)
 
 
 def _apply_all(
@@ -794,13 +840,16 @@ def _connector_cycle(
 
 
 def sacct_suspect(view: View) -> bool:
-    """sacct listed nothing though squeue shows a run that overlaps the window (started before
-    its end, and running or ended after its start): sacct must list such a run, so the answer
-    is one that lies (or a database that lags), and the window must not move past it. The
-    runs the lookup by job id found are not the window's answer and do not count."""
+    """sacct listed nothing though squeue shows a run it must list: one that overlaps the
+    window (started before its end, and running or ended after its start), or, where the
+    window asked for ended runs only, a job that ended in it. The answer is then one that
+    lies (or a database that lags), and the window must not move past it. The runs the lookup
+    by job id found are not the window's answer and do not count."""
     if view.window is None or len(view.ended) > view.looked_up:
         return False
     window = view.window
+    if view.ends_only:
+        return any(window.start <= end <= window.end for end in view.listed_ends)
     return any(j.start_time and j.start_time < window.end
                and (j.end_time is None or j.end_time >= window.start) for j in view.active)
 

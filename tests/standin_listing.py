@@ -44,6 +44,13 @@ class ListsFromSqueue:
             JobFilter(states=("all",), job_ids=ids))
         return replace(answer, jobs=tuple(j for j in answer.jobs if not ids or j.job_id in ids))
 
+    #: Slurm's MinJobAge as the stand-in reports it; None (unknown) keeps every sacct window
+    #: asking for running runs too, as a stand-in's squeue may not list ended jobs
+    listed_min_job_age: int | None = None
+
+    def min_job_age(self) -> int | None:
+        return self.listed_min_job_age
+
     def cluster_name(self) -> str:
         """The stand-in's jobs name their cluster themselves: the one its listing named."""
         return getattr(self, "listed_cluster", "c")

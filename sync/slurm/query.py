@@ -27,6 +27,7 @@ from slurm_sync.errors import SlurmFormatError
 from slurm_sync.slurm.model import Job, JobState
 
 __all__ = [
+    "WINDOW_ENDS",
     "WINDOW_RUNS",
     "JobFilter",
     "SacctWindow",
@@ -119,6 +120,13 @@ class JobFilter:
 #: the lab's 22.05, 24.11 and 26.05 alike.
 WINDOW_RUNS = JobFilter(states=(
     "R", "S", "CD", "CA", "F", "TO", "NF", "PR", "BF", "DL", "OOM", "REQUEUED"))
+
+#: The window of a cycle whose squeue listing vouches for it (the engine's ``window_filter``):
+#: only jobs that ended in it, and the REQUEUED records of requeued jobs' earlier runs. On a
+#: steady cluster nothing: ``-s R`` made sacct list every running job each cycle (1,000 running
+#: on the fat-node lab: 4.8 MB of JSON, 0.3 s and 102 MB in sacct; 10,000: 47 MB, 3.5 s, 957 MB).
+WINDOW_ENDS = JobFilter(states=(
+    "CD", "CA", "F", "TO", "NF", "PR", "BF", "DL", "OOM", "REQUEUED"))
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

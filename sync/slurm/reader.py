@@ -38,7 +38,7 @@ from slurm_sync.slurm.query import (
     squeue_args,
 )
 from slurm_sync.slurm.run import Runner
-from slurm_sync.slurm.scontrol import PRODUCER, parse_show_job
+from slurm_sync.slurm.scontrol import PRODUCER, ControllerConfig, parse_show_config, parse_show_job
 from slurm_sync.slurm.statesave import JobFiles, read_job_files
 
 __all__ = ["SlurmReader"]
@@ -67,7 +67,7 @@ class SlurmReader:
         self.cluster = cluster
         self.state_save_location = state_save_location
         self._version: tuple[int, int, int] | None = None
-        self._cluster_name: str | None = None
+        self._config: ControllerConfig | None = None
 
     def version(self) -> tuple[int, int, int]:
         """Slurm's version, from ``squeue --version`` (asked once per reader)."""
@@ -112,20 +112,21 @@ class SlurmReader:
         return parse_show_job(result.stdout, cluster=self.cluster, topology=topology,
                               job_ids=wanted)
 
+    def controller_config(self) -> ControllerConfig:
+        """The settings of ``scontrol show config`` the reader uses (asked once per reader)."""
+        if self._config is None:
+            self._config = parse_show_config(self.runner.run("scontrol", ["show", "config"]).stdout)
+        return self._config
+
     def cluster_name(self) -> str:
-        """Slurm's ``ClusterName`` (``scontrol show config``, asked once per reader): the
-        cluster every JSON record names, so a listed job's delivery key is the same as its
-        full record's."""
-        if self._cluster_name is None:
-            result = self.runner.run("scontrol", ["show", "config"])
-            for line in result.stdout.decode("utf-8", errors="replace").splitlines():
-                key, _, value = line.partition("=")
-                if key.strip() == "ClusterName" and value.strip():
-                    self._cluster_name = value.strip()
-                    break
-            else:
-                raise SlurmFormatError("scontrol show config", "", "no ClusterName line")
-        return self._cluster_name
+        """Slurm's ``ClusterName``: the cluster every JSON record names, so a listed job's
+        delivery key is the same as its full record's."""
+        return self.controller_config().cluster_name
+
+    def min_job_age(self) -> int | None:
+        """Slurm's ``MinJobAge`` in seconds: how long slurmctld keeps an ended job, so that
+        squeue still lists it; None when not known or 0 ("never purge", as Slurm reads it)."""
+        return self.controller_config().min_job_age
 
     def squeue_listing(self, job_filter: JobFilter = NOT_FINISHED) -> ParseResult:
         """Jobs slurmctld holds that match ``job_filter``, from squeue's plain listing

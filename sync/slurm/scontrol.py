@@ -106,7 +106,7 @@ from slurm_sync.slurm.model import (
 from slurm_sync.slurm.parse import MAX_DOCUMENT_HOSTS, MAX_INDEX, ParseResult, job_state
 from slurm_sync.slurm.shapes import ascii_digits, parse_tres_string, slurm_int
 
-__all__ = ["MAX_CPU_IDS", "PRODUCER", "parse_show_job"]
+__all__ = ["MAX_CPU_IDS", "PRODUCER", "ControllerConfig", "parse_show_config", "parse_show_job"]
 
 WHAT = "scontrol"
 PRODUCER = "scontrol show job"
@@ -153,6 +153,38 @@ _NO_JOBS = "No jobs in the system"
 _OVERSUBSCRIBE = {"NO": "none", "YES": "oversubscribe", "USER": "user", "MCS": "mcs",
                   "TOPO": "topo"}
 _EXCLUSIVE = {"NODE": "none", "USER": "user", "MCS": "mcs", "TOPO": "topo"}
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """What the reader takes from ``scontrol show config``: the cluster every record names, and
+    ``MinJobAge`` in seconds (None when absent, unreadable or 0, which Slurm reads as "never
+    purge": the engine then trusts no listing to hold every recent end)."""
+
+    cluster_name: str
+    min_job_age: int | None
+
+
+def parse_show_config(text: str | bytes) -> ControllerConfig:
+    """`parse_show_config("ClusterName = lab\\nMinJobAge = 300 sec\\n")` is
+    ``ControllerConfig("lab", 300)``. Lines are ``Key = value`` (22.05 to 26.05); a text
+    without a ClusterName is not scontrol's: SlurmFormatError.
+
+        >>> parse_show_config("ClusterName      = lab\\nMinJobAge        = 300 sec\\n")
+        ControllerConfig(cluster_name='lab', min_job_age=300)
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in ("ClusterName", "MinJobAge"):
+            values.setdefault(key.strip(), value.strip())
+    if not values.get("ClusterName"):
+        raise SlurmFormatError("scontrol show config", "", "no ClusterName line")
+    age = values.get("MinJobAge", "").split(" ")[0]
+    seconds = int(age) if age.isascii() and age.isdigit() and len(age) <= 9 else 0
+    return ControllerConfig(values["ClusterName"], seconds or None)
 
 
 @dataclass

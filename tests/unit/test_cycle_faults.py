@@ -365,3 +365,85 @@ def test_an_empty_sacct_window_holds_the_watermark_though_the_lookup_answers() -
     _run(empty, store, {"events": Recorder()})
     assert any(ids == (3,) for _, ids in empty.sacct_calls), "the tracked run was not looked up"
     assert store.get_watermark(connector="events") == mark
+
+
+class Slurmctld(Timeline):
+    """As ``Timeline``, with squeue as slurmctld answers it: jobs running at ``now`` and jobs
+    that ended at most ``MinJobAge`` (300 s) before it, of the asked states; sacct answers the
+    window's states (running runs only when asked for) and records them."""
+
+    listed_min_job_age = 300
+
+    def __init__(self, runs: Sequence[tuple[int, int, int | None]]) -> None:
+        super().__init__(runs)
+        self.sacct_states: list[tuple[str, ...]] = []
+
+    def squeue(self, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        age = self.listed_min_job_age or 0
+        jobs = [self._job(i, s, e, "squeue") for i, s, e in self.runs
+                if s <= self.now and (e is None or e > self.now - age)]
+        return _result([j for j in jobs if job_filter.matches(j)])
+
+    def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+        self.sacct_states.append(job_filter.states)
+        answer = super().sacct(window, job_filter)
+        return _result([j for j in answer.jobs if j.state in job_filter.wanted_states()])
+
+
+def test_a_steady_window_asks_sacct_for_ended_runs_only() -> None:
+    """Issue 14: a cycle whose window fits in MinJobAge does not make sacct list every running
+    job (1,000 running: 4.8 MB of JSON each cycle); it asks for ended runs, and the watermark
+    moves on an empty answer while nothing ended. The first run's hour does not fit: it asks
+    for running runs too."""
+    slurm = Slurmctld([(1, T0 - 100, None), (2, T0 + 10, None)])
+    store = Store.memory()
+    _run(slurm, store, {"events": Recorder()})
+    assert "R" in slurm.sacct_states[-1]  # the first run's window: an hour back
+    slurm.now = T0 + 60
+    _run(slurm, store, {"events": Recorder()})
+    assert "R" not in slurm.sacct_states[-1] and "CD" in slurm.sacct_states[-1]
+    assert store.get_watermark(connector="events") == T0 + 61
+
+
+def test_an_empty_ends_only_window_holds_the_watermark_while_squeue_lists_an_end_in_it() -> None:
+    """An ends-only window that comes back empty while squeue still lists a job that ended in
+    it (within MinJobAge) is an answer that lies or lags: the watermark stays, and the run
+    sacct should have listed (job 2, started and ended between two cycles) is stopped once
+    sacct answers."""
+
+    class Lying(Slurmctld):
+        def sacct(self, window: SacctWindow, job_filter: JobFilter = JobFilter()) -> ParseResult:  # noqa: B008
+            self.sacct_states.append(job_filter.states)
+            return _result([])
+
+    runs = [(1, T0 - 100, None), (2, T0 + 20, T0 + 40)]
+    slurm = Slurmctld(runs)
+    store = Store.memory()
+    _run(slurm, store, {"events": Recorder()})
+    mark = store.get_watermark(connector="events")
+    lying = Lying(runs)
+    lying.now = T0 + 60
+    _run(lying, store, {"events": Recorder()})
+    assert "R" not in lying.sacct_states[-1]
+    assert store.get_watermark(connector="events") == mark
+    slurm.now = T0 + 120
+    recorder = Recorder()
+    _run(slurm, store, {"events": recorder})
+    assert ("stop", f"c/2/{T0 + 20}") in recorder.written
+    assert store.get_watermark(connector="events") == T0 + 121
+
+
+def test_a_window_longer_than_min_job_age_asks_for_running_runs_too() -> None:
+    """After a stop longer than MinJobAge less the margin, squeue no longer lists every end in
+    the window: it asks for running runs again, and an empty answer is checked against them."""
+    slurm = Slurmctld([(1, T0 - 100, None)])
+    slurm.listed_min_job_age = 120
+    store = Store.memory()
+    _run(slurm, store, {"events": Recorder()})
+    slurm.now = T0 + 60  # window: 60 s overlap + 60 s + 1 + 10 margin > 120
+    _run(slurm, store, {"events": Recorder()})
+    assert "R" in slurm.sacct_states[-1]
+    slurm.listed_min_job_age = None  # MinJobAge unknown
+    slurm.now = T0 + 70
+    _run(slurm, store, {"events": Recorder()})
+    assert "R" in slurm.sacct_states[-1]
