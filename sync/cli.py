@@ -20,11 +20,10 @@ import os
 import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slurm_sync import __version__
@@ -57,6 +56,9 @@ PROGRESS_FROM = 20
 
 log = logging.getLogger("slurm_sync.cli")
 
+if TYPE_CHECKING:  # imported where a bar is drawn: rich.progress and rich.live are 30 ms
+    from rich.progress import Progress
+
 
 class _Bar:
     """A rich progress bar on standard error for connectors that apply many actions; silent
@@ -69,6 +71,14 @@ class _Bar:
     def begin(self, connector: str, total: int) -> None:
         if total < PROGRESS_FROM or not self._err.is_terminal:
             return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=self._err, transient=True,
@@ -110,6 +120,8 @@ examples:
 
 #: the options of the global parser that take a value (for finding the command word)
 _GLOBAL_WITH_VALUE = frozenset({"-c", "--config"})
+#: The commands of the core (``_parser``); any other command word is a connector's
+CORE_COMMANDS = frozenset({"run", "sync", "status", "check", "retry", "jobs"})
 
 
 def _parser(registry: Mapping[str, type[Connector]] | None = None) -> argparse.ArgumentParser:
@@ -239,6 +251,29 @@ def with_command(argv: Sequence[str], commands: Collection[str]) -> list[str]:
     return [*args[:index], "run", *args[index:]]
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (``run`` when it has none, as ``with_command`` puts it),
+    or the first word that is neither a global option nor its value (``--help``, a
+    connector's command, a typo).
+
+    >>> _command_word(["-c", "x.json", "--direction", "start"]), _command_word(["-q", "status"])
+    ('run', 'status')
+    >>> _command_word(["bank", "reconcile"]), _command_word(["--help"])
+    ('bank', '--help')
+    """
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in _GLOBAL_WITH_VALUE:
+            index += 2
+        elif _global_flag(word):
+            index += 1
+        else:
+            return word if not word.startswith("-") or word in ("-h", "--help", "--version") \
+                else "run"
+    return "run"
+
+
 def _global_flag(word: str) -> bool:
     """``-v``, ``-vv``, ``-q``, ``-d``, ``-cFILE`` or ``--config=FILE``: one word, global."""
     if word.startswith("--"):
@@ -315,7 +350,7 @@ def _cmd_jobs(args: argparse.Namespace, reader: SlurmReader, out: Console, err: 
 
 
 def _connectors(
-    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    args: argparse.Namespace, config: Config, registry: Mapping[str, type[Connector]],
     reader: SlurmReader,
 ) -> dict[str, Connector]:
     configured = {n: c for n, c in config.connectors.items() if c.enabled}
@@ -341,7 +376,7 @@ def _store_path(config: Config) -> str:
 
 
 def _cmd_run(
-    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    args: argparse.Namespace, config: Config, registry: Mapping[str, type[Connector]],
     reader: SlurmReader, out: Console, err: Console,
 ) -> int:
     if args.limit is not None and args.limit < 0:
@@ -505,7 +540,7 @@ def _check_state_dir(path: str) -> str:
 
 
 def _cmd_check(
-    args: argparse.Namespace, config: Config, registry: dict[str, type[Connector]],
+    args: argparse.Namespace, config: Config, registry: Mapping[str, type[Connector]],
     reader: SlurmReader, out: Console,
 ) -> int:
     """Each check as a row; changes nothing anywhere."""
@@ -715,7 +750,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging_ready = False
     try:
         registry = discover()  # a site's connector package that does not load: exit 2
-        parser = _parser(registry)
+        # Connectors' own commands (and help) need every connector's module; a core command
+        # loads only the connectors its config names.
+        parser = _parser(registry if _command_word(words) not in CORE_COMMANDS else None)
         commands = {name for action in parser._actions
                     if isinstance(action, argparse._SubParsersAction)
                     for name in action.choices}
@@ -730,8 +767,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging_ready = True
             code: int = handler(CommandContext(args, out, err, registry, args.config))
             return code
-        config = load_config(args.config, {n: dict(c.schema) for n, c in registry.items()},
-                             adapters=[c.adapt_config for c in registry.values()])
+        config = load_config(args.config, registry.schemas(),
+                             adapters=(c.adapt_config for c in registry.values()))
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
         logging_ready = True
         reader = SlurmReader(

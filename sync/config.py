@@ -33,7 +33,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -511,9 +511,15 @@ def _validate(
     values = _value_problems(data)
     if values:
         _raise_problems(values, path)
+    known: list[str] | None = None
+    if fragments is not None:
+        # only the fragments of the connectors the document names: each may load a module
+        named = data.get("connectors")
+        known = sorted(fragments)
+        fragments = {n: fragments[n] for n in (named if isinstance(named, Mapping) else ())
+                     if isinstance(n, str) and n in fragments}
     schema = combined_schema(fragments)
     validator = jsonschema.Draft202012Validator(schema)
-    known = sorted(fragments) if fragments is not None else None
     problems = _problems(list(validator.iter_errors(data)), known)
     if problems:
         _raise_problems(problems, path)
@@ -597,17 +603,20 @@ def load_config(
     fragments: Mapping[str, Mapping[str, Any]] | None = None,
     *,
     files: bool = True,
-    adapters: Sequence[ConfigAdapter] = (),
+    adapters: Iterable[ConfigAdapter] = (),
 ) -> Config:
     """Read ``path`` (None: built-in defaults, Slurm's commands from PATH, no connector) and
     validate it as :func:`config_from_dict` does; then, unless ``files`` is false (to check a
     document alone, such as the shipped example), check the files it names. A document that
     one of ``adapters`` (the connectors' ``adapt_config``) recognises as another tool's runs
-    as that adapter reads it, with a warning that shows slurm-sync's form."""
+    as that adapter reads it, with a warning that shows slurm-sync's form. ``adapters`` is
+    iterated only for a document with a key slurm-sync's own form has not (it may be a
+    generator that loads connectors)."""
     if path is None:
         return Config()
     data = _decode(path, _read(path))
-    for adapt in adapters:
+    own = isinstance(data, Mapping) and set(data) <= set(CORE_SCHEMA["properties"])
+    for adapt in () if own else adapters:
         adapted = adapt(data, os.path.abspath(path)) if isinstance(data, Mapping) else None
         if adapted is not None:
             data = adapted.data

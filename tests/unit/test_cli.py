@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -272,3 +273,22 @@ def test_a_json_token_a_header_cannot_carry_is_named_not_shown(tmp_path: Path) -
         ClusterCockpitConnector({"url": "http://127.0.0.1:9", "token": {"file": str(token)},
                                  "token_json_key": "cc-backend.apikey", "api_version": "1.5"})
     assert "outside Latin-1" in str(caught.value) and "\u20ac" not in str(caught.value)
+
+
+def test_a_run_loads_only_the_connectors_its_config_enables(tmp_path: Path) -> None:
+    """Issue 14: every cron run imported every installed connector (bank's and Buildkite's
+    modules, with what they import: 0.2 s of each run's start-up). A core command loads the
+    connectors its config names; help and a connector's own command still see all of them."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"state_dir": str(tmp_path / "state"),
+                                  "connectors": {"events": {"output": "-"}}}))
+    probe = ("import sys\nfrom slurm_sync.cli import main\n"
+             "code = main(sys.argv[1:])\n"
+             "print(code, sorted({m.split('.')[2] for m in sys.modules\n"
+             "                    if m.startswith('slurm_sync.connectors.')}))\n")
+    loaded = subprocess.run([sys.executable, "-c", probe, "-c", str(config), "status"],
+                            capture_output=True, text=True, check=False)
+    assert loaded.stdout.splitlines()[-1] == "0 ['events']", loaded.stdout + loaded.stderr
+    helped = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True,
+                            text=True, check=False)
+    assert "bank" in helped.stdout and "buildkite" in helped.stdout, helped.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,9 +287,27 @@ def test_fragment_with_its_own_definitions() -> None:
 
 
 def test_invalid_fragment_names_the_connector() -> None:
-    """A connector shipping a broken schema is named."""
+    """A connector shipping a broken schema is named when a config enables it."""
     with pytest.raises(ConfigError, match="connector 'broken' has an invalid settings schema"):
-        config_from_dict({}, fragments={"broken": {"type": "no-such-type"}})
+        config_from_dict({"connectors": {"broken": {}}},
+                         fragments={"broken": {"type": "no-such-type"}})
+
+
+def test_only_the_fragments_of_the_named_connectors_are_read() -> None:
+    """Each fragment may load a connector's module: a config reads those it names, and an
+    unknown name is still told apart from the installed ones, which the error lists."""
+    asked: list[str] = []
+
+    class Lazy(dict):  # type: ignore[type-arg]
+        def __getitem__(self, name: str) -> Any:
+            asked.append(name)
+            return super().__getitem__(name)
+
+    fragments = Lazy(events={"type": "object"}, bank={"type": "no-such-type"})
+    config_from_dict({"connectors": {"events": {}}}, fragments=fragments)
+    assert asked == ["events"]
+    with pytest.raises(ConfigError, match=r"unknown connector 'evnts'.*known: bank, events"):
+        config_from_dict({"connectors": {"evnts": {}}}, fragments=fragments)
 
 
 def test_fragments_are_not_changed() -> None:
