@@ -22,6 +22,7 @@ comes last, so a ``|`` in it stays in it. A line that cannot be read is skipped 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from slurm_sync.errors import SlurmFormatError
@@ -66,7 +67,7 @@ def _job(parts: Sequence[str], cluster: str | None) -> Job:
                                f"expected {_FIELDS} fields separated by '|'")
     (job_id, array_job, array_task, state_word, start, end, partition, user, account,
      nodes, cpus, nodelist, name) = parts
-    (state,) = state_names([state_word]) or (JobState.UNKNOWN,)
+    state = _state(state_word)
     ident = _int(job_id, "job id")
     if ident is None:
         raise SlurmFormatError("squeue listing", job_id, "no job id")
@@ -78,7 +79,7 @@ def _job(parts: Sequence[str], cluster: str | None) -> Job:
             task = int(array_task)
         else:
             pending_tasks = array_task  # "1-3", "4,6-9%2": the tasks still pending
-    hosts = () if nodelist in _NONE else expand_hosts(nodelist, "node list")
+    hosts = () if nodelist in _NONE else _hosts(nodelist)
     return Job.from_fields({
         "job_id": ident,
         "name": name,
@@ -98,6 +99,20 @@ def _job(parts: Sequence[str], cluster: str | None) -> Job:
         "hosts": hosts,
         "source": "squeue-list",
     })
+
+
+# A listing repeats a few state words and, on fat nodes, a few node lists for thousands of
+# jobs: each is read once per process (at 10,000 jobs, reading them again was a third of
+# the parse).
+@functools.lru_cache(maxsize=64)
+def _state(word: str) -> JobState:
+    (state,) = state_names([word]) or (JobState.UNKNOWN,)
+    return state
+
+
+@functools.lru_cache(maxsize=4096)
+def _hosts(nodelist: str) -> tuple[str, ...]:
+    return tuple(expand_hosts(nodelist, "node list"))
 
 
 def _int(text: str, what: str) -> int | None:
