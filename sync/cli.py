@@ -17,7 +17,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -30,7 +32,15 @@ from slurm_sync import __version__
 from slurm_sync.actions import Action, Outcome, Status
 from slurm_sync.config import Config, ConnectorSettings, load_config
 from slurm_sync.connector import Connector, Direction, Scope, SlurmContext, discover
-from slurm_sync.engine import CycleOptions, CycleReport, LockHeld, RunLock, behind, run_cycle
+from slurm_sync.engine import (
+    CycleOptions,
+    CycleReport,
+    LockHeld,
+    RunLock,
+    behind,
+    run_cycle,
+    run_key,
+)
 from slurm_sync.errors import ConfigError, SlurmError, SlurmFormatError, SyncError
 from slurm_sync.log import setup_logging
 from slurm_sync.metrics import render_metrics, write_metrics
@@ -38,6 +48,7 @@ from slurm_sync.slurm.model import Job
 from slurm_sync.slurm.query import JobFilter, SacctWindow, state_names
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
+from slurm_sync.spool import Pending, Spool
 from slurm_sync.store import Backoff, Delivery, RunCount, Store
 
 __all__ = ["main"]
@@ -52,6 +63,14 @@ from slurm_sync.commands import (
 )
 
 PROGRESS_FROM = 20
+"""A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
+
+HOOK_BATCH = 2000
+"""At most this many jobs' hook events go into one cycle of the resident loop (a burst of job
+starts is synced in a few cycles, not one per job)."""
+
+END_RETRY = 30.0
+"""Seconds an end event is tried again while a connector still has the job's run open."""
 """A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
 
 log = logging.getLogger("slurm_sync.cli")
@@ -408,18 +427,100 @@ def _cmd_run(
         max_lag=config.max_lag_seconds,
         retention=config.retention_days * 86400,
     )
+    if not args.loop:
+        try:
+            return _one_run(args, config, connectors, reader, options, time.time(), out, err)
+        finally:
+            for connector in connectors.values():
+                connector.close()
     try:
-        while True:
-            started = time.time()
-            code = _one_run(args, config, connectors, reader, options, started, out, err)
-            if not args.loop:
-                return code
-            time.sleep(max(0.0, started + args.loop - time.time()))
+        return _resident(args, config, connectors, reader, options, out, err)
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         for connector in connectors.values():
             connector.close()
+
+
+def _resident(
+    args: argparse.Namespace, config: Config, connectors: dict[str, Connector],
+    reader: SlurmReader, options: CycleOptions, out: Console, err: Console,
+) -> int:
+    """``run --loop``: the regular cycle every ``args.loop`` seconds and, with ``hook_spool``
+    set, a cycle for the jobs the hook names as their events arrive (``spool.py``), until
+    SIGTERM or an interrupt. An end event stays (tried again each second, for at most
+    ``END_RETRY`` seconds) while a connector still has the job's run open: sacct may not hold
+    the end yet when the epilog runs, and a stop needs sacct's record."""
+    stopping = _stop_on_sigterm()
+    spool = Spool(config.hook_spool) if config.hook_spool else None
+    not_before: dict[str, float] = {}  # end events kept: name -> when to try again
+    next_full = time.time()
+    while not stopping.is_set():
+        started = time.time()
+        if started >= next_full:
+            # the regular cycle, the safety net: it covers every event already recorded
+            covered = spool.pending() if spool is not None else None
+            code = _one_run(args, config, connectors, reader, options, started, out, err)
+            next_full = started + args.loop
+            if spool is not None and covered is not None and code != EXIT_LOCKED:
+                spool.remove(covered.names)
+                not_before.clear()
+        elif spool is not None:
+            pending = spool.pending(limit=HOOK_BATCH, skip={
+                n for n, at in not_before.items() if at > started})
+            if pending.jobs:
+                scoped = dataclasses.replace(options, scope=Scope(
+                    job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
+                code = _one_run(args, config, connectors, reader, scoped, started, out, err)
+                if code != EXIT_LOCKED:
+                    kept = _ends_to_retry(config, connectors, pending, started)
+                    spool.remove(n for n in pending.names if n not in kept)
+                    for name in kept:
+                        not_before[name] = time.time() + 1.0
+                    for name in [n for n in not_before if n not in kept]:
+                        del not_before[name]
+                continue
+        if stopping.is_set():
+            break
+        wait = max(0.0, next_full - time.time())
+        if spool is not None:
+            spool.wait(wait, skip=set(not_before), stop=stopping.is_set)
+        else:
+            stopping.wait(wait)
+    return EXIT_OK
+
+
+def _ends_to_retry(config: Config, connectors: Mapping[str, Connector], pending: Pending,
+                   now: float) -> set[str]:
+    """The end events of ``pending`` to keep: their job's run is still open in a connector
+    and the event is younger than ``END_RETRY`` seconds (then the regular cycle takes over)."""
+    ends = {job for job, events in pending.jobs.items() if "end" in events}
+    if not ends:
+        return set()
+    open_jobs: set[int] = set()
+    with Store.open(_store_path(config), read_only=True) as store:
+        for name, connector in connectors.items():
+            kinds = connector.kind_table()
+            for key in store.open_runs(connector=name, opening=kinds.opening(),
+                                       closing=kinds.closing()):
+                run = run_key(key)
+                if run is not None and run[0] in ends:
+                    open_jobs.add(run[0])
+    return {f"end.{job}" for job in open_jobs
+            if now - pending.mtimes.get(f"end.{job}", now) < END_RETRY}
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """An event SIGTERM (systemd's stop) sets: the resident loop ends after the cycle in
+    flight, whose outcomes are recorded as any cycle's (what it did not send waits in the
+    outbox)."""
+    stopping = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    return stopping
 
 
 def _one_run(

@@ -159,6 +159,12 @@ CORE_SCHEMA: dict[str, Any] = {
             **_ABSOLUTE_PATH,
             "description": "Prometheus textfile written after each cycle.",
         },
+        "hook_spool": {
+            **_ABSOLUTE_PATH,
+            "description": "Folder where contrib/slurm-sync-hook (PrologSlurmctld and "
+                           "EpilogSlurmctld) records job events; `run --loop` syncs each job "
+                           "as its event arrives (docs/hook.md).",
+        },
         "slurm": {
             "type": "object",
             "additionalProperties": False,
@@ -259,6 +265,7 @@ class Config:
     retention_days: float = 14.0
     log_format: str = "text"
     metrics_file: str | None = None
+    hook_spool: str | None = None
     connectors: Mapping[str, ConnectorSettings] = field(default_factory=_no_connectors)
 
 
@@ -579,6 +586,7 @@ def config_from_dict(
         retention_days=float(data.get("retention_days", 14)),
         log_format=str(data.get("log_format", "text")),
         metrics_file=metrics_file,
+        hook_spool=data.get("hook_spool"),
         connectors=MappingProxyType(connectors),
     )
 

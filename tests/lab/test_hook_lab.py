@@ -1,0 +1,126 @@
+"""slurmctld's hook wakes a resident syncer (issue 15), on real Slurm 22.05, 24.11 and 26.05.
+
+The lab's slurm.conf runs contrib/slurm-sync-hook as PrologSlurmctld and EpilogSlurmctld
+(lab/slurm-lab, its SPOOL the lab's ``hook_spool``). A ``slurm-sync run --loop`` with a regular
+interval of an hour syncs a job's start and end within seconds of each, so only the events can
+have driven it; a syncer killed while events arrive loses nothing (the spool keeps them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab.conftest import LabCluster
+
+pytestmark = pytest.mark.lab
+
+
+def _config(lab: LabCluster, tmp_path: Path) -> Path:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "state_dir": str(tmp_path / "state"),
+        "first_window_seconds": 300,
+        "hook_spool": lab.info["hook_spool"],
+        "slurm": {"bin_dir": lab.bin_dir},
+        "connectors": {"events": {"output": str(tmp_path / "events.jsonl")}},
+    }))
+    return config
+
+
+def _resident(config: Path, tmp_path: Path) -> subprocess.Popen[str]:
+    """``run --loop 3600``, once its first (regular) cycle is recorded."""
+    log = (tmp_path / "syncer.log").open("a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "-q", "run", "--loop",
+         "3600"], stdout=log, stderr=log, text=True)
+    deadline = time.monotonic() + 120
+    db = tmp_path / "state" / "state.db"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if db.exists():
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                try:
+                    if conn.execute("SELECT count(*) FROM runs").fetchone()[0] >= 1:
+                        return proc
+                except sqlite3.OperationalError:
+                    pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"the resident syncer did not record a cycle: "
+                         f"{(tmp_path / 'syncer.log').read_text()[-2000:]}")
+
+
+def _events(tmp_path: Path) -> dict[tuple[int, str], float]:
+    """(job id, event) -> when the line was first seen by this test."""
+    path = tmp_path / "events.jsonl"
+    if not path.exists():
+        return {}
+    return {(e["job_id"], e["event"]): 0.0
+            for e in map(json.loads, path.read_text().splitlines())}
+
+
+def _wait_for(lab: LabCluster, tmp_path: Path, wanted: set[tuple[int, str]],
+              timeout: float = 60) -> float:
+    began = time.monotonic()
+    lab.wait(f"events {sorted(wanted)}", lambda: wanted <= set(_events(tmp_path)), timeout)
+    return time.monotonic() - began
+
+
+def _clear_spool(lab: LabCluster) -> None:
+    spool = Path(lab.info["hook_spool"])
+    for name in os.listdir(spool):
+        (spool / name).unlink()
+
+
+def test_the_hook_syncs_a_jobs_start_and_end_within_seconds(lab: LabCluster,
+                                                           tmp_path: Path) -> None:
+    _clear_spool(lab)
+    proc = _resident(_config(lab, tmp_path), tmp_path)
+    try:
+        job = lab.submit("#!/bin/sh\nsleep 4\n", "--job-name=hooked")
+        started = _wait_for(lab, tmp_path, {(job, "started")}, timeout=30)
+        lab.wait_state(job, "COMPLETED")
+        ended = _wait_for(lab, tmp_path, {(job, "finished")}, timeout=30)
+        # the regular cycle comes once an hour: only the hook's events can have woken it
+        assert started < 30 and ended < 30
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert [e["event"] for e in map(json.loads, lines) if e["job_id"] == job] == [
+        "started", "finished"]
+    assert not [n for n in os.listdir(lab.info["hook_spool"]) if n.endswith(f".{job}")], \
+        "the events acted on are still in the spool"
+
+
+def test_events_that_arrive_while_the_syncer_is_down_are_synced_when_it_is_back(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    _clear_spool(lab)
+    config = _config(lab, tmp_path)
+    proc = _resident(config, tmp_path)
+    proc.kill()  # kill -9: whatever it was doing
+    proc.wait(timeout=30)
+    jobs = [lab.submit("#!/bin/sh\nsleep 2\n", "--job-name=while-down") for _ in range(3)]
+    for job in jobs:
+        lab.wait_state(job, "COMPLETED")
+    spool = set(os.listdir(lab.info["hook_spool"]))
+    assert {f"{e}.{j}" for j in jobs for e in ("start", "end")} <= spool
+    proc = _resident(config, tmp_path)  # its first cycle is the regular one: it takes them all
+    try:
+        _wait_for(lab, tmp_path, {(j, e) for j in jobs for e in ("started", "finished")})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    left = set(os.listdir(lab.info["hook_spool"]))
+    assert not {f"{e}.{j}" for j in jobs for e in ("start", "end")} & left
