@@ -70,6 +70,7 @@ HOOK_BATCH = 2000
 starts is synced in a few cycles, not one per job)."""
 
 END_RETRY = 30.0
+HOOK_EVENT = "hook_event"  # the store's note of the newest hook event acted on
 """Seconds an end event is tried again while a connector still has the job's run open."""
 """A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
 
@@ -473,6 +474,7 @@ def _resident(
                     job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
                 code = _one_run(args, config, connectors, reader, scoped, started, out, err)
                 if code != EXIT_LOCKED:
+                    _note_hook_event(config, max(pending.mtimes.values()))
                     kept = _ends_to_retry(config, connectors, pending, started)
                     spool.remove(n for n in pending.names if n not in kept)
                     for name in kept:
@@ -488,6 +490,13 @@ def _resident(
         else:
             stopping.wait(wait)
     return EXIT_OK
+
+
+def _note_hook_event(config: Config, at: float) -> None:
+    """Keep when the newest hook event acted on was recorded (``check`` shows it)."""
+    with Store.open(_store_path(config)) as store:
+        if (store.noted(HOOK_EVENT) or 0.0) < at:
+            store.note(HOOK_EVENT, at)
 
 
 def _ends_to_retry(config: Config, connectors: Mapping[str, Connector], pending: Pending,
@@ -673,11 +682,15 @@ def _cmd_check(
         rows.append(("StateSaveLocation", problem))
     rows.append((f"state_dir {config.state_dir}", _check_state_dir(config.state_dir)))
     path = _store_path(config)
+    last_event = None
     if os.path.exists(path):
         with Store.open(path, read_only=True) as store:
             for name in store.connectors():
                 rows.append((f"lag of {name}",
                              _behind(store, name, time.time(), config.max_lag_seconds)))
+            last_event = store.noted(HOOK_EVENT)
+    if config.hook_spool:
+        rows += _check_hook(config.hook_spool, reader, last_event)
     for name, connector in _connectors(args, config, registry, reader).items():
         problems = [*connector.warnings, *connector.check()]
         rows.append((f"connector {name}", "; ".join(problems)))
@@ -695,6 +708,30 @@ def _cmd_check(
         table.add_row(escape(what), f"[red]{escape(problem)}[/]" if problem else "[green]ok[/]")
     out.print(table)
     return EXIT_FAILED if any(problem for _, problem in rows) else EXIT_OK
+
+
+def _check_hook(spool: str, reader: SlurmReader, last_event: float | None
+                ) -> list[tuple[str, str]]:
+    """``check``'s rows of the hook: its spool folder, slurm.conf's PrologSlurmctld and
+    EpilogSlurmctld, and whether events arrive (the newest one a resident loop acted on)."""
+    rows = [(f"hook_spool {spool}", "" if os.path.isdir(spool) else
+             f"{spool} is not a folder: create it (docs/hook.md), writable by SlurmUser")]
+    try:
+        ctld = reader.controller_config()
+        missing = [k for k, v in (("PrologSlurmctld", ctld.prolog_slurmctld),
+                                  ("EpilogSlurmctld", ctld.epilog_slurmctld)) if not v]
+        rows.append((f"hook in slurm.conf ({ctld.prolog_slurmctld or '-'})",
+                     f"slurm.conf sets no {' and no '.join(missing)}: add "
+                     f"{'=/path/to/slurm-sync-hook and '.join(missing)}=/path/to/slurm-sync-hook"
+                     if missing else ""))
+    except SlurmError as exc:
+        rows.append(("hook in slurm.conf", str(exc)))
+    rows.append(("hook events", "" if last_event is not None else
+                 "no hook event acted on yet: once a job has started, a resident "
+                 "`slurm-sync run --loop` takes its event from the spool"))
+    if last_event is not None:
+        rows[-1] = (f"hook events (newest acted on {_when(int(last_event))})", "")
+    return rows
 
 
 def _ago(now: float, epoch: float | None) -> str:
@@ -865,7 +902,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = discover()  # a site's connector package that does not load: exit 2
         # Connectors' own commands (and help) need every connector's module; a core command
         # loads only the connectors its config names.
-        parser = _parser(registry if _command_word(words) not in CORE_COMMANDS else None)
+        command = _command_word(words)
+        parser = _parser(None if command in CORE_COMMANDS or command == "--version" else registry)
         commands = {name for action in parser._actions
                     if isinstance(action, argparse._SubParsersAction)
                     for name in action.choices}

@@ -1079,6 +1079,22 @@ class Store:
 
         return self._write("noting the purge", write)
 
+    def note(self, name: str, value: float) -> None:
+        """`store.note("hook_event", t)` keeps one number under ``name`` (``noted`` reads it)."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO meta (name, value) VALUES (?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                         (name, float(value)))
+
+        self._write(f"noting {name}", write)
+
+    def noted(self, name: str) -> float | None:
+        """The number ``note`` kept under ``name``, None when none was."""
+        row = self._read(f"reading {name}", lambda conn: conn.execute(
+            "SELECT value FROM meta WHERE name = ?", (name,)).fetchone())
+        return None if row is None else float(row[0])
+
     # -------------------------------------------------------------- transactions, retries
 
     def _check_writable(self, what: str) -> None:

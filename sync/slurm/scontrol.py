@@ -163,6 +163,10 @@ class ControllerConfig:
 
     cluster_name: str
     min_job_age: int | None
+    #: slurm.conf's PrologSlurmctld and EpilogSlurmctld ("" when not set): what ``check``
+    #: reports of slurm-sync's hook
+    prolog_slurmctld: str = ""
+    epilog_slurmctld: str = ""
 
 
 def parse_show_config(text: str | bytes) -> ControllerConfig:
@@ -171,20 +175,25 @@ def parse_show_config(text: str | bytes) -> ControllerConfig:
     without a ClusterName is not scontrol's: SlurmFormatError.
 
         >>> parse_show_config("ClusterName      = lab\\nMinJobAge        = 300 sec\\n")
-        ControllerConfig(cluster_name='lab', min_job_age=300)
+        ControllerConfig(cluster_name='lab', min_job_age=300, prolog_slurmctld='', \
+epilog_slurmctld='')
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     values: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
-        if sep and key.strip() in ("ClusterName", "MinJobAge"):
+        if sep and key.strip() in ("ClusterName", "MinJobAge", "PrologSlurmctld",
+                                   "EpilogSlurmctld"):
             values.setdefault(key.strip(), value.strip())
     if not values.get("ClusterName"):
         raise SlurmFormatError("scontrol show config", "", "no ClusterName line")
     age = values.get("MinJobAge", "").split(" ")[0]
     seconds = int(age) if age.isascii() and age.isdigit() and len(age) <= 9 else 0
-    return ControllerConfig(values["ClusterName"], seconds or None)
+    unset = ("", "(null)")
+    prolog, epilog = (values.get(k, "") for k in ("PrologSlurmctld", "EpilogSlurmctld"))
+    return ControllerConfig(values["ClusterName"], seconds or None,
+                            "" if prolog in unset else prolog, "" if epilog in unset else epilog)
 
 
 @dataclass

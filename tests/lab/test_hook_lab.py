@@ -80,10 +80,20 @@ def _clear_spool(lab: LabCluster) -> None:
         (spool / name).unlink()
 
 
+def _check(config: Path) -> dict[str, str]:
+    done = subprocess.run([sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "check",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    return {c["check"].split(" (")[0]: c["problem"] for c in json.loads(done.stdout)["checks"]
+            if c["check"].startswith("hook")}
+
+
 def test_the_hook_syncs_a_jobs_start_and_end_within_seconds(lab: LabCluster,
                                                            tmp_path: Path) -> None:
     _clear_spool(lab)
-    proc = _resident(_config(lab, tmp_path), tmp_path)
+    config = _config(lab, tmp_path)
+    before = _check(config)
+    assert before["hook in slurm.conf"] == "" and "no hook event" in before["hook events"]
+    proc = _resident(config, tmp_path)
     try:
         job = lab.submit("#!/bin/sh\nsleep 4\n", "--job-name=hooked")
         started = _wait_for(lab, tmp_path, {(job, "started")}, timeout=30)
@@ -101,6 +111,7 @@ def test_the_hook_syncs_a_jobs_start_and_end_within_seconds(lab: LabCluster,
         "started", "finished"]
     assert not [n for n in os.listdir(lab.info["hook_spool"]) if n.endswith(f".{job}")], \
         "the events acted on are still in the spool"
+    assert set(_check(config).values()) == {""}, _check(config)
 
 
 def test_events_that_arrive_while_the_syncer_is_down_are_synced_when_it_is_back(
