@@ -31,7 +31,14 @@ from rich.table import Table
 from slurm_sync import __version__
 from slurm_sync.actions import Action, Outcome, Status
 from slurm_sync.config import Config, ConnectorSettings, load_config
-from slurm_sync.connector import Connector, Direction, Scope, SlurmContext, discover
+from slurm_sync.connector import (
+    Catalog,
+    Connector,
+    Direction,
+    Scope,
+    SlurmContext,
+    discover,
+)
 from slurm_sync.engine import (
     CycleOptions,
     CycleReport,
@@ -408,15 +415,26 @@ def _store_path(config: Config) -> str:
 
 
 def _cmd_run(
-    args: argparse.Namespace, config: Config, registry: Mapping[str, type[Connector]],
+    args: argparse.Namespace, config: Config, registry: Catalog,
     reader: SlurmReader, out: Console, err: Console,
 ) -> int:
     if args.limit is not None and args.limit < 0:
         raise ConfigError("--limit must be 0 or more")
     if args.loop is not None and not (math.isfinite(args.loop) and args.loop > 0):
         raise ConfigError(f"--loop {args.loop}: give the seconds between cycles, a number above 0")
+    if args.loop:
+        return _resident(args, config, registry, reader, out, err)
     connectors = _connectors(args, config, registry, reader)
-    options = CycleOptions(
+    try:
+        return _one_run(args, config, connectors, reader, _options(args, config), time.time(),
+                        out, err)
+    finally:
+        for connector in connectors.values():
+            connector.close()
+
+
+def _options(args: argparse.Namespace, config: Config) -> CycleOptions:
+    return CycleOptions(
         direction=Direction(args.direction),
         scope=Scope(job_ids=tuple(args.run_jobids), limit=args.limit),
         dry_run=args.dry_run,
@@ -428,68 +446,109 @@ def _cmd_run(
         max_lag=config.max_lag_seconds,
         retention=config.retention_days * 86400,
     )
-    if not args.loop:
-        try:
-            return _one_run(args, config, connectors, reader, options, time.time(), out, err)
-        finally:
-            for connector in connectors.values():
-                connector.close()
+
+
+def _reader(config: Config) -> SlurmReader:
+    return SlurmReader(
+        Runner(config.slurm.commands),
+        cluster=config.cluster,
+        state_save_location=config.slurm.state_save_location,
+    )
+
+
+class _Signals:
+    """What systemd asks of the resident loop: SIGTERM (stop: the loop ends after the cycle in
+    flight, whose outcomes are recorded as any cycle's; what it did not send waits in the
+    outbox) and SIGHUP (reload the config between cycles). Either wakes the loop's wait."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+        self.wake = threading.Event()
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stop = True
+        self.wake.set()
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self.reload = True
+        self.wake.set()
+
+
+def _resident(
+    args: argparse.Namespace, config: Config, registry: Catalog,
+    reader: SlurmReader, out: Console, err: Console,
+) -> int:
+    """``run --loop``: the regular cycle every ``args.loop`` seconds and, with ``hook_spool``
+    set, a cycle for the jobs the hook names as their events arrive (``spool.py``), until
+    SIGTERM or an interrupt; SIGHUP reads the config again (one with an error is reported and
+    the running one kept). An end event stays (tried again each second, for at most
+    ``END_RETRY`` seconds) while a connector still has the job's run open: sacct may not hold
+    the end yet when the epilog runs, and a stop needs sacct's record."""
+    signals = _Signals()
+    connectors = _connectors(args, config, registry, reader)
+    not_before: dict[str, float] = {}  # end events kept: name -> when to try again
+    next_full = time.time()
     try:
-        return _resident(args, config, connectors, reader, options, out, err)
+        while not signals.stop:
+            if signals.reload:
+                signals.reload = False
+                try:
+                    fresh = load_config(args.config, registry.schemas(),
+                                        adapters=(c.adapt_config for c in registry.values()))
+                    fresh_reader = _reader(fresh)
+                    fresh_connectors = _connectors(args, fresh, registry, fresh_reader)
+                except SyncError as exc:  # a config error: the running config stays
+                    err.print(f"[red]config not reloaded:[/] {escape(str(exc))}",
+                              highlight=False)
+                else:
+                    for connector in connectors.values():
+                        connector.close()
+                    config, reader, connectors = fresh, fresh_reader, fresh_connectors
+                    err.print(f"config reloaded: {escape(str(args.config))}", highlight=False)
+            options = _options(args, config)
+            spool = Spool(config.hook_spool) if config.hook_spool else None
+            started = time.time()
+            if started >= next_full:
+                # the regular cycle, the safety net: it covers every event already recorded
+                covered = spool.pending() if spool is not None else None
+                code = _one_run(args, config, connectors, reader, options, started, out, err)
+                next_full = started + args.loop
+                if spool is not None and covered is not None and code != EXIT_LOCKED:
+                    spool.remove(covered.names)
+                    not_before.clear()
+            elif spool is not None:
+                pending = spool.pending(limit=HOOK_BATCH, skip={
+                    n for n, at in not_before.items() if at > started})
+                if pending.jobs:
+                    scoped = dataclasses.replace(options, scope=Scope(
+                        job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
+                    code = _one_run(args, config, connectors, reader, scoped, started, out, err)
+                    if code != EXIT_LOCKED:
+                        _note_hook_event(config, max(pending.mtimes.values()))
+                        kept = _ends_to_retry(config, connectors, pending, started)
+                        spool.remove(n for n in pending.names if n not in kept)
+                        for name in kept:
+                            not_before[name] = time.time() + 1.0
+                        for name in [n for n in not_before if n not in kept]:
+                            del not_before[name]
+                    continue
+            if signals.stop or signals.reload:
+                continue
+            signals.wake.clear()
+            wait = max(0.0, next_full - time.time())
+            if spool is not None:
+                spool.wait(wait, skip=set(not_before), stop=signals.wake.is_set)
+            else:
+                signals.wake.wait(wait)
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         for connector in connectors.values():
             connector.close()
-
-
-def _resident(
-    args: argparse.Namespace, config: Config, connectors: dict[str, Connector],
-    reader: SlurmReader, options: CycleOptions, out: Console, err: Console,
-) -> int:
-    """``run --loop``: the regular cycle every ``args.loop`` seconds and, with ``hook_spool``
-    set, a cycle for the jobs the hook names as their events arrive (``spool.py``), until
-    SIGTERM or an interrupt. An end event stays (tried again each second, for at most
-    ``END_RETRY`` seconds) while a connector still has the job's run open: sacct may not hold
-    the end yet when the epilog runs, and a stop needs sacct's record."""
-    stopping = _stop_on_sigterm()
-    spool = Spool(config.hook_spool) if config.hook_spool else None
-    not_before: dict[str, float] = {}  # end events kept: name -> when to try again
-    next_full = time.time()
-    while not stopping.is_set():
-        started = time.time()
-        if started >= next_full:
-            # the regular cycle, the safety net: it covers every event already recorded
-            covered = spool.pending() if spool is not None else None
-            code = _one_run(args, config, connectors, reader, options, started, out, err)
-            next_full = started + args.loop
-            if spool is not None and covered is not None and code != EXIT_LOCKED:
-                spool.remove(covered.names)
-                not_before.clear()
-        elif spool is not None:
-            pending = spool.pending(limit=HOOK_BATCH, skip={
-                n for n, at in not_before.items() if at > started})
-            if pending.jobs:
-                scoped = dataclasses.replace(options, scope=Scope(
-                    job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
-                code = _one_run(args, config, connectors, reader, scoped, started, out, err)
-                if code != EXIT_LOCKED:
-                    _note_hook_event(config, max(pending.mtimes.values()))
-                    kept = _ends_to_retry(config, connectors, pending, started)
-                    spool.remove(n for n in pending.names if n not in kept)
-                    for name in kept:
-                        not_before[name] = time.time() + 1.0
-                    for name in [n for n in not_before if n not in kept]:
-                        del not_before[name]
-                continue
-        if stopping.is_set():
-            break
-        wait = max(0.0, next_full - time.time())
-        if spool is not None:
-            spool.wait(wait, skip=set(not_before), stop=stopping.is_set)
-        else:
-            stopping.wait(wait)
-    return EXIT_OK
 
 
 def _note_hook_event(config: Config, at: float) -> None:
@@ -517,19 +576,6 @@ def _ends_to_retry(config: Config, connectors: Mapping[str, Connector], pending:
                     open_jobs.add(run[0])
     return {f"end.{job}" for job in open_jobs
             if now - pending.mtimes.get(f"end.{job}", now) < END_RETRY}
-
-
-def _stop_on_sigterm() -> threading.Event:
-    """An event SIGTERM (systemd's stop) sets: the resident loop ends after the cycle in
-    flight, whose outcomes are recorded as any cycle's (what it did not send waits in the
-    outbox)."""
-    stopping = threading.Event()
-
-    def handler(signum: int, frame: Any) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    return stopping
 
 
 def _one_run(
@@ -922,11 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              adapters=(c.adapt_config for c in registry.values()))
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
         logging_ready = True
-        reader = SlurmReader(
-            Runner(config.slurm.commands),
-            cluster=config.cluster,
-            state_save_location=config.slurm.state_save_location,
-        )
+        reader = _reader(config)
         if args.command == "jobs":
             return _cmd_jobs(args, reader, out, err)
         if args.command == "status":

@@ -183,9 +183,10 @@ epilog_slurmctld='')
     values: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
-        if sep and key.strip() in ("ClusterName", "MinJobAge", "PrologSlurmctld",
-                                   "EpilogSlurmctld"):
-            values.setdefault(key.strip(), value.strip())
+        # 23.02 and later list each of several scripts: "PrologSlurmctld[0] = /path"
+        key = key.strip().split("[", 1)[0]
+        if sep and key in ("ClusterName", "MinJobAge", "PrologSlurmctld", "EpilogSlurmctld"):
+            values.setdefault(key, value.strip())
     if not values.get("ClusterName"):
         raise SlurmFormatError("scontrol show config", "", "no ClusterName line")
     age = values.get("MinJobAge", "").split(" ")[0]

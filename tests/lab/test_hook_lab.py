@@ -135,3 +135,34 @@ def test_events_that_arrive_while_the_syncer_is_down_are_synced_when_it_is_back(
         proc.wait(timeout=60)
     left = set(os.listdir(lab.info["hook_spool"]))
     assert not {f"{e}.{j}" for j in jobs for e in ("start", "end")} & left
+
+
+def test_sighup_reloads_the_config_and_a_broken_one_is_refused(lab: LabCluster,
+                                                                tmp_path: Path) -> None:
+    """SIGHUP reads config.json again between cycles: a broken file is reported and the
+    running config kept; a good one takes over (here: the events go to another file)."""
+    _clear_spool(lab)
+    config = _config(lab, tmp_path)
+    good = json.loads(config.read_text())
+    proc = _resident(config, tmp_path)
+    try:
+        config.write_text("{ not json")
+        proc.send_signal(signal.SIGHUP)
+        lab.wait("the refusal in the log", lambda: "config not reloaded" in (
+            tmp_path / "syncer.log").read_text(), timeout=30)
+        first = lab.submit("#!/bin/sh\nsleep 1\n", "--job-name=before-reload")
+        _wait_for(lab, tmp_path, {(first, "started")}, timeout=30)
+        moved = tmp_path / "moved.jsonl"
+        config.write_text(json.dumps({**good, "connectors": {"events": {"output": str(moved)}}}))
+        proc.send_signal(signal.SIGHUP)
+        lab.wait("the reload in the log", lambda: "config reloaded" in (
+            tmp_path / "syncer.log").read_text(), timeout=30)
+        second = lab.submit("#!/bin/sh\nsleep 1\n", "--job-name=after-reload")
+        lab.wait("the second job in the new events file", lambda: moved.exists() and any(
+            json.loads(line)["job_id"] == second for line in moved.read_text().splitlines()),
+            timeout=30)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0

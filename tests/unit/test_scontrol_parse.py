@@ -24,7 +24,7 @@ from slurm_sync.slurm.model import ExitCode, Job, JobState, NodeTopology
 from slurm_sync.slurm.parse import ParseResult, parse_squeue, resolve_cpu_ids
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import CommandResult, Runner
-from slurm_sync.slurm.scontrol import PRODUCER, parse_show_job
+from slurm_sync.slurm.scontrol import PRODUCER, parse_show_config, parse_show_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "slurm"
 VERSIONS = ("22.05", "24.11", "26.05")
@@ -558,3 +558,22 @@ def test_parse_of_a_job_equals_squeue_after_replace_of_source() -> None:
         if sq.reason and sc.reason != sq.reason:
             sc = replace(sc, reason=sq.reason)
         assert replace(sc, source="squeue") == sq
+
+
+@pytest.mark.parametrize("version", ["22.05", "24.11", "26.05"])
+def test_show_config_gives_cluster_min_job_age_and_the_hook(version: str) -> None:
+    """22.05 prints ``PrologSlurmctld = path``, 23.02 and later ``PrologSlurmctld[0] = path``
+    (several scripts may be given): both read the same."""
+    text = (FIXTURES / version / "scontrol-config-full.txt").read_bytes()
+    config = parse_show_config(text)
+    assert config.cluster_name == f"lab{version.replace('.', '')}"
+    assert config.min_job_age == 300
+    assert config.prolog_slurmctld.endswith("/etc/slurm-sync-hook")
+    assert config.epilog_slurmctld == config.prolog_slurmctld
+
+
+def test_show_config_without_a_hook_or_a_cluster() -> None:
+    unset = parse_show_config("ClusterName = c\nPrologSlurmctld = (null)\nMinJobAge = 0 sec\n")
+    assert (unset.prolog_slurmctld, unset.epilog_slurmctld, unset.min_job_age) == ("", "", None)
+    with pytest.raises(SlurmFormatError, match="no ClusterName"):
+        parse_show_config("MinJobAge = 300 sec\n")
