@@ -107,7 +107,9 @@ class Resident:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "slurm_sync.cli", "-c", str(config), "-vv", "run", "--loop",
              "3600"], stdout=subprocess.DEVNULL, stderr=self.log.open("w"))
+        self.config = config
         self.seen: dict[int, float] = {}
+        self.finished: dict[int, float] = {}
         self._offset = 0
         deadline = time.time() + 120
         while not (work / "state" / "state.db").exists() or not self.calls():
@@ -128,6 +130,8 @@ class Resident:
             event = json.loads(line)
             if event["event"] == "started":
                 self.seen.setdefault(event["job_id"], now)
+            elif event["event"] == "finished":
+                self.finished.setdefault(event["job_id"], now)
 
     def calls(self) -> list[str]:
         return [json.loads(line).get("argv", "") for line in self.log.read_text().splitlines()
@@ -154,11 +158,23 @@ def latency(lab: Lab, jobs: int) -> None:
                 time.sleep(0.01)
             start = lab.starts(offset)[job]
             delays.append(resident.seen[job] - start)
+        deadline = time.time() + 120
+        while not set(resident.seen) <= set(resident.finished):
+            assert time.time() < deadline, "the jobs' ends were not recorded in 120 s"
+            resident.poll()
+            time.sleep(0.05)
     finally:
         resident.stop()
+    # the safety net after the events: what would the regular cycle do now?
+    dry = subprocess.run([sys.executable, "-m", "slurm_sync.cli", "-c", str(resident.config),
+                          "run", "--dry-run", "--json"], capture_output=True, text=True,
+                         check=True, timeout=300)
+    left = json.loads(dry.stdout)["actions"]
     print(f"start-to-record latency of {jobs} single jobs, s: p50 "
           f"{statistics.median(delays):.2f}, p95 {_percentile(delays, .95):.2f}, max "
-          f"{max(delays):.2f} (targets 1 and 2); load {os.getloadavg()[0]:.1f}; work {work}")
+          f"{max(delays):.2f} (targets 1 and 2); their ends all recorded; the regular cycle "
+          f"then plans {len(left)} action(s) (target 0); load {os.getloadavg()[0]:.1f}; "
+          f"work {work}")
 
 
 def burst(lab: Lab, jobs: int) -> None:
