@@ -166,3 +166,26 @@ def test_sighup_reloads_the_config_and_a_broken_one_is_refused(lab: LabCluster,
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
     assert code == 0
+
+
+@pytest.mark.parametrize("fault", ["missing", "not writable"])
+def test_jobs_run_when_the_spool_is_missing_or_not_writable(lab: LabCluster, tmp_path: Path,
+                                                            fault: str) -> None:
+    """The hook runs for every job as PrologSlurmctld: whatever is wrong with its spool, it
+    exits 0 and the job runs (a failing PrologSlurmctld would hold or requeue it)."""
+    spool = Path(lab.info["hook_spool"])
+    _clear_spool(lab)
+    mode = spool.stat().st_mode & 0o7777
+    aside = spool.with_name("hook-spool.aside")
+    try:
+        if fault == "missing":
+            spool.rename(aside)
+        else:
+            spool.chmod(0o500)  # its owner, SlurmUser, may no longer write there
+        job = lab.submit("#!/bin/sh\nexit 0\n", "--job-name=no-spool")
+        lab.wait_state(job, "COMPLETED")
+    finally:
+        if fault == "missing":
+            aside.rename(spool)
+        spool.chmod(mode)
+    assert not os.listdir(spool)
