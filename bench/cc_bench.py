@@ -14,6 +14,7 @@ StateSaveLocation shows the price of the scontrol fallback for scripts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gen import generate  # noqa: E402
 from standins import stand_ins  # noqa: E402
 
-from slurm_sync.connector import SlurmContext  # noqa: E402
+from slurm_sync.connector import SlurmContext, SlurmNeeds  # noqa: E402
 from slurm_sync.connectors.clustercockpit import ClusterCockpitConnector  # noqa: E402
 from slurm_sync.engine import CycleOptions, run_cycle  # noqa: E402
 from slurm_sync.slurm.reader import SlurmReader  # noqa: E402
@@ -63,6 +64,15 @@ def _hosts(document_path: Path) -> list[str]:
     return sorted({r["nodes"] for r in jobs})
 
 
+class FullRecords(ClusterCockpitConnector):
+    """The connector reading squeue's full JSON (``detail="all"``), as the stand-ins serve it:
+    this bench measures sending and planning; the product's delta read path is measured on
+    the lab by bench/cycle_cost.py."""
+
+    def needs(self) -> SlurmNeeds:
+        return dataclasses.replace(super().needs(), detail="all")
+
+
 def _one(bin_dir: Path, state: Path | None, hosts: list[str], jobs: int, latency: float,
          concurrency: int, work: Path) -> tuple[float, int, int, int]:
     token = work / "token"
@@ -73,7 +83,7 @@ def _one(bin_dir: Path, state: Path | None, hosts: list[str], jobs: int, latency
                    faults=Faults(latency=latency)) as emu:
         reader = SlurmReader(Runner(SlurmCommands(bin_dir=str(bin_dir))),
                              state_save_location=str(state) if state else None)
-        connector = ClusterCockpitConnector({
+        connector = FullRecords({
             "url": emu.url, "token": {"file": str(token)}, "cluster": "bench",
             "concurrency": concurrency, "reconcile": "never"})
         connector.bind(SlurmContext(reader=reader, cluster="bench"))
@@ -83,6 +93,7 @@ def _one(bin_dir: Path, state: Path | None, hosts: list[str], jobs: int, latency
                                now=time.time())
             seconds = time.perf_counter() - started
         connector.close()
+        assert not report.slurm_errors, report.slurm_errors
         done = sum(o.status.delivered for o in report.outcomes)
         sent = emu.count("POST", "/api/jobs/start_job/")
     return seconds, done, sent, len(reader.runner.calls)

@@ -12,6 +12,7 @@ the same squeue output. Goal: cycle / json.loads <= 1.3.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -25,11 +26,21 @@ sys.path.insert(0, str(ROOT / "bench"))
 from gen import generate  # noqa: E402
 from standins import stand_ins  # noqa: E402
 
+from slurm_sync.connector import SlurmNeeds  # noqa: E402
 from slurm_sync.connectors.events import EventsConnector  # noqa: E402
 from slurm_sync.engine import CycleOptions, run_cycle  # noqa: E402
 from slurm_sync.slurm.reader import SlurmReader  # noqa: E402
 from slurm_sync.slurm.run import Runner, SlurmCommands  # noqa: E402
 from slurm_sync.store import Store  # noqa: E402
+
+
+class FullRecords(EventsConnector):
+    """The events sink reading squeue's full JSON every cycle (``detail="all"``): what this
+    bench compares with json.loads. The product's delta path (the listing, then scontrol for
+    new runs) is measured on the lab by bench/cycle_cost.py and bench/scale_bench.py."""
+
+    def needs(self) -> SlurmNeeds:
+        return dataclasses.replace(super().needs(), detail="all")
 
 
 def main() -> int:
@@ -46,9 +57,10 @@ def main() -> int:
 
     def cycle(store: Store) -> tuple[float, int]:
         reader = SlurmReader(Runner(SlurmCommands(bin_dir=str(bin_dir))))
-        connectors = {"events": EventsConnector({"output": "/dev/null"})}
+        connectors = {"events": FullRecords({"output": "/dev/null"})}
         started = time.perf_counter()
         report = run_cycle(reader, store, connectors, CycleOptions(), now=time.time())
+        assert not report.slurm_errors, report.slurm_errors
         return time.perf_counter() - started, len(report.planned)
 
     with Store.open(str(work / "state.db")) as store:
