@@ -77,9 +77,9 @@ HOOK_BATCH = 2000
 starts is synced in a few cycles, not one per job)."""
 
 END_RETRY = 30.0
-HOOK_EVENT = "hook_event"  # the store's note of the newest hook event acted on
 """Seconds an end event is tried again while a connector still has the job's run open."""
-"""A progress bar is drawn (on a terminal only) when a connector applies this many actions."""
+
+HOOK_EVENT = "hook_event"  # the store's note of the newest hook event acted on
 
 log = logging.getLogger("slurm_sync.cli")
 
@@ -264,21 +264,13 @@ def with_command(argv: Sequence[str], commands: Collection[str]) -> list[str]:
     ['-q', 'status']
     """
     args = list(argv)
-    index = 0
-    while index < len(args):
-        word = args[index]
-        if word in commands or word in ("-h", "--help", "--version"):
-            return args
-        if word in _GLOBAL_WITH_VALUE:
-            index += 2
-        elif _global_flag(word):
-            index += 1
-        else:
-            break
+    index = _first_word(args)
+    if index < len(args) and (args[index] in commands or args[index] in _HELP):
+        return args
     return [*args[:index], "run", *args[index:]]
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
+def _command_word(argv: Sequence[str]) -> str:
     """The command word of ``argv`` (``run`` when it has none, as ``with_command`` puts it),
     or the first word that is neither a global option nor its value (``--help``, a
     connector's command, a typo).
@@ -288,6 +280,17 @@ def _command_word(argv: Sequence[str]) -> str | None:
     >>> _command_word(["bank", "reconcile"]), _command_word(["--help"])
     ('bank', '--help')
     """
+    index = _first_word(argv)
+    word = argv[index] if index < len(argv) else "run"
+    return word if not word.startswith("-") or word in _HELP else "run"
+
+
+_HELP = ("-h", "--help", "--version")
+
+
+def _first_word(argv: Sequence[str]) -> int:
+    """The index of the first word of ``argv`` that is neither a global option nor its value
+    (``len(argv)`` when there is none)."""
     index = 0
     while index < len(argv):
         word = argv[index]
@@ -296,9 +299,8 @@ def _command_word(argv: Sequence[str]) -> str | None:
         elif _global_flag(word):
             index += 1
         else:
-            return word if not word.startswith("-") or word in ("-h", "--help", "--version") \
-                else "run"
-    return "run"
+            return index
+    return len(argv)
 
 
 def _global_flag(word: str) -> bool:
