@@ -9,7 +9,7 @@ resident ``slurm-sync run --loop`` with ``hook_spool`` set watches the folder (`
 runs a cycle for the jobs named (``Spool.pending``, coalesced per job) and removes the files it
 acted on (``Spool.remove``) once that cycle's outcomes are recorded. A file that stays (the
 syncer killed mid-cycle) is acted on again by the next one: cycles are idempotent. A name of
-another form is left alone and counted (``Pending.foreign``) for ``check`` to report.
+another form is left alone (counted in ``Pending.foreign``).
 
 The folder is polled (``os.scandir`` of a folder that holds a few names, every 0.1 s by
 default): no inotify, which Python's standard library does not offer, and a poll also sees
