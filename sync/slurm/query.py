@@ -2,7 +2,7 @@
 
     >>> f = JobFilter(states=("R",), names=("buildkite",))
     >>> squeue_args(f, (24, 11, 5))
-    ['--json', '--states=RUNNING', '--name=buildkite']
+    ['--json', '--states=RUNNING,CONFIGURING,RESIZING', '--name=buildkite']
     >>> squeue_args(f, (22, 5, 8))         # 22.05 ignores filters with --json: filter afterwards
     ['--json']
 
@@ -170,9 +170,17 @@ def squeue_json_filters(version: tuple[int, int, int]) -> frozenset[str]:
 
 
 def _squeue_state_arg(job_filter: JobFilter) -> str:
+    """``--states=`` of squeue. squeue matches a state word against a job's whole state, flags
+    included, except for a few flag words (src/squeue/filter: COMPLETING, CONFIGURING,
+    RESIZING): ``RUNNING`` alone leaves out a job whose PrologSlurmctld or node boot is still
+    going (RUNNING|CONFIGURING), which is exactly when the hook announces its start. Asking
+    for RUNNING asks for those too (parse.py reads CONFIGURING and RESIZING as RUNNING)."""
     if any(s.strip().upper() == "ALL" for s in job_filter.states):
         return "all"
-    return ",".join(s.value for s in job_filter.wanted_states())
+    words = [s.value for s in job_filter.wanted_states()]
+    if JobState.RUNNING.value in words:
+        words += ["CONFIGURING", "RESIZING"]
+    return ",".join(words)
 
 
 def squeue_args(job_filter: JobFilter, version: tuple[int, int, int]) -> list[str]:

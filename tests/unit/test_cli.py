@@ -56,7 +56,8 @@ def test_jobs_json_filters_and_passes_filters_to_slurm(
     assert {j["name"] for j in document["jobs"]} == {"gpu2", "array"}
     assert all(j["state"] == "RUNNING" for j in document["jobs"])
     assert document["producer"]["plugin"] == "v0.0.41"
-    assert (tmp_path / "bin" / "squeue.argv").read_text() == "--json --states=RUNNING --user=bob"
+    assert (tmp_path / "bin" / "squeue.argv").read_text() == (
+        "--json --states=RUNNING,CONFIGURING,RESIZING --user=bob")
 
 
 def test_slurm_failure_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
