@@ -525,6 +525,9 @@ def _resident(
                 pending = spool.pending(limit=HOOK_BATCH, skip={
                     n for n, at in not_before.items() if at > started})
                 if pending.jobs:
+                    log.info("hook events", extra={"fields": {
+                        "jobs": len(pending.jobs), "events": len(pending.names),
+                        "oldest": round(started - min(pending.mtimes.values()), 3)}})
                     scoped = dataclasses.replace(options, scope=Scope(
                         job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
                     code = _one_run(args, config, connectors, reader, scoped, started, out, err)

@@ -28,8 +28,7 @@ from collections.abc import Sequence
 from slurm_sync.errors import SlurmFormatError
 from slurm_sync.slurm.gres import expand_hosts
 from slurm_sync.slurm.model import Job, JobState, Producer, Skipped
-from slurm_sync.slurm.parse import ParseResult
-from slurm_sync.slurm.query import state_names
+from slurm_sync.slurm.parse import ParseResult, job_state
 
 __all__ = ["LISTING_ENV", "LISTING_FORMAT", "parse_listing"]
 
@@ -106,7 +105,13 @@ def _job(parts: Sequence[str], cluster: str | None) -> Job:
 # the parse).
 @functools.lru_cache(maxsize=64)
 def _state(word: str) -> JobState:
-    (state,) = state_names([word]) or (JobState.UNKNOWN,)
+    """The base state of squeue's ``%T`` word, read as the JSON's and scontrol's are
+    (``parse.job_state``): squeue prints a flag in place of the base state (CONFIGURING while
+    PrologSlurmctld runs, REQUEUED, RESIZING, SIGNALING...), which is RUNNING or PENDING."""
+    state = job_state(word, "state")[0]
+    if state is JobState.UNKNOWN:
+        raise SlurmFormatError("state", word, "not a state this parser knows (squeue prints "
+                               "one word: the base state is unknown)")
     return state
 
 
