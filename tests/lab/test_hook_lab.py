@@ -168,24 +168,39 @@ def test_sighup_reloads_the_config_and_a_broken_one_is_refused(lab: LabCluster,
     assert code == 0
 
 
-@pytest.mark.parametrize("fault", ["missing", "not writable"])
-def test_jobs_run_when_the_spool_is_missing_or_not_writable(lab: LabCluster, tmp_path: Path,
-                                                            fault: str) -> None:
+@pytest.mark.parametrize("fault", ["missing", "not writable", "full"])
+def test_jobs_run_when_the_spool_is_missing_not_writable_or_full(lab: LabCluster,
+                                                                 tmp_path: Path,
+                                                                 fault: str) -> None:
     """The hook runs for every job as PrologSlurmctld: whatever is wrong with its spool, it
-    exits 0 and the job runs (a failing PrologSlurmctld would hold or requeue it)."""
+    exits 0 and the job runs (a failing PrologSlurmctld would hold or requeue it). Full: a
+    tmpfs of one inode mounted over the spool, so that creating a file fails (ENOSPC)."""
     spool = Path(lab.info["hook_spool"])
     _clear_spool(lab)
-    mode = spool.stat().st_mode & 0o7777
+    stat = spool.stat()
     aside = spool.with_name("hook-spool.aside")
+    mounted = False
     try:
         if fault == "missing":
             spool.rename(aside)
-        else:
+        elif fault == "not writable":
             spool.chmod(0o500)  # its owner, SlurmUser, may no longer write there
+        else:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                                   f"size=64k,nr_inodes=1,mode=0770,uid={stat.st_uid}",
+                                   "hook-full", str(spool)], capture_output=True, text=True)
+            if done.returncode != 0 and "not permitted" in done.stderr:
+                pytest.skip(f"this machine lets root mount no tmpfs: {done.stderr.strip()}")
+            assert done.returncode == 0, done.stderr
+            mounted = True
+            with pytest.raises(OSError, match="No space left"):
+                (spool / "start.1").write_text("")
         job = lab.submit("#!/bin/sh\nexit 0\n", "--job-name=no-spool")
         lab.wait_state(job, "COMPLETED")
     finally:
+        if mounted:
+            subprocess.run(["umount", str(spool)], check=True)
         if fault == "missing":
             aside.rename(spool)
-        spool.chmod(mode)
+        spool.chmod(stat.st_mode & 0o7777)
     assert not os.listdir(spool)
