@@ -531,7 +531,9 @@ def _resident(
                     scoped = dataclasses.replace(options, scope=Scope(
                         job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
                     code = _one_run(args, config, connectors, reader, scoped, started, out, err)
-                    if code != EXIT_LOCKED:
+                    if code == EXIT_LOCKED:  # another run (cron, by hand) holds the lock
+                        signals.wake.wait(1.0)
+                    else:
                         _note_hook_event(config, max(pending.mtimes.values()))
                         kept = _ends_to_retry(config, connectors, pending, started)
                         spool.remove(n for n in pending.names if n not in kept)

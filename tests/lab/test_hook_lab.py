@@ -204,3 +204,25 @@ def test_jobs_run_when_the_spool_is_missing_not_writable_or_full(lab: LabCluster
             aside.rename(spool)
         spool.chmod(stat.st_mode & 0o7777)
     assert not os.listdir(spool)
+
+
+def test_events_wait_while_another_run_holds_the_lock(lab: LabCluster, tmp_path: Path) -> None:
+    """A cron or hand-run cycle holding the lock: the resident loop tries again each second
+    (not in a tight loop) and syncs the job once the lock is free."""
+    from slurm_sync.engine import RunLock
+
+    _clear_spool(lab)
+    proc = _resident(_config(lab, tmp_path), tmp_path)
+    try:
+        with RunLock(str(tmp_path / "state")):
+            job = lab.submit("#!/bin/sh\nsleep 2\n", "--job-name=locked-out")
+            lab.wait("its start event", lambda: f"start.{job}" in os.listdir(
+                lab.info["hook_spool"]), timeout=30)
+            time.sleep(4)
+            assert (job, "started") not in _events(tmp_path)
+        _wait_for(lab, tmp_path, {(job, "started")}, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    skipped = (tmp_path / "syncer.log").read_text().count("skipped a cycle")
+    assert 1 <= skipped <= 10, skipped
