@@ -112,6 +112,12 @@ def test_a_stop_before_the_end_or_for_no_run(timeline: Timeline) -> None:
     stops[0]["received"] = body["stopTime"] - 0.5
     stops[1]["body"] = json.dumps({**json.loads(stops[1]["body"]), "startTime": 7})
     assert _failed(result) == {"early_stop": 2}
+    # a request whose body a kill cut off, refused as unreadable, stopped nothing; one
+    # without a body that the service took would have
+    result.requests.append({**stops[2], "body": "", "status": 400})
+    assert _failed(result) == {"early_stop": 2}
+    result.requests.append({**stops[2], "body": "", "status": 200})
+    assert _failed(result) == {"early_stop": 3}
 
 
 def test_the_duplicate_rule_is_no_loss_when_said_plainly(timeline: Timeline) -> None:
