@@ -450,6 +450,13 @@ def _options(args: argparse.Namespace, config: Config) -> CycleOptions:
     )
 
 
+def _load_config(path: str | None, registry: Catalog) -> Config:
+    """The config at ``path``, checked against the schemas of the connectors it names (only
+    those are loaded); another tool's config is read by the adapter that knows it."""
+    return load_config(path, registry.schemas(),
+                       adapters=(c.adapt_config for c in registry.values()))
+
+
 def _reader(config: Config) -> SlurmReader:
     return SlurmReader(
         Runner(config.slurm.commands),
@@ -498,8 +505,7 @@ def _resident(
             if signals.reload:
                 signals.reload = False
                 try:
-                    fresh = load_config(args.config, registry.schemas(),
-                                        adapters=(c.adapt_config for c in registry.values()))
+                    fresh = _load_config(args.config, registry)
                     fresh_reader = _reader(fresh)
                     fresh_connectors = _connectors(args, fresh, registry, fresh_reader)
                 except SyncError as exc:  # a config error: the running config stays
@@ -779,11 +785,11 @@ def _check_hook(spool: str, reader: SlurmReader, last_event: float | None
                      if missing else ""))
     except SlurmError as exc:
         rows.append(("hook in slurm.conf", str(exc)))
-    rows.append(("hook events", "" if last_event is not None else
-                 "no hook event acted on yet: once a job has started, a resident "
-                 "`slurm-sync run --loop` takes its event from the spool"))
-    if last_event is not None:
-        rows[-1] = (f"hook events (newest acted on {_when(int(last_event))})", "")
+    if last_event is None:
+        rows.append(("hook events", "no hook event acted on yet: once a job has started, a "
+                     "resident `slurm-sync run --loop` takes its event from the spool"))
+    else:
+        rows.append((f"hook events (newest acted on {_when(int(last_event))})", ""))
     return rows
 
 
@@ -971,8 +977,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging_ready = True
             code: int = handler(CommandContext(args, out, err, registry, args.config))
             return code
-        config = load_config(args.config, registry.schemas(),
-                             adapters=(c.adapt_config for c in registry.values()))
+        config = _load_config(args.config, registry)
         setup_logging(-1 if args.quiet else args.verbose, config.log_format)
         logging_ready = True
         reader = _reader(config)
