@@ -154,9 +154,7 @@ class Actions:
                 elif what == "requeue":
                     (job,) = self.ids["requeue"]
                     self.lab.wait_state(job, "RUNNING", timeout=60)
-                    self.lab.cmd("scontrol", "requeue", str(job))
-                    self.lab.wait_state(job, "PENDING", timeout=60)
-                    self.lab.cmd("scontrol", "update", f"jobid={job}", "StartTime=now")
+                    self.lab.requeue(job)
                 elif what == "cancel_pending":
                     (job,) = self.ids["pending"]
                     assert self.lab.state(job) == "PENDING", self.lab.show(job)

@@ -151,9 +151,7 @@ def test_real_jobs_end_as_exactly_the_expected_records(
         lab.wait_state(job_id, "RUNNING")
     assert _sync(config, "-q").returncode == 0
     old_start = next(s for (i, s) in _runs(backend, {requeued}) if i == requeued)
-    lab.cmd("scontrol", "requeue", str(requeued))
-    lab.wait_state(requeued, "PENDING")
-    lab.cmd("scontrol", "update", f"jobid={requeued}", "StartTime=now")
+    lab.requeue(requeued)
     lab.wait_state(requeued, "RUNNING")
     lab.wait_state(timeout, "TIMEOUT", timeout=150)
     lab.cmd("scancel", str(gpus), str(requeued))
