@@ -587,6 +587,32 @@ def test_agent_on_sigterm_stops_the_command_and_reports_it(
     assert bk.agent_token not in out + err
 
 
+def test_agent_on_sigterm_as_the_command_starts_still_stops_it(
+        bk: Buildkite, tmp_path: Path, reap: list[int]) -> None:
+    # The command runs before the agent's Popen returns; a SIGTERM then (Slurm's scancel can
+    # come at any moment) once found no process to stop and the agent ran the command out.
+    # Signalled the instant the command shows, a few times: about half did so before.
+    for attempt in range(5):
+        pid_file = tmp_path / f"pid{attempt}"
+        job_id = bk.add_build("climate", jobs=[{
+            "command": f"echo $$ > {pid_file}; sleep 30"}]).job_ids[0]
+        agent = subprocess.Popen([str(AGENT), "start", "--acquire-job", job_id],
+                                 env=agent_env(bk), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 15
+            while not pid_file.exists():
+                assert time.monotonic() < deadline, "the command never started"
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(timeout=10) == 128 + signal.SIGTERM
+        finally:
+            agent.kill()
+            agent.communicate()
+            wait_for(lambda f=pid_file: f.read_text().strip() != "")
+            reap.append(int(pid_file.read_text()))
+        assert bk.job(job_id).signal_reason == "agent_stop"
+
+
 def test_agent_stops_the_command_when_the_job_is_cancelled(
         bk: Buildkite, tmp_path: Path, reap: list[int]) -> None:
     job_id, agent, pgid = _start_sleeper(bk, tmp_path, reap)
