@@ -403,13 +403,10 @@ class SlurmControl:
         return jobs
 
     def _squeue(self, ids: tuple[int, ...]) -> tuple[Job, ...]:
-        # squeue looks a lone --jobs id up with slurmctld's single-job RPC, which fails
-        # ("Invalid job id specified") once the job is purged; with two or more ids it loads
-        # the job list and filters, which simply leaves unknown ids out. So a lone id is
-        # asked twice; the error is still read as "unknown" should squeue take that path.
-        asked = ids if len(ids) > 1 else ids * 2
+        # squeue fails on a lone unknown --jobs id; query.py writes a lone id twice so that
+        # it does not, and the error is still read as "unknown" should squeue fail anyway.
         try:
-            parsed = self.reader.squeue(JobFilter(states=("all",), job_ids=asked))
+            parsed = self.reader.squeue(JobFilter(states=("all",), job_ids=ids))
         except SlurmCommandError as exc:
             if len(ids) == 1 and exc.returncode is not None and _SQUEUE_UNKNOWN_ID in exc.stderr:
                 return ()

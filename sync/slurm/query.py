@@ -189,21 +189,29 @@ def squeue_args(job_filter: JobFilter, version: tuple[int, int, int]) -> list[st
     args = ["--json"]
     if "states" in honoured and job_filter.states:
         args.append(f"--states={_squeue_state_arg(job_filter)}")
-    return args + _filter_args(job_filter, honoured)
+    return args + _filter_args(job_filter, honoured, squeue=True)
 
 
 _FILTER_OPTIONS = (("job_ids", "--jobs"), ("names", "--name"), ("users", "--user"),
                    ("partitions", "--partition"))
 
 
-def _filter_args(job_filter: JobFilter, fields: Collection[str]) -> list[str]:
+def _filter_args(job_filter: JobFilter, fields: Collection[str], *,
+                 squeue: bool = False) -> list[str]:
     """``--jobs=``, ``--name=``, ``--user=``, ``--partition=`` (squeue's and sacct's spelling)
-    for the filter's fields among ``fields`` that are set."""
+    for the filter's fields among ``fields`` that are set.
+
+    squeue looks a lone ``--jobs`` id up with slurmctld's single-job RPC, which fails ("Invalid
+    job id specified", exit 1) once the job has left slurmctld; with two or more ids it loads
+    the job list and filters, which leaves an unknown id out. So for squeue a lone id is
+    written twice (``--jobs=7,7``): a job that is gone is then no error, as with many ids."""
     args = []
     for field, option in _FILTER_OPTIONS:
-        values = getattr(job_filter, field)
+        values = [str(v) for v in getattr(job_filter, field)]
         if field in fields and values:
-            args.append(f"{option}=" + ",".join(str(v) for v in values))
+            if squeue and field == "job_ids" and len(values) == 1:
+                values *= 2
+            args.append(f"{option}=" + ",".join(values))
     return args
 
 
@@ -213,7 +221,8 @@ def listing_args(job_filter: JobFilter, fmt: str) -> list[str]:
     args = ["-h"]
     if job_filter.states:
         args.append(f"--states={_squeue_state_arg(job_filter)}")
-    return [*args, *_filter_args(job_filter, [f for f, _ in _FILTER_OPTIONS]), "-o", fmt]
+    return [*args, *_filter_args(job_filter, [f for f, _ in _FILTER_OPTIONS], squeue=True),
+            "-o", fmt]
 
 
 @dataclass(frozen=True)

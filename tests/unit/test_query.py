@@ -12,6 +12,7 @@ from slurm_sync.slurm.query import (
     WINDOW_RUNS,
     JobFilter,
     SacctWindow,
+    listing_args,
     parse_version,
     sacct_args,
     squeue_args,
@@ -24,14 +25,23 @@ FULL = JobFilter(states=("R", "PD"), job_ids=(7,), names=("bk",), users=("alice"
 
 def test_24_05_1_and_later_get_every_filter() -> None:
     assert squeue_args(FULL, (24, 11, 5)) == [
-        "--json", "--states=RUNNING,PENDING,CONFIGURING,RESIZING", "--jobs=7", "--name=bk",
+        "--json", "--states=RUNNING,PENDING,CONFIGURING,RESIZING", "--jobs=7,7", "--name=bk",
         "--user=alice", "--partition=gpu"]
     assert squeue_args(FULL, (24, 5, 1)) == squeue_args(FULL, (26, 5, 5))
 
 
 def test_23_02_to_24_05_0_get_jobs_and_users_only() -> None:
-    assert squeue_args(FULL, (23, 2, 0)) == ["--json", "--jobs=7", "--user=alice"]
-    assert squeue_args(FULL, (24, 5, 0)) == ["--json", "--jobs=7", "--user=alice"]
+    assert squeue_args(FULL, (23, 2, 0)) == ["--json", "--jobs=7,7", "--user=alice"]
+    assert squeue_args(FULL, (24, 5, 0)) == ["--json", "--jobs=7,7", "--user=alice"]
+
+
+def test_squeue_gets_a_lone_job_id_twice_and_sacct_once() -> None:
+    """squeue fails with "Invalid job id specified" on one id slurmctld no longer holds (seen
+    on 22.05: `run -j` of a purged job exited 3); with two ids it lists what it has."""
+    one = JobFilter(job_ids=(7,))
+    assert listing_args(one, "%i") == ["-h", "--jobs=7,7", "-o", "%i"]
+    assert listing_args(JobFilter(job_ids=(7, 8)), "%i") == ["-h", "--jobs=7,8", "-o", "%i"]
+    assert sacct_args(SacctWindow(0, 60), one)[-1] == "--jobs=7"
 
 
 def test_running_asks_for_jobs_still_configuring() -> None:
