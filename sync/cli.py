@@ -55,7 +55,7 @@ from slurm_sync.slurm.model import Job
 from slurm_sync.slurm.query import JobFilter, SacctWindow, state_names
 from slurm_sync.slurm.reader import SlurmReader
 from slurm_sync.slurm.run import Runner
-from slurm_sync.spool import Pending, Spool
+from slurm_sync.spool import Backlog, Pending, Spool
 from slurm_sync.store import Backoff, Delivery, RunCount, Store
 
 __all__ = ["main"]
@@ -79,6 +79,9 @@ starts is synced in a few cycles, not one per job)."""
 END_RETRY = 30.0
 """Seconds an end event is tried again while a connector still has the job's run open."""
 
+HOOK_STALE = 120.0
+"""A hook event waiting longer than this many seconds makes ``status`` say the hook is behind
+(a resident syncer takes one within a second; a cron run every minute within a minute)."""
 HOOK_EVENT = "hook_event"  # the store's note of the newest hook event acted on
 
 log = logging.getLogger("slurm_sync.cli")
@@ -427,12 +430,25 @@ def _cmd_run(
     if args.loop:
         return _resident(args, config, registry, reader, out, err)
     connectors = _connectors(args, config, registry, reader)
+    options = _options(args, config)
+    spool = Spool(config.hook_spool) if config.hook_spool and _covers_events(options) else None
+    covered = spool.pending() if spool is not None else None
     try:
-        return _one_run(args, config, connectors, reader, _options(args, config), time.time(),
-                        out, err)
+        code = _one_run(args, config, connectors, reader, options, time.time(), out, err)
     finally:
         for connector in connectors.values():
             connector.close()
+    if spool is not None and covered is not None:
+        # this run did what the hook's events asked (cron alone keeps the spool from filling)
+        spool.remove(covered.names)
+    return code
+
+
+def _covers_events(options: CycleOptions) -> bool:
+    """Whether a cycle with ``options`` acts on every event recorded before it: one that
+    changes things, for every job, both ways."""
+    return (not options.dry_run and not options.scope.job_ids
+            and options.direction is Direction.BOTH)
 
 
 def _options(args: argparse.Namespace, config: Config) -> CycleOptions:
@@ -521,7 +537,7 @@ def _resident(
             started = time.time()
             if started >= next_full:
                 # the regular cycle, the safety net: it covers every event already recorded
-                covered = spool.pending() if spool is not None else None
+                covered = spool.pending() if spool and _covers_events(options) else None
                 code = _one_run(args, config, connectors, reader, options, started, out, err)
                 next_full = started + args.loop
                 if spool is not None and covered is not None and code != EXIT_LOCKED:
@@ -626,6 +642,7 @@ def _one_run(
                         slurm_failed=bool(report.slurm_errors),
                         connector_errors=len(report.connector_errors),
                         skipped_records=len(report.skipped),
+                        hook=Spool(config.hook_spool).backlog() if config.hook_spool else None,
                     ))
         except LockHeld as exc:
             if not args.loop:
@@ -828,6 +845,21 @@ def _status_of(store: Store, name: str, now: float, max_lag: float | None) -> di
     }
 
 
+def _hook_behind(spool: str | None, hook: Backlog | None, now: float) -> str:
+    """Why the hook's events are not being taken ("" when they are): a resident syncer takes
+    each within a second or so, a cron run every minute those recorded before it."""
+    if spool is None or hook is None:
+        return ""
+    if not hook.readable:
+        return (f"cannot read {spool} (missing, or not readable by this user): "
+                "see docs/hook.md for the folder and its permissions")
+    if hook.oldest is not None and now - hook.oldest > HOOK_STALE:
+        return (f"{hook.waiting} event(s) waiting, the oldest for {now - hook.oldest:.0f} s: "
+                "no syncer is taking them; is `slurm-sync run --loop` running "
+                "(contrib/slurm-sync-resident.service)?")
+    return ""
+
+
 def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
     """Per connector: watermark, outbox, deliveries, refusals, and how far it is behind."""
     path = _store_path(config)
@@ -837,6 +869,8 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
         rows = [_status_of(store, name, now, config.max_lag_seconds)
                 for name in store.connectors()]
         refusals = [item for name in store.connectors() for item in store.refusals(connector=name)]
+    hook = Spool(config.hook_spool).backlog() if config.hook_spool else None
+    hook_behind = _hook_behind(config.hook_spool, hook, now)
     if as_json:
         _print_json(out, {
             "state": path, "now": now, "max_lag_seconds": config.max_lag_seconds,
@@ -846,6 +880,9 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
             "last_run": None if last is None else {
                 "started": last.started, "ended": last.ended, "exit_code": last.exit_code,
                 "actions": sum(c.count for c in last.counts), "skipped_records": last.skipped},
+            "hook": None if hook is None else {
+                "spool": config.hook_spool, "readable": hook.readable, "waiting": hook.waiting,
+                "oldest": hook.oldest, "behind": hook_behind},
         })
         return EXIT_OK
     table = Table(title=f"slurm-sync state in {path}")
@@ -865,6 +902,12 @@ def _cmd_status(config: Config, out: Console, as_json: bool = False) -> int:
         if row["behind"]:
             out.print(f"[red]behind:[/] {escape(row['connector'])}: {escape(row['behind'])}",
                       highlight=False)
+    if hook is not None and hook.readable:
+        out.print(f"hook events waiting in {escape(str(config.hook_spool))}: {hook.waiting}"
+                  + (f", the oldest recorded {_ago(now, hook.oldest)}" if hook.oldest else ""),
+                  highlight=False)
+    if hook_behind:
+        out.print(f"[red]behind:[/] hook: {escape(hook_behind)}", highlight=False)
     if refusals:
         refused = Table(title="refused for good (newest first; `slurm-sync retry` sends again)")
         for column in ("CONNECTOR", "ACTION", "JOB", "WHEN", "WHY"):

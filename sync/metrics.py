@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 from slurm_sync.actions import Outcome
 from slurm_sync.slurm.run import CallRecord
+from slurm_sync.spool import Backlog
 from slurm_sync.store import LagRecord
 
 __all__ = ["render_metrics", "write_metrics"]
@@ -45,10 +46,13 @@ def render_metrics(
     slurm_failed: bool = False,
     connector_errors: int = 0,
     skipped_records: int = 0,
+    hook: Backlog | None = None,
 ) -> str:
     """The metrics of one run, as text. The lag figures are what an alert needs: a connector
     whose ended runs are not stopped (and since when), runs Slurm has no record of, stops the
-    guard held back, the watermark's time, and whether the connector is behind ``max_lag``."""
+    guard held back, the watermark's time, and whether the connector is behind ``max_lag``; with
+    ``hook`` (the spool's backlog when the run ended), how many hook events wait and since when:
+    a resident syncer takes each within a second, so an old one means none is running."""
     lines = [
         "# HELP slurm_sync_last_run_timestamp_seconds When the last run ended.",
         "# TYPE slurm_sync_last_run_timestamp_seconds gauge",
@@ -119,6 +123,19 @@ def render_metrics(
     ]
     for connector in sorted({r.connector for r in records} | set(behind)):
         lines.append(f"slurm_sync_behind{_labels(connector=connector)} {int(connector in behind)}")
+    if hook is not None:
+        lines += [
+            "# HELP slurm_sync_hook_events_waiting Hook events in the spool when the run ended.",
+            "# TYPE slurm_sync_hook_events_waiting gauge",
+            f"slurm_sync_hook_events_waiting {hook.waiting}",
+            "# HELP slurm_sync_hook_oldest_event_timestamp_seconds When the oldest waiting hook "
+            "event was recorded (0: none).",
+            "# TYPE slurm_sync_hook_oldest_event_timestamp_seconds gauge",
+            f"slurm_sync_hook_oldest_event_timestamp_seconds {hook.oldest or 0:.0f}",
+            "# HELP slurm_sync_hook_spool_readable 0 when the spool folder cannot be read.",
+            "# TYPE slurm_sync_hook_spool_readable gauge",
+            f"slurm_sync_hook_spool_readable {int(hook.readable)}",
+        ]
     return "\n".join(lines) + "\n"
 
 

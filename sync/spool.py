@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["EVENTS", "Pending", "Spool", "event_of"]
+__all__ = ["EVENTS", "Backlog", "Pending", "Spool", "event_of"]
 
 #: What the hook records: a job started (PrologSlurmctld) or ended (EpilogSlurmctld).
 EVENTS = ("start", "end")
@@ -50,6 +50,16 @@ class Pending:
     names: tuple[str, ...] = ()
     foreign: int = 0
     mtimes: dict[str, float] = field(default_factory=dict)  # name -> when it was recorded
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the spool, for ``status`` and the metrics: how many events, when the
+    oldest was recorded (None: none), and whether the folder could be read at all."""
+
+    waiting: int
+    oldest: float | None
+    readable: bool
 
 
 class Spool:
@@ -94,6 +104,14 @@ class Spool:
         mtimes = {name: mtime for mtime, name, _, _ in found}
         return Pending(jobs={j: frozenset(w) for j, w in jobs.items()}, names=tuple(names),
                        foreign=foreign, mtimes={n: mtimes[n] for n in names})
+
+    def backlog(self) -> Backlog:
+        """The events waiting now (a resident syncer takes each within a second or so)."""
+        if not os.access(self.path, os.R_OK | os.X_OK) or not os.path.isdir(self.path):
+            return Backlog(waiting=0, oldest=None, readable=False)
+        pending = self.pending()
+        return Backlog(waiting=len(pending.names),
+                       oldest=min(pending.mtimes.values(), default=None), readable=True)
 
     def remove(self, names: Iterable[str]) -> None:
         """Remove the event files acted on; one already gone is no error (an event of the same

@@ -137,6 +137,39 @@ def test_events_that_arrive_while_the_syncer_is_down_are_synced_when_it_is_back(
     assert not {f"{e}.{j}" for j in jobs for e in ("start", "end")} & left
 
 
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "slurm_sync.cli", "-c", str(config), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_without_a_resident_syncer_status_says_events_wait_and_a_cron_run_takes_them(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    _clear_spool(lab)
+    config = _config(lab, tmp_path)
+    job = lab.submit("#!/bin/sh\nsleep 1\n", "--job-name=no-resident")
+    lab.wait_state(job, "COMPLETED")
+    spool = Path(lab.info["hook_spool"])
+    names = {f"start.{job}", f"end.{job}"}
+    assert names <= set(os.listdir(spool))
+    old = time.time() - 300  # as if recorded five minutes ago
+    for name in names:
+        os.utime(spool / name, (old, old))
+    status = _cli(config, "status", "--json")
+    hook = json.loads(status.stdout)["hook"]
+    assert hook["waiting"] == 2 and "no syncer is taking them" in hook["behind"], hook
+    # a dry run and a run for one job leave them (they did not do what every event asks)
+    assert _cli(config, "-q", "run", "--dry-run").returncode == 0
+    assert _cli(config, "-q", "run", "-j", "1").returncode == 0
+    assert names <= set(os.listdir(spool))
+    done = _cli(config, "-q", "run")  # cron's run
+    assert done.returncode == 0, done.stderr
+    assert not names & set(os.listdir(spool))
+    assert {(job, "started"), (job, "finished")} <= set(_events(tmp_path))
+    hook = json.loads(_cli(config, "status", "--json").stdout)["hook"]
+    assert (hook["waiting"], hook["behind"]) == (0, "")
+
+
 def test_sighup_reloads_the_config_and_a_broken_one_is_refused(lab: LabCluster,
                                                                 tmp_path: Path) -> None:
     """SIGHUP reads config.json again between cycles: a broken file is reported and the

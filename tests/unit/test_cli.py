@@ -180,6 +180,47 @@ def test_status_check_and_metrics_show_a_connector_that_falls_behind(
            f'{now - 7200:.0f}' in text
 
 
+def test_status_and_metrics_show_hook_events_no_syncer_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Events the hook recorded minutes ago still wait: no resident syncer is running. status
+    says so (and how many, since when), and the metrics carry it for an alert."""
+    import os
+    import time
+
+    from slurm_sync.metrics import render_metrics
+    from slurm_sync.spool import Spool
+
+    now = time.time()
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"state_dir": str(tmp_path), "hook_spool": str(spool)}))
+    (spool / "start.12").write_text("")
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    hook = json.loads(capsys.readouterr().out)["hook"]
+    assert (hook["waiting"], hook["readable"], hook["behind"]) == (1, True, "")
+    (spool / "end.11").write_text("")
+    os.utime(spool / "end.11", (now - 600, now - 600))
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    hook = json.loads(capsys.readouterr().out)["hook"]
+    assert hook["waiting"] == 2 and abs(hook["oldest"] - (now - 600)) < 1
+    assert "the oldest for 60" in hook["behind"] and "run --loop" in hook["behind"]
+    assert main(["-c", str(config), "status"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"hook events waiting in {spool}: 2" in text
+    assert "behind: hook: 2 event(s) waiting" in text
+    metrics = render_metrics(finished=now, duration=1.0, exit_code=0, outcomes=[],
+                             outbox_depth={}, calls=[], hook=Spool(str(spool)).backlog())
+    assert "slurm_sync_hook_events_waiting 2" in metrics
+    assert f"slurm_sync_hook_oldest_event_timestamp_seconds {now - 600:.0f}" in metrics
+    config.write_text(json.dumps({"state_dir": str(tmp_path),
+                                  "hook_spool": str(tmp_path / "missing")}))
+    assert main(["-c", str(config), "status", "--json"]) == 0
+    hook = json.loads(capsys.readouterr().out)["hook"]
+    assert hook["readable"] is False and "cannot read" in hook["behind"]
+
+
 def test_buildkite_secret_commands_round_trip(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_sync.spool import Spool, event_of
+from slurm_sync.spool import Backlog, Spool, event_of
 
 HOOK = Path(__file__).resolve().parents[2] / "contrib" / "slurm-sync-hook"
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
@@ -104,6 +104,17 @@ def test_pending_coalesces_per_job_and_takes_the_oldest_jobs_first(tmp_path: Pat
     Spool(str(tmp_path)).remove(["start.9", "start.9", "gone.1"])
     assert not (tmp_path / "start.9").exists()
     assert Spool(str(tmp_path / "missing")).pending().jobs == {}
+
+
+def test_backlog_counts_the_waiting_events_and_says_when_the_folder_cannot_be_read(
+        tmp_path: Path) -> None:
+    assert Spool(str(tmp_path)).backlog() == Backlog(waiting=0, oldest=None, readable=True)
+    for age, name in enumerate(["start.9", "end.9", "start.4", "notes.txt"]):
+        (tmp_path / name).write_text("")
+        os.utime(tmp_path / name, (2000 - age, 2000 - age))
+    assert Spool(str(tmp_path)).backlog() == Backlog(waiting=3, oldest=1998.0, readable=True)
+    assert Spool(str(tmp_path / "missing")).backlog().readable is False
+    assert Spool(str(tmp_path / "notes.txt")).backlog().readable is False
 
 
 def test_wait_wakes_on_an_event_and_times_out_without_one(tmp_path: Path) -> None:
