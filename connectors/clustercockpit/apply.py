@@ -244,7 +244,8 @@ class Sender:
             return meta
         job_id = int(files.get("job_id") or 0)
         try:
-            found = self.reader.job_files(job_id, files.get("array_job_id"))
+            found = self.reader.job_files(job_id, files.get("array_job_id"),
+                                          environment=settings.environment)
         except SlurmError as exc:
             meta["slurmSyncNotes"] = _join(meta.get("slurmSyncNotes"),
                                            f"job script not read: {exc}")

@@ -213,12 +213,15 @@ class SlurmReader:
             raise
         return result.stdout.decode("utf-8", errors="replace")
 
-    def job_files(self, job_id: int, array_job_id: int | None = None) -> JobFiles:
-        """Script and environment from the StateSaveLocation, the script from ``scontrol`` when
-        the directory is not there or not readable."""
+    def job_files(self, job_id: int, array_job_id: int | None = None, *,
+                  environment: bool = True) -> JobFiles:
+        """Script and environment (unless ``environment`` is false) from the
+        StateSaveLocation, the script from ``scontrol`` when the directory is not there or not
+        readable."""
         files = None
         if self.state_save_location:
-            files = read_job_files(self.state_save_location, job_id, array_job_id)
+            files = read_job_files(self.state_save_location, job_id, array_job_id,
+                                   environment=environment)
             if files.script is not None:
                 return files
         script = self.batch_script(job_id)

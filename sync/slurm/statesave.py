@@ -73,9 +73,12 @@ def _read(path: str) -> tuple[bytes | None, str]:
 
 
 def read_job_files(
-    root: str, job_id: int, array_job_id: int | None = None, env_limit: int = DEFAULT_ENV_LIMIT
+    root: str, job_id: int, array_job_id: int | None = None, env_limit: int = DEFAULT_ENV_LIMIT,
+    *, environment: bool = True,
 ) -> JobFiles:
-    """`read_job_files(root, id)` reads job ``id``'s files, or the array's first job's."""
+    """`read_job_files(root, id)` reads job ``id``'s files, or the array's first job's;
+    ``environment=False`` leaves the environment file unread (None): half the cost of a job
+    whose caller wants only the script."""
     candidates = [job_id]
     if array_job_id and array_job_id != job_id:
         candidates.append(array_job_id)
@@ -89,16 +92,17 @@ def read_job_files(
             )
             continue
         script_bytes, script_reason = _read(os.path.join(directory, "script"))
-        env_bytes, env_reason = _read(os.path.join(directory, "environment"))
+        env_bytes, env_reason = (_read(os.path.join(directory, "environment")) if environment
+                                 else (None, ""))
         script = (
             script_bytes.rstrip(b"\0").decode("utf-8", errors="replace")
             if script_bytes is not None
             else None
         )
-        environment = decode_environment(env_bytes, env_limit) if env_bytes is not None else None
+        decoded = decode_environment(env_bytes, env_limit) if env_bytes is not None else None
         return JobFiles(
             script=script,
-            environment=environment,
+            environment=decoded,
             directory=directory,
             reason="; ".join(r for r in (script_reason, env_reason) if r),
         )

@@ -45,6 +45,15 @@ def test_array_task_uses_the_array_jobs_files(tmp_path: Path) -> None:
     assert files.directory.endswith("hash.0/job.500")
 
 
+def test_the_environment_is_left_unread_when_not_wanted(tmp_path: Path) -> None:
+    directory = _write_job(tmp_path, 61, b"#!/bin/sh\n", [b"A=1"])
+    files = read_job_files(str(tmp_path), 61, environment=False)
+    assert (files.script, files.environment, files.reason) == ("#!/bin/sh\n", None, "")
+    (directory / "environment").chmod(0)
+    (directory / "environment").unlink()  # not even looked for
+    assert read_job_files(str(tmp_path), 61, environment=False).reason == ""
+
+
 def test_missing_job_says_why(tmp_path: Path) -> None:
     files = read_job_files(str(tmp_path), 42)
     assert files.script is None and files.environment is None
