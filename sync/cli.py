@@ -516,6 +516,7 @@ def _resident(
     connectors = _connectors(args, config, registry, reader)
     not_before: dict[str, float] = {}  # end events kept: name -> when to try again
     next_full = time.time()
+    next_retry: float | None = None  # when the outbox's first action is due again
     try:
         while not signals.stop:
             if signals.reload:
@@ -535,11 +536,14 @@ def _resident(
             options = _options(args, config)
             spool = Spool(config.hook_spool) if config.hook_spool else None
             started = time.time()
-            if started >= next_full:
-                # the regular cycle, the safety net: it covers every event already recorded
+            if started >= next_full or (next_retry is not None and started >= next_retry):
+                # the regular cycle, the safety net: it covers every event already recorded,
+                # and sends what waits in the outbox once it is due (else an action a
+                # service refused for a moment would wait for the next interval)
                 covered = spool.pending() if spool and _covers_events(options) else None
                 code = _one_run(args, config, connectors, reader, options, started, out, err)
                 next_full = started + args.loop
+                next_retry = _next_retry(config, connectors, started)
                 if spool is not None and covered is not None and code != EXIT_LOCKED:
                     spool.remove(covered.names)
                     not_before.clear()
@@ -563,11 +567,12 @@ def _resident(
                             not_before[name] = time.time() + 1.0
                         for name in [n for n in not_before if n not in kept]:
                             del not_before[name]
+                        next_retry = _next_retry(config, connectors, started)
                     continue
             if signals.stop or signals.reload:
                 continue
             signals.wake.clear()
-            wait = max(0.0, next_full - time.time())
+            wait = max(0.0, min(next_full, next_retry or next_full) - time.time())
             if spool is not None:
                 spool.wait(wait, skip=set(not_before), stop=signals.wake.is_set)
             else:
@@ -578,6 +583,18 @@ def _resident(
     finally:
         for connector in connectors.values():
             connector.close()
+
+
+def _next_retry(config: Config, connectors: Mapping[str, Connector],
+                since: float) -> float | None:
+    """When the first action waiting in the outbox is due again, if a cycle that began at
+    ``since`` put it off (None: nothing waits, or what waits was due before and that cycle
+    did not send it: held by the stop guard or ``--limit``; it waits for the regular cycle,
+    so that the loop never spins on it)."""
+    with Store.open(_store_path(config), read_only=True) as store:
+        due = [at for name in connectors
+               if (at := store.next_retry_after(connector=name, after=since)) is not None]
+    return min(due, default=None)
 
 
 def _note_hook_event(config: Config, at: float) -> None:

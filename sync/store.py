@@ -896,6 +896,18 @@ class Store:
         )
         return OutboxStats(connector, depth, oldest, next_retry)
 
+    def next_retry_after(self, *, connector: str, after: float) -> float | None:
+        """When the first outbox entry of ``connector`` due later than ``after`` is due (None:
+        none): what a resident loop waits for, leaving aside entries a cycle chose not to send."""
+        (first,) = self._read(
+            "reading the outbox",
+            lambda c: c.execute(
+                "SELECT min(next_retry) FROM outbox WHERE connector = ? AND next_retry > ?",
+                (connector, after),
+            ).fetchone(),
+        )
+        return None if first is None else float(first)
+
     # ---------------------------------------------------------------------- watermark
 
     def get_watermark(self, *, connector: str) -> float | None:

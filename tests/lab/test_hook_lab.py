@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -259,3 +261,127 @@ def test_events_wait_while_another_run_holds_the_lock(lab: LabCluster, tmp_path:
         proc.wait(timeout=60)
     skipped = (tmp_path / "syncer.log").read_text().count("skipped a cycle")
     assert 1 <= skipped <= 10, skipped
+
+
+@pytest.mark.parametrize("seed", [15])
+def test_a_resident_syncer_killed_while_events_arrive_loses_and_invents_nothing(
+    lab: LabCluster, tmp_path: Path, seed: int
+) -> None:
+    """Short jobs start and end while the resident loop is killed (kill -9) at seeded moments
+    and started again, with cc-backend failing some requests: every job ends as exactly one
+    record, completed, in the cc-backend emulator, and as its started and finished events in
+    the sink (a line written just before a kill may be written again: same key and event);
+    nothing names a job that did not run."""
+    from tests.emulators.base import Faults
+    from tests.emulators.ccbackend import CCBackend
+
+    rng = random.Random(seed)
+    _clear_spool(lab)
+    token = tmp_path / "cc-token"
+    token.write_text("hook-token\n")
+    token.chmod(0o600)
+    with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
+                   tokens={"hook-token"}, faults=Faults(error_share=0.15, seed=seed)) as emu:
+        config = _config(lab, tmp_path)
+        settings = json.loads(config.read_text())
+        settings["retry_base_seconds"] = 1
+        settings["connectors"]["clustercockpit"] = {
+            "url": emu.url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0}
+        config.write_text(json.dumps(settings))
+        plan = sorted([(rng.uniform(0, 12), "submit") for _ in range(10)]
+                      + [(rng.uniform(1, 14), "kill") for _ in range(3)])
+        jobs: list[int] = []
+        kills = 0
+        proc = _resident(config, tmp_path)
+        began = time.monotonic()
+        try:
+            for at, what in plan:
+                time.sleep(max(0.0, at - (time.monotonic() - began)))
+                if what == "submit":
+                    jobs.append(lab.submit(f"#!/bin/sh\nsleep {rng.choice([1, 2, 4])}\n",
+                                           "--job-name=killed-resident"))
+                else:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                    kills += 1
+                    time.sleep(rng.uniform(0, 2))
+                    proc = _resident(config, tmp_path)
+            for job in jobs:
+                lab.wait_state(job, "COMPLETED")
+            wanted = {(j, e) for j in jobs for e in ("started", "finished")}
+            lab.wait("every job in the sink", lambda: wanted <= set(_events(tmp_path)), 90)
+            try:
+                lab.wait("every job stopped in cc-backend", lambda: sorted(
+                    (r["jobId"], r["jobState"]) for r in _ours(emu, jobs)) == sorted(
+                    (j, "completed") for j in jobs), 90)
+            except AssertionError:
+                status = json.loads(_cli(config, "status", "--json").stdout)
+                raise AssertionError(f"{[(r['jobId'], r['jobState']) for r in _ours(emu, jobs)]}"
+                                     f" for {jobs}; status: {status['connectors']}") from None
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
+        assert kills == 3 and emu.count("POST", "/api/jobs/start_job/") >= len(jobs)
+        records = _ours(emu, jobs)  # the first (regular) cycle also syncs earlier tests' jobs
+        assert len(records) == len(jobs) == len({r["jobId"] for r in records})
+        shown = {j: lab.show(j) for j in jobs}
+        for record in records:
+            assert f"StartTime={_local(record['startTime'])}" in shown[record["jobId"]]
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    lines = [line for line in lines if line["job_id"] >= min(jobs)]  # not earlier tests' jobs
+    assert {line["job_id"] for line in lines} == set(jobs)  # none invented
+    by_pair: dict[tuple[int, str], set[str]] = {}
+    for line in lines:
+        by_pair.setdefault((line["job_id"], line["event"]), set()).add(line["key"])
+    assert all(len(keys) == 1 for keys in by_pair.values()), by_pair  # a repeat is the same run
+
+
+def test_an_action_a_service_refused_is_sent_again_when_due_not_at_the_next_interval(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    """cc-backend answers 500 to everything while a job's start event is acted on: the start
+    waits in the outbox. Once the service is back, the resident loop sends it when its retry
+    is due (seconds here), not at the regular cycle an hour later."""
+    from tests.emulators.base import Faults
+    from tests.emulators.ccbackend import CCBackend
+
+    _clear_spool(lab)
+    token = tmp_path / "cc-token"
+    token.write_text("hook-token\n")
+    token.chmod(0o600)
+    faults = Faults()
+    with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
+                   tokens={"hook-token"}, faults=faults) as emu:
+        config = _config(lab, tmp_path)
+        settings = json.loads(config.read_text())
+        settings.update(retry_base_seconds=2, first_window_seconds=60)
+        settings["connectors"] = {"clustercockpit": {
+            "url": emu.url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
+            "api_version": "1.5"}}
+        config.write_text(json.dumps(settings))
+        proc = _resident(config, tmp_path)
+        try:
+            faults.error_share = 1.0
+            job = lab.submit("#!/bin/sh\nsleep 30\n", "--job-name=refused-once")
+            lab.wait("its start in the outbox", lambda: json.loads(_cli(
+                config, "status", "--json").stdout)["connectors"][0]["outbox"] >= 1, 60)
+            faults.error_share = 0.0
+            lab.wait("its record in cc-backend", lambda: bool(_ours(emu, [job])), 30)
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            lab.cmd("scancel", str(job))
+        assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
+
+
+def _ours(emu: Any, jobs: list[int]) -> list[dict[str, Any]]:
+    with emu.lock:
+        return [dict(r) for r in emu.all_jobs() if r["jobId"] in jobs]
+
+
+def _local(epoch: int) -> str:
+    """scontrol's way of writing a time: local, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))

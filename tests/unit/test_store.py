@@ -517,6 +517,12 @@ def test_outbox_stats(store: Store) -> None:
                                     Outcome.transient(_action(KEY1), "503")], now=TS2)
     stats = store.outbox_stats(connector="events")
     assert (stats.depth, stats.oldest, stats.next_retry) == (2, TS1, TS2 + 30.0)
+    # what a resident loop waits for: the first entry due after a given time
+    assert store.next_retry_after(connector="events", after=TS2) == TS2 + 30.0
+    later = store.next_retry_after(connector="events", after=TS2 + 30.0)
+    assert later is not None and later > TS2 + 30.0  # KEY1's second backoff is longer
+    assert store.next_retry_after(connector="events", after=later) is None
+    assert store.next_retry_after(connector="bank", after=0) is None
 
 
 def test_a_delivery_or_permanent_failure_leaves_the_outbox(store: Store) -> None:
