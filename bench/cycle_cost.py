@@ -1,7 +1,7 @@
 """slurm-sync's whole cycle on a filled lab (issue 14): the real CLI, its own and Slurm's cost.
 
     python bench/cycle_cost.py --run-dir lab/run-fat [--version 24.11] [--steady 5]
-        [--modes new all] [--latency 0.01] [--no-stop]
+        [--modes new all] [--latency 0.01] [--resident SECONDS] [--no-stop]
 
 Needs root and a lab that is up, usually the fat-node lab (2 x 512 cores; see
 ``lab/slurm-lab --help`` and BENCHMARKS.md), filled by bench/fill.py (``--pending`` held +
@@ -37,6 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -195,6 +197,58 @@ class Mode:
                 "facts": facts, "starts": after[0] - before[0], "stops": after[1] - before[1]}
 
 
+def _runs(db: Path) -> list[tuple[float, float, int]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute("SELECT started, ended, exit_code FROM runs ORDER BY started"
+                            ).fetchall()
+
+
+def _cpu_of(pid: int) -> tuple[float, float]:
+    """(own CPU s, CPU s of its waited-for children) of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def resident(mode: Mode, seconds: float, interval: float) -> dict[str, Any]:
+    """A resident ``run --loop interval`` for ``seconds`` once its first cycle is recorded: its
+    regular cycles' wall (the store's runs), CPU per cycle (/proc, the process's own and its
+    Slurm children's) and the Slurm calls per cycle (the wrappers' log)."""
+    log = mode.folder / "resident.time"
+    env = cli_env(mode.folder.parent, CYCLE_COST_LOG=str(log),
+                  CYCLE_COST_SELF=str(mode.folder / "resident.self.json"),
+                  CYCLE_COST_DETAIL=mode.name)
+    db = mode.folder / "state" / "state.db"
+    before = len(_runs(db))
+    proc = subprocess.Popen([sys.executable, "-c", PRELUDE, "-c", str(mode.config), "-q",
+                             "run", "--loop", str(interval)], env=env,
+                            stderr=(mode.folder / "resident.stderr").open("w"))
+    try:
+        while len(_runs(db)) <= before:
+            if proc.poll() is not None:
+                raise SystemExit(f"the resident loop exited {proc.returncode}")
+            time.sleep(0.05)
+        first, calls_before = len(_runs(db)), len(read_time_log(log))
+        cpu_before = _cpu_of(proc.pid)
+        time.sleep(seconds)
+        last, cpu_after = len(_runs(db)), _cpu_of(proc.pid)
+        calls = read_time_log(log)[calls_before:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    rows = _runs(db)[first:last]
+    cycles = last - first
+    walls = [ended - started for started, ended, _ in rows]
+    return {"cycles": cycles, "wall": statistics.median(walls), "wall_range": (min(walls),
+            max(walls)), "exits": sorted({r[2] for r in rows}),
+            "cpu": (cpu_after[0] - cpu_before[0]) / cycles,
+            "children_cpu": (cpu_after[1] - cpu_before[1]) / cycles,
+            "rss": json.loads((mode.folder / "resident.self.json").read_text())["hwm_kb"] / 1024,
+            "calls": len(calls) / cycles, "slurm_wall": sum(c["wall"] for c in calls) / cycles,
+            "slurm_cpu": sum(c["cpu"] for c in calls) / cycles,
+            "slurm_rss": max((c["rss"] for c in calls), default=0.0)}
+
+
 def floor(bin_dir: Path, work: Path, repeat: int) -> list[dict[str, Any]]:
     """The plain listing through the same wrapper, ``repeat`` times."""
     log = work / "floor.time"
@@ -287,6 +341,10 @@ def main() -> int:
     parser.add_argument("--first-window", type=int, default=3600,
                         help="first_window_seconds: shorter than the time since an earlier "
                              "run cancelled its jobs, or the first cycle sends their ends too")
+    parser.add_argument("--resident", type=float, default=0, metavar="SECONDS",
+                        help="after the steady cycles, a resident `run --loop` of the first "
+                             "mode for this long: its regular cycles measured alike")
+    parser.add_argument("--resident-interval", type=float, default=2.0)
     parser.add_argument("--no-stop", action="store_true",
                         help="leave the running jobs: no cancel, no stop cycle")
     args = parser.parse_args()
@@ -325,6 +383,11 @@ def main() -> int:
         for mode in modes:
             record(mode, "steady")
     floors += floor(bin_dir, work, args.floor_repeat)
+    loop = None
+    if args.resident:
+        loop = resident(modes[0], args.resident, args.resident_interval)
+        print(f"  [{modes[0].name}] resident loop: {loop}", flush=True)
+        floors += floor(bin_dir, work, args.floor_repeat)
     print(f"load {os.getloadavg()[0]:.1f}", flush=True)
     if not args.no_stop:
         lab.run("scancel", f"--name={fill.RUNNING_NAME}")
@@ -362,6 +425,15 @@ def main() -> int:
                   f"{s['slurm_cpu']:.2f} | {s['slurm_rss']:.0f} | "
                   f"{s['rss'] + s['slurm_rss']:.0f} | {s['starts']} / {s['stops']} | "
                   f"{s['wall'] / floor_wall:.1f}x |")
+    if loop is not None:
+        print(f"| steady, resident `run --loop {args.resident_interval:g}` | "
+              f"{args.modes[0]} | {loop['cycles']} | {loop['exits']} | {loop['wall']:.2f} "
+              f"({loop['wall_range'][0]:.2f}-{loop['wall_range'][1]:.2f}) | {loop['cpu']:.2f} | "
+              f"{loop['rss']:.0f} | {loop['calls']:.1f} | {loop['slurm_wall']:.2f} | "
+              f"{loop['slurm_cpu']:.2f} | {loop['slurm_rss']:.0f} | "
+              f"{loop['rss'] + loop['slurm_rss']:.0f} | - | {loop['wall'] / floor_wall:.1f}x |")
+        print("(resident: wall is each regular cycle's, from the store's runs table; CPU per "
+              "cycle from /proc; the process's peak RSS at exit)")
     print(f"\n(each cycle's stderr, report and time log are in {work})")
     return 0
 
