@@ -31,6 +31,7 @@ from typing import Any
 
 from slurm_sync.actions import Action, Outcome, RunKey, Status
 from slurm_sync.connectors.clustercockpit.client import (
+    cached_duplicate,
     detect_api_version,
     runs_in_cc,
     schema_error,
@@ -190,6 +191,10 @@ class Sender:
         reply = self.client.post("/api/jobs/start_job/", json=payload)
         if reply.status == 422:
             return self._resolve_422(action, payload, delivered_now)
+        if cached_duplicate(reply):
+            return Outcome.already_done(action, "cc-backend holds this run in its job_cache, "
+                                                "not yet committed (500 on the insert's "
+                                                "UNIQUE(job_id, cluster, start_time))")
         error = schema_error(reply)
         if error is not None:
             self._halt(version, "start_job", error)

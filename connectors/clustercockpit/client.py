@@ -26,6 +26,7 @@ from slurm_sync.secrets import header_problem
 __all__ = [
     "RemoteRun",
     "Running",
+    "cached_duplicate",
     "detect_api_version",
     "list_running",
     "make_client",
@@ -96,6 +97,21 @@ def detect_api_version(client: ServiceClient, cluster: str | None) -> tuple[str 
 # version, a wrong type), and stop_job on a state outside the version's enum: the connector's
 # configuration is wrong, not the job.
 _SCHEMA_ERROR = re.compile(r"json: (unknown field|cannot unmarshal)|invalid requested job state")
+
+
+# cc-backend 1.5 inserts a new job into job_cache, whose UNIQUE(job_id, cluster, start_time) is a
+# run's identity, and its duplicate check (the 422) reads only the committed job table: a start
+# sent again before the commit worker moved the first copy (every 2 minutes by default) fails
+# the insert and comes back as a 500 with the database's words. SQLite: "UNIQUE constraint
+# failed: job_cache.job_id, ..."; MySQL: "Duplicate entry '...' for key 'job_cache.job_id'".
+_CACHED_DUPLICATE = re.compile(
+    r"UNIQUE constraint failed: job_cache\.|Duplicate entry .* for key '?job_cache\.")
+
+
+def cached_duplicate(reply: Reply) -> bool:
+    """Whether a start_job's 500 says cc-backend already holds this very run in its job_cache
+    (its reply to an earlier send was lost): the run is there, not an error to retry."""
+    return reply.status == 500 and _CACHED_DUPLICATE.search(reply.describe()) is not None
 
 
 def schema_error(reply: Reply) -> str | None:
