@@ -42,6 +42,10 @@ def job_script(*, agent: str, config: str, build_root: str, per_build: bool, tag
 # Written by slurm-sync: runs one Buildkite job with buildkite-agent --acquire-job.
 set -u
 export PATH=/usr/local/bin:/usr/bin:/bin
+# scancel --signal=TERM --full reaches us and the agent; pass it on, then wait for the agent.
+# Set first: a TERM that comes before the agent starts means it never starts.
+pid= stop=
+trap 'stop=1; [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null' TERM INT
 {lookup}
 JOB=${{REF##*/}}
 case "$JOB" in
@@ -51,14 +55,19 @@ esac
 BUILD_ROOT={shlex.quote(build_root)}
 BUILD_PATH={path}
 mkdir -p -- "$BUILD_PATH" || exit 2
-{shlex.quote(agent)} start --acquire-job "$JOB" --disconnect-after-job \\
-    --config {shlex.quote(config)} --build-path "$BUILD_PATH" \\
-    --name "slurm-$SLURM_JOB_ID" --tags {shlex.quote(tags)}",slurm_job_id=$SLURM_JOB_ID" &
-pid=$!
-# scancel --signal=TERM --full reaches us and the agent; pass it on, then wait for the agent
-trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
-wait "$pid"; rc=$?
-while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
+rc=143
+if [ -z "$stop" ]; then
+    {shlex.quote(agent)} start --acquire-job "$JOB" --disconnect-after-job \\
+        --config {shlex.quote(config)} --build-path "$BUILD_PATH" \\
+        --name "slurm-$SLURM_JOB_ID" --tags {shlex.quote(tags)}",slurm_job_id=$SLURM_JOB_ID" &
+    pid=$!
+    [ -z "$stop" ] || kill -TERM "$pid" 2>/dev/null  # the TERM came while it was started
+    wait "$pid"; rc=$?
+    while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
+fi
+# Slurm sends TERM to every process of the job, the clean-up's too (a scancel that races the
+# agent's own exit): ignored from here, so an rm cut short does not leave the build path
+trap '' TERM INT
 {cleanup}exit $rc
 """
 

@@ -110,6 +110,20 @@ def _logs(shared: Path, job: str) -> str:
     return "\n".join(t[-3000:] for t in texts if job in t)
 
 
+def _leftovers(lab: LabCluster, shared: Path, paths: list[Path]) -> str:
+    """What a failure needs to say about build paths left behind: their files, how sacct
+    saw the job that left each, and our jobs' output."""
+    lines = []
+    for path in paths:
+        job_id = path.name.removeprefix("job-")
+        lines.append(f"{path}: {sorted(p.name for p in path.rglob('*'))}")
+        lines.append(lab.cmd("sacct", "-n", "-X", "-j", job_id, "-o",
+                             "jobid,jobidraw,state,exitcode,start,end,reason"))
+    lines += [f"{p.name}:\n{p.read_text(errors='replace')[-1500:]}"
+              for p in sorted((shared / "logs").iterdir())]
+    return "\n".join(lines)
+
+
 def _ours(lab: LabCluster) -> list[str]:
     """Our jobs in squeue: id and state."""
     out = lab.cmd("squeue", "-h", "-r", "-n", "buildkite", "-o", "%i %T")
@@ -188,7 +202,8 @@ def test_a_build_runs_once_each_and_cancels_leave_nothing(
                                                         _logs(shared, run))
     assert kite.job_state(tout) != "running"
     assert kite.job_state(pend) == "canceled" and "accepted" not in kite.job_history(pend)
-    assert list((shared / "builds").iterdir()) == []  # each job's build path was removed
+    left = sorted((shared / "builds").iterdir())
+    assert left == [], _leftovers(lab, shared, left)  # each job's build path was removed
     # nothing more to do: no new submit on the next run
     again = _sync(config, "--json")
     assert again.returncode == 0, again.stderr
