@@ -68,6 +68,10 @@ fi
 # Slurm sends TERM to every process of the job, the clean-up's too (a scancel that races the
 # agent's own exit): ignored from here, so an rm cut short does not leave the build path
 trap '' TERM INT
+# the agent is gone; a wait the TERM cut short said 143, so ask its status once more (bash
+# keeps it, unless it reaped the agent while a TERM cut a wait short: then 127 or -1, and the
+# 143 stands)
+[ -z "$pid" ] || {{ wait "$pid"; r=$?; [ "$r" -lt 0 ] || [ "$r" -ge 127 ] || rc=$r; }}
 {cleanup}exit $rc
 """
 

@@ -74,7 +74,9 @@ def test_a_term_that_comes_while_the_build_path_is_removed_does_not_leave_it(
     _, err = job.communicate(timeout=60)
     assert (tmp_path / "started").exists()
     assert not build_path.exists(), err.decode()
-    assert job.returncode == 0, err.decode()  # the agent's exit status, not the signal's
+    # the agent's exit status, or 143 when bash reaped the agent while a TERM cut its wait
+    # short (bash then has no status to give); never a status the clean-up's rm died of
+    assert job.returncode in (0, 128 + signal.SIGTERM), err.decode()
 
 
 def test_a_term_before_the_agent_starts_means_it_never_starts(tmp_path: Path) -> None:
