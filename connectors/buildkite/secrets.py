@@ -21,7 +21,8 @@ Format (byte-compatible with JuliaGPU/buildkite ``tools/encrypt`` and ``image/ho
   ``echo "$value" | openssl enc -aes-256-cbc -salt -pbkdf2 -iter 100000 -pass file:keyfile``
   makes it: ``-pass file:`` reads only the FIRST LINE of the keyfile (64 base64 characters), and
   key + IV = PBKDF2-HMAC-SHA256(first line, salt, 100000 iterations) cut into 32 + 16 bytes;
-  PKCS#7 padding.
+  PKCS#7 padding. :func:`decrypt` wants that first line to have at least 32 base64
+  characters (``MIN_PASSPHRASE``), else the key part counts as not decrypted.
 - snippet: ``SECRET_<NAME>: "<part 1>;<part 2>"``.
 
 Decryption reverses this; the trailing newline that ``echo`` added is removed (exactly one).
@@ -127,6 +128,12 @@ _REPO_CHARS = re.compile(r"^[a-z0-9._~%+/-]+$")
 _SNIPPET = re.compile(r'^\s*(?:SECRET_([A-Za-z0-9_]*)\s*:\s*)?"?([^"]*?)"?\s*$')
 
 _NOT_OPENED = "the key part cannot be decrypted with this private key"
+#: a key file's first line (the AES passphrase) is 64 base64 characters as ``openssl rand
+#: -base64 N`` prints it for any N >= 48. Shorter is refused: under OpenSSL's implicit rejection a
+#: wrong private key "decrypts" part 1 to a few pseudo-random bytes, ASCII for about 1 key in
+#: 100, and a short base64 line among them would open part 2 to noise (1 in 256 passes CBC's
+#: padding) instead of being refused.
+MIN_PASSPHRASE = 32
 _NOT_DECRYPTED = "the value part cannot be decrypted with the key part"
 
 PrivateKey = Union[bytes, rsa.RSAPrivateKey]
@@ -398,7 +405,7 @@ def _open(secret: str, key: rsa.RSAPrivateKey) -> _Opened:
     except ValueError:  # bad padding or not ASCII: the same message for both
         raise BuildkiteSecretError(_NOT_OPENED) from None
     lines = keyfile.split("\n")
-    if not _BASE64_LINE.match(lines[0]):
+    if len(lines[0]) < MIN_PASSPHRASE or not _BASE64_LINE.match(lines[0]):
         raise BuildkiteSecretError(_NOT_OPENED)
     bindings = [line[len(BINDING_KEY) :] for line in lines[1:] if line.startswith(BINDING_KEY)]
     if len(bindings) > 1 or (bindings and not _HEX64.match(bindings[0])):

@@ -486,6 +486,25 @@ def test_rewrapped_key_part_gives_no_value(keys: Keys) -> None:
         assert SENTINEL not in opened.value
 
 
+def test_a_key_part_with_a_short_passphrase_is_refused(keys: Keys) -> None:
+    """What a wrong private key can "decrypt" part 1 to under OpenSSL's implicit rejection (a
+    few pseudo-random bytes, now and then base64 letters) is refused as a key part, never
+    taken as a passphrase for part 2."""
+    snippet = encrypt("TOKEN", SENTINEL, keys.public_pem, rand=_fixed_rand)
+    value_part = _quoted(snippet).split(";")[1]
+    public = serialization.load_pem_public_key(keys.public_pem)
+    assert isinstance(public, rsa.RSAPublicKey)
+    for keyfile in (b"QUJD", b"Qk", b"A" * (bks.MIN_PASSPHRASE - 1) + b"\n"):
+        key_part = base64.b64encode(public.encrypt(keyfile, padding.PKCS1v15())).decode()
+        with pytest.raises(BuildkiteSecretError, match="the key part cannot be decrypted"):
+            decrypt(f"{key_part};{value_part}", keys.private_pem)
+    # the key file's first line alone (64 characters, all `-pass file:` reads) still opens it
+    first_line = bks._keyfile_text(_fixed_rand(bks.KEYFILE_RANDOM_BYTES)).split("\n")[0]
+    key_part = base64.b64encode(public.encrypt(first_line.encode() + b"\n",
+                                               padding.PKCS1v15())).decode()
+    assert decrypt(f"{key_part};{value_part}", keys.private_pem).value == SENTINEL
+
+
 def test_require_repository_refuses_unbound(keys: Keys) -> None:
     """require_repository=True exports bound secrets only."""
     env = _env(
