@@ -434,7 +434,7 @@ def _cmd_run(
     spool = Spool(config.hook_spool) if config.hook_spool and _covers_events(options) else None
     covered = spool.pending() if spool is not None else None
     try:
-        code = _one_run(args, config, connectors, reader, options, time.time(), out, err)
+        code, _ = _one_run(args, config, connectors, reader, options, time.time(), out, err)
     finally:
         for connector in connectors.values():
             connector.close()
@@ -511,12 +511,15 @@ def _resident(
     SIGTERM or an interrupt; SIGHUP reads the config again (one with an error is reported and
     the running one kept). An end event stays (tried again each second, for at most
     ``END_RETRY`` seconds) while a connector still has the job's run open: sacct may not hold
-    the end yet when the epilog runs, and a stop needs sacct's record."""
+    the end yet when the epilog runs, and a stop needs sacct's record. A cycle that delivers
+    starts which waited in the outbox is followed at once by a cycle for their jobs: the
+    stop of a job that ended meanwhile is planned only once its start is delivered."""
     signals = _Signals()
     connectors = _connectors(args, config, registry, reader)
     not_before: dict[str, float] = {}  # end events kept: name -> when to try again
     next_full = time.time()
     next_retry: float | None = None  # when the outbox's first action is due again
+    follow: frozenset[int] = frozenset()  # jobs whose waiting actions the last cycle delivered
     try:
         while not signals.stop:
             if signals.reload:
@@ -541,25 +544,33 @@ def _resident(
                 # and sends what waits in the outbox once it is due (else an action a
                 # service refused for a moment would wait for the next interval)
                 covered = spool.pending() if spool and _covers_events(options) else None
-                code = _one_run(args, config, connectors, reader, options, started, out, err)
+                code, late = _one_run(args, config, connectors, reader, options, started,
+                                      out, err)
                 next_full = started + args.loop
                 next_retry = _next_retry(config, connectors, started)
+                if code != EXIT_LOCKED:
+                    follow = late
                 if spool is not None and covered is not None and code != EXIT_LOCKED:
                     spool.remove(covered.names)
                     not_before.clear()
-            elif spool is not None:
+            else:
                 pending = spool.pending(limit=HOOK_BATCH, skip={
-                    n for n, at in not_before.items() if at > started})
-                if pending.jobs:
-                    log.info("hook events", extra={"fields": {
-                        "jobs": len(pending.jobs), "events": len(pending.names),
-                        "oldest": round(started - min(pending.mtimes.values()), 3)}})
+                    n for n, at in not_before.items() if at > started}) if spool else None
+                jobs = follow | set(pending.jobs if pending else ())
+                if jobs:
+                    if pending and pending.jobs:
+                        log.info("hook events", extra={"fields": {
+                            "jobs": len(pending.jobs), "events": len(pending.names),
+                            "oldest": round(started - min(pending.mtimes.values()), 3)}})
                     scoped = dataclasses.replace(options, scope=Scope(
-                        job_ids=tuple(sorted(pending.jobs)), limit=options.scope.limit))
-                    code = _one_run(args, config, connectors, reader, scoped, started, out, err)
+                        job_ids=tuple(sorted(jobs)), limit=options.scope.limit))
+                    code, late = _one_run(args, config, connectors, reader, scoped, started,
+                                          out, err)
                     if code == EXIT_LOCKED:  # another run (cron, by hand) holds the lock
                         signals.wake.wait(1.0)
-                    else:
+                        continue
+                    follow = late
+                    if spool is not None and pending is not None and pending.jobs:
                         _note_hook_event(config, max(pending.mtimes.values()))
                         kept = _ends_to_retry(config, connectors, pending, started)
                         spool.remove(n for n in pending.names if n not in kept)
@@ -567,9 +578,9 @@ def _resident(
                             not_before[name] = time.time() + 1.0
                         for name in [n for n in not_before if n not in kept]:
                             del not_before[name]
-                        next_retry = _next_retry(config, connectors, started)
+                    next_retry = _next_retry(config, connectors, started)
                     continue
-            if signals.stop or signals.reload:
+            if signals.stop or signals.reload or follow:
                 continue
             signals.wake.clear()
             wait = max(0.0, min(next_full, next_retry or next_full) - time.time())
@@ -627,7 +638,9 @@ def _ends_to_retry(config: Config, connectors: Mapping[str, Connector], pending:
 def _one_run(
     args: argparse.Namespace, config: Config, connectors: dict[str, Connector],
     reader: SlurmReader, options: CycleOptions, started: float, out: Console, err: Console,
-) -> int:
+) -> tuple[int, frozenset[int]]:
+    """One cycle, recorded: its exit code, and the jobs whose actions that waited in the
+    outbox it delivered (none for a dry run)."""
     calls_before = len(reader.runner.calls)
     if args.dry_run:
         with Store.open(_store_path(config), read_only=True) as store:
@@ -665,10 +678,19 @@ def _one_run(
             if not args.loop:
                 raise
             err.print(f"[yellow]skipped a cycle:[/] {escape(str(exc))}", highlight=False)
-            return EXIT_LOCKED
+            return EXIT_LOCKED, frozenset()
     if not (args.quiet and report.exit_code == 0 and not report.refused and not report.skipped):
         _print_report(report, args.run_json, args.dry_run, out, err)
-    return report.exit_code
+    return report.exit_code, (frozenset() if args.dry_run else _delivered_late(report))
+
+
+def _delivered_late(report: CycleReport) -> frozenset[int]:
+    """The jobs of the actions that waited in the outbox and this cycle delivered."""
+    delivered = {(o.action.connector, o.action.kind, o.action.key) for o in report.outcomes
+                 if o.status.delivered}
+    return frozenset(run[0] for a in report.retried
+                     if (a.connector, a.kind, a.key) in delivered
+                     and (run := run_key(a.key)) is not None)
 
 
 def _print_report(

@@ -377,6 +377,50 @@ def test_an_action_a_service_refused_is_sent_again_when_due_not_at_the_next_inte
         assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
 
 
+def test_a_start_sent_late_from_the_outbox_is_followed_by_its_stop_at_once(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    """cc-backend answers 500 while a short job starts and ends: its start waits in the
+    outbox past the job's end, and the end event finds no run to stop. Once the start is
+    sent, the job's stop follows within seconds, not at the regular cycle an hour later
+    (a job left running in cc-backend, seen once under kills and faults in make test)."""
+    from tests.emulators.base import Faults
+    from tests.emulators.ccbackend import CCBackend
+
+    _clear_spool(lab)
+    spool = Path(lab.info["hook_spool"])
+    token = tmp_path / "cc-token"
+    token.write_text("hook-token\n")
+    token.chmod(0o600)
+    faults = Faults()
+    with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
+                   tokens={"hook-token"}, faults=faults) as emu:
+        config = _config(lab, tmp_path)
+        settings = json.loads(config.read_text())
+        settings.update(retry_base_seconds=2, first_window_seconds=60)
+        settings["connectors"] = {"clustercockpit": {
+            "url": emu.url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
+            "api_version": "1.5"}}
+        config.write_text(json.dumps(settings))
+        proc = _resident(config, tmp_path)
+        try:
+            faults.error_share = 1.0
+            job = lab.submit("#!/bin/sh\nsleep 1\n", "--job-name=late-start")
+            lab.wait_state(job, "COMPLETED")
+            lab.wait("its end event taken", lambda: os.listdir(spool) == [], 60)
+            status = json.loads(_cli(config, "status", "--json").stdout)["connectors"][0]
+            assert status["outbox"] == 1 and not _ours(emu, [job]), status
+            faults.error_share = 0.0
+            lab.wait("its start in cc-backend", lambda: bool(_ours(emu, [job])), 60)
+            lab.wait("its stop in cc-backend", lambda: [r["jobState"] for r in _ours(
+                emu, [job])] == ["completed"], 20)
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
+
+
 def _ours(emu: Any, jobs: list[int]) -> list[dict[str, Any]]:
     with emu.lock:
         return [dict(r) for r in emu.all_jobs() if r["jobId"] in jobs]
