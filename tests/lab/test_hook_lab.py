@@ -338,6 +338,22 @@ def test_a_resident_syncer_killed_while_events_arrive_loses_and_invents_nothing(
     assert all(len(keys) == 1 for keys in by_pair.values()), by_pair  # a repeat is the same run
 
 
+def _cc_only_config(lab: LabCluster, tmp_path: Path, url: str) -> Path:
+    """A config of the clustercockpit connector alone, against the emulator at ``url``
+    (token ``hook-token``), retrying after 2 s."""
+    token = tmp_path / "cc-token"
+    token.write_text("hook-token\n")
+    token.chmod(0o600)
+    config = _config(lab, tmp_path)
+    settings = json.loads(config.read_text())
+    settings.update(retry_base_seconds=2, first_window_seconds=60)
+    settings["connectors"] = {"clustercockpit": {
+        "url": url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
+        "api_version": "1.5"}}
+    config.write_text(json.dumps(settings))
+    return config
+
+
 def test_an_action_a_service_refused_is_sent_again_when_due_not_at_the_next_interval(
     lab: LabCluster, tmp_path: Path
 ) -> None:
@@ -348,19 +364,10 @@ def test_an_action_a_service_refused_is_sent_again_when_due_not_at_the_next_inte
     from tests.emulators.ccbackend import CCBackend
 
     _clear_spool(lab)
-    token = tmp_path / "cc-token"
-    token.write_text("hook-token\n")
-    token.chmod(0o600)
     faults = Faults()
     with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
                    tokens={"hook-token"}, faults=faults) as emu:
-        config = _config(lab, tmp_path)
-        settings = json.loads(config.read_text())
-        settings.update(retry_base_seconds=2, first_window_seconds=60)
-        settings["connectors"] = {"clustercockpit": {
-            "url": emu.url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
-            "api_version": "1.5"}}
-        config.write_text(json.dumps(settings))
+        config = _cc_only_config(lab, tmp_path, emu.url)
         proc = _resident(config, tmp_path)
         try:
             faults.error_share = 1.0
@@ -389,19 +396,10 @@ def test_a_start_sent_late_from_the_outbox_is_followed_by_its_stop_at_once(
 
     _clear_spool(lab)
     spool = Path(lab.info["hook_spool"])
-    token = tmp_path / "cc-token"
-    token.write_text("hook-token\n")
-    token.chmod(0o600)
     faults = Faults()
     with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
                    tokens={"hook-token"}, faults=faults) as emu:
-        config = _config(lab, tmp_path)
-        settings = json.loads(config.read_text())
-        settings.update(retry_base_seconds=2, first_window_seconds=60)
-        settings["connectors"] = {"clustercockpit": {
-            "url": emu.url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
-            "api_version": "1.5"}}
-        config.write_text(json.dumps(settings))
+        config = _cc_only_config(lab, tmp_path, emu.url)
         proc = _resident(config, tmp_path)
         try:
             faults.error_share = 1.0
