@@ -105,7 +105,8 @@ def _environments(lab: LabCluster) -> str:
 
 
 def _logs(shared: Path, job: str) -> str:
-    """The Slurm output of the job that ran Buildkite job ``job`` (for a failure message)."""
+    """The Slurm output of the job that ran Buildkite job ``job`` (for a failure message);
+    ``""``: of every job."""
     texts = [p.read_text(errors="replace") for p in sorted((shared / "logs").iterdir())]
     return "\n".join(t[-3000:] for t in texts if job in t)
 
@@ -119,8 +120,7 @@ def _leftovers(lab: LabCluster, shared: Path, paths: list[Path]) -> str:
         lines.append(f"{path}: {sorted(p.name for p in path.rglob('*'))}")
         lines.append(lab.cmd("sacct", "-n", "-X", "-j", job_id, "-o",
                              "jobid,jobidraw,state,exitcode,start,end,reason"))
-    lines += [f"{p.name}:\n{p.read_text(errors='replace')[-1500:]}"
-              for p in sorted((shared / "logs").iterdir())]
+    lines.append(_logs(shared, ""))  # every job's
     return "\n".join(lines)
 
 
