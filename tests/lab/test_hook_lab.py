@@ -8,6 +8,7 @@ have driven it; a syncer killed while events arrive loses nothing (the spool kee
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,8 +17,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -338,20 +340,42 @@ def test_a_resident_syncer_killed_while_events_arrive_loses_and_invents_nothing(
     assert all(len(keys) == 1 for keys in by_pair.values()), by_pair  # a repeat is the same run
 
 
-def _cc_only_config(lab: LabCluster, tmp_path: Path, url: str) -> Path:
-    """A config of the clustercockpit connector alone, against the emulator at ``url``
-    (token ``hook-token``), retrying after 2 s."""
+@contextlib.contextmanager
+def _resident_against_cc(lab: LabCluster, tmp_path: Path) -> Iterator[_AgainstCC]:
+    """The resident loop with the clustercockpit connector alone (retrying after 2 s), against
+    a cc-backend emulator whose faults the test sets; stopped by SIGTERM at the end, when it
+    must exit 0."""
+    from tests.emulators.base import Faults
+    from tests.emulators.ccbackend import CCBackend
+
+    _clear_spool(lab)
     token = tmp_path / "cc-token"
     token.write_text("hook-token\n")
     token.chmod(0o600)
-    config = _config(lab, tmp_path)
-    settings = json.loads(config.read_text())
-    settings.update(retry_base_seconds=2, first_window_seconds=60)
-    settings["connectors"] = {"clustercockpit": {
-        "url": url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
-        "api_version": "1.5"}}
-    config.write_text(json.dumps(settings))
-    return config
+    faults = Faults()
+    with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
+                   tokens={"hook-token"}, faults=faults) as emu:
+        config = _config(lab, tmp_path)
+        settings = json.loads(config.read_text())
+        settings.update(retry_base_seconds=2, first_window_seconds=60)
+        settings["connectors"] = {"clustercockpit": {
+            "url": emu.url, "token": {"file": str(token)}, "cluster": "lab", "retries": 0,
+            "api_version": "1.5"}}
+        config.write_text(json.dumps(settings))
+        proc = _resident(config, tmp_path)
+        try:
+            yield _AgainstCC(emu, faults, config, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
+
+
+class _AgainstCC(NamedTuple):
+    emu: Any
+    faults: Any
+    config: Path
+    proc: subprocess.Popen[str]
 
 
 def test_an_action_a_service_refused_is_sent_again_when_due_not_at_the_next_interval(
@@ -360,28 +384,17 @@ def test_an_action_a_service_refused_is_sent_again_when_due_not_at_the_next_inte
     """cc-backend answers 500 to everything while a job's start event is acted on: the start
     waits in the outbox. Once the service is back, the resident loop sends it when its retry
     is due (seconds here), not at the regular cycle an hour later."""
-    from tests.emulators.base import Faults
-    from tests.emulators.ccbackend import CCBackend
-
-    _clear_spool(lab)
-    faults = Faults()
-    with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
-                   tokens={"hook-token"}, faults=faults) as emu:
-        config = _cc_only_config(lab, tmp_path, emu.url)
-        proc = _resident(config, tmp_path)
+    with _resident_against_cc(lab, tmp_path) as (emu, faults, config, proc):
+        faults.error_share = 1.0
+        job = lab.submit("#!/bin/sh\nsleep 30\n", "--job-name=refused-once")
         try:
-            faults.error_share = 1.0
-            job = lab.submit("#!/bin/sh\nsleep 30\n", "--job-name=refused-once")
             lab.wait("its start in the outbox", lambda: json.loads(_cli(
                 config, "status", "--json").stdout)["connectors"][0]["outbox"] >= 1, 60)
             faults.error_share = 0.0
             lab.wait("its record in cc-backend", lambda: bool(_ours(emu, [job])), 30)
             assert proc.poll() is None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=60)
             lab.cmd("scancel", str(job))
-        assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
 
 
 def test_a_start_sent_late_from_the_outbox_is_followed_by_its_stop_at_once(
@@ -391,32 +404,19 @@ def test_a_start_sent_late_from_the_outbox_is_followed_by_its_stop_at_once(
     outbox past the job's end, and the end event finds no run to stop. Once the start is
     sent, the job's stop follows within seconds, not at the regular cycle an hour later
     (a job left running in cc-backend, seen once under kills and faults in make test)."""
-    from tests.emulators.base import Faults
-    from tests.emulators.ccbackend import CCBackend
-
-    _clear_spool(lab)
     spool = Path(lab.info["hook_spool"])
-    faults = Faults()
-    with CCBackend(version="1.5.4", clusters={"lab": {"subclusters": {"main": [lab.node]}}},
-                   tokens={"hook-token"}, faults=faults) as emu:
-        config = _cc_only_config(lab, tmp_path, emu.url)
-        proc = _resident(config, tmp_path)
-        try:
-            faults.error_share = 1.0
-            job = lab.submit("#!/bin/sh\nsleep 1\n", "--job-name=late-start")
-            lab.wait_state(job, "COMPLETED")
-            lab.wait("its end event taken", lambda: os.listdir(spool) == [], 60)
-            status = json.loads(_cli(config, "status", "--json").stdout)["connectors"][0]
-            assert status["outbox"] == 1 and not _ours(emu, [job]), status
-            faults.error_share = 0.0
-            lab.wait("its start in cc-backend", lambda: bool(_ours(emu, [job])), 60)
-            lab.wait("its stop in cc-backend", lambda: [r["jobState"] for r in _ours(
-                emu, [job])] == ["completed"], 20)
-            assert proc.poll() is None
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=60)
-        assert code == 0, (tmp_path / "syncer.log").read_text()[-2000:]
+    with _resident_against_cc(lab, tmp_path) as (emu, faults, config, proc):
+        faults.error_share = 1.0
+        job = lab.submit("#!/bin/sh\nsleep 1\n", "--job-name=late-start")
+        lab.wait_state(job, "COMPLETED")
+        lab.wait("its end event taken", lambda: os.listdir(spool) == [], 60)
+        status = json.loads(_cli(config, "status", "--json").stdout)["connectors"][0]
+        assert status["outbox"] == 1 and not _ours(emu, [job]), status
+        faults.error_share = 0.0
+        lab.wait("its start in cc-backend", lambda: bool(_ours(emu, [job])), 60)
+        lab.wait("its stop in cc-backend", lambda: [r["jobState"] for r in _ours(
+            emu, [job])] == ["completed"], 20)
+        assert proc.poll() is None
 
 
 def _ours(emu: Any, jobs: list[int]) -> list[dict[str, Any]]:
